@@ -1,0 +1,43 @@
+# Two entry points for a fresh machine: `make demo` and `make test` (see README.md).
+# Both create .venv, install torch's CPU build (a local file here; the default CUDA build is
+# several GB) and the package, then run.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test data clean bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+# Fashion-MNIST comes from Debian's package; installed when missing and we are root.
+data:
+	@if [ ! -f $(FMNIST)/train-images-idx3-ubyte.gz ] && [ ! -f $(FMNIST)/train-images-idx3-ubyte ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) || \
+	    echo "note: could not install dataset-fashion-mnist; Fashion-MNIST steps fall back or skip"; \
+	  else \
+	    echo "note: Fashion-MNIST not found at $(FMNIST) (sudo apt-get install dataset-fashion-mnist)"; \
+	  fi; \
+	fi
+
+demo: $(VENV)/.installed data
+	$(BIN)/python -m labelsmooth demo
+
+test: $(VENV)/.installed data
+	$(BIN)/python -m pytest -n 2 -q
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/loss_cpu.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info
