@@ -1,0 +1,30 @@
+"""Analysis of trained classifiers: the penultimate-layer picture and knowledge distillation.
+
+``penultimate``: projection of activations onto the plane through three class templates and
+measures of cluster tightness (Müller et al. 2019, Section 2). ``distill``: the distillation loss
+and a teacher's smoothness index. ``lab`` (imports the lab) adds these to lab reports and runs
+``labelsmooth reproduce distillation``.
+"""
+
+from __future__ import annotations
+
+from .distill import distillation_loss, smoothness_index
+from .penultimate import (
+    ClusterMeasures,
+    ProjectionPanel,
+    TemplatePlane,
+    cluster_measures,
+    plot_projection_grid,
+    template_plane,
+)
+
+__all__ = [
+    "ClusterMeasures",
+    "ProjectionPanel",
+    "TemplatePlane",
+    "cluster_measures",
+    "distillation_loss",
+    "plot_projection_grid",
+    "smoothness_index",
+    "template_plane",
+]

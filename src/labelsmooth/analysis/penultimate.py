@@ -1,0 +1,270 @@
+"""The penultimate-layer picture of Müller, Kornblith & Hinton (2019), made measurable.
+
+*When does label smoothing help?* (NeurIPS 2019, Section 2) picks three classes, takes the plane
+through their *templates* (the rows ``w_k`` of the last layer's weight, since the logit of class
+``k`` is ``w_k . a + b_k`` for the penultimate activation ``a``), projects the activations of
+examples of those classes onto that plane and plots them. With label smoothing the clusters come
+out tighter and closer to equidistant. Here:
+
+- :func:`template_plane` builds the plane's orthonormal basis from ``w2 - w1`` and ``w3 - w1``
+  (QR) and :meth:`TemplatePlane.project` gives every activation its coordinates ``(a.u, a.v)``.
+  (A popular public reproduction orthonormalises the three templates through the origin and then
+  runs PCA; that is a different plane and not the paper's method.)
+- :func:`cluster_measures` turns the picture into numbers: how spread each class is relative to
+  the distance between classes, and how equal the distances between class means are.
+- :func:`plot_projection_grid` draws the paper's figure: columns eps = 0 and eps > 0, rows train
+  and test (matplotlib, imported only when called).
+
+Everything is computed in float64 with torch; arrays may be tensors or NumPy arrays.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "ClusterMeasures",
+    "ProjectionPanel",
+    "TemplatePlane",
+    "cluster_measures",
+    "plot_projection_grid",
+    "template_plane",
+]
+
+# |R[1, 1]| below this fraction of |R[0, 0]| means the three templates lie on one line.
+_COLLINEAR_TOLERANCE = 1e-10
+
+
+def _as_float64(x, name: str, dim: int) -> Tensor:
+    """``x`` (tensor or array) as a float64 CPU tensor with ``dim`` dimensions."""
+    t = torch.as_tensor(x.detach() if isinstance(x, Tensor) else x).cpu()
+    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
+        raise ValueError(f"{name} must hold real numbers, got dtype {t.dtype}")
+    if t.dim() != dim:
+        raise ValueError(f"{name} must have {dim} dimensions, got shape {tuple(t.shape)}")
+    return t.to(torch.float64)
+
+
+def _as_labels(labels, n: int, name: str = "labels") -> Tensor:
+    t = torch.as_tensor(labels.detach() if isinstance(labels, Tensor) else labels).cpu()
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or t.shape != (n,):
+        raise ValueError(f"{name} must be {n} integer class indices, shape ({n},), got "
+                         f"dtype {t.dtype} and shape {tuple(t.shape)}")
+    return t.long()
+
+
+def _check_classes(classes: Sequence[int], num_classes: int | None = None,
+                   count: int | None = None) -> tuple[int, ...]:
+    """Distinct class indices (at least 2; exactly ``count``; below ``num_classes`` when given)."""
+    chosen = tuple(int(k) for k in classes)
+    in_range = all(0 <= k < (num_classes if num_classes is not None else math.inf) for k in chosen)
+    if len(chosen) < 2 or len(set(chosen)) != len(chosen) or not in_range \
+            or (count is not None and len(chosen) != count):
+        bound = f" in [0, {num_classes})" if num_classes is not None else ""
+        raise ValueError(f"classes must be {count or 'at least 2'} distinct class indices{bound}, "
+                         f"got {list(chosen)}")
+    return chosen
+
+
+# 1. The plane through three class templates -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TemplatePlane:
+    """The plane through the templates of three classes.
+
+    ``basis`` (D, 2) has orthonormal columns ``u`` (along ``w2 - w1``) and ``v`` (the part of
+    ``w3 - w1`` orthogonal to ``u``); ``classes`` are the three class indices, in order.
+    """
+
+    basis: Tensor
+    classes: tuple[int, int, int]
+
+    def project(self, activations) -> Tensor:
+        """Coordinates ``(a.u, a.v)`` of every row ``a`` of ``activations`` (N, D) -> (N, 2)."""
+        a = _as_float64(activations, "activations", 2)
+        if a.shape[1] != self.basis.shape[0]:
+            raise ValueError(f"activations must have {self.basis.shape[0]} features (the templates' "
+                             f"width), got shape {tuple(a.shape)}")
+        return a @ self.basis
+
+
+def template_plane(weight, classes: Sequence[int]) -> TemplatePlane:
+    r"""Orthonormal basis of the plane through the templates ``w1, w2, w3`` of three classes.
+
+    ``[w2 - w1, w3 - w1] = Q R`` (reduced QR) with the signs fixed so that ``diag(R) > 0``; the
+    basis is ``Q`` (D, 2): ``u = (w2 - w1) / |w2 - w1|`` and ``v`` the unit vector along the
+    part of ``w3 - w1`` orthogonal to ``u`` (Müller et al. 2019, Section 2).
+
+    Args:
+        weight: the last layer's weight (K, D); row ``k`` is the template of class ``k``.
+        classes: three distinct class indices ``(k1, k2, k3)``.
+
+    Example: templates at (0, 0, 1), (3, 0, 1), (0, 4, 1) span the plane z = 1.
+        >>> import torch
+        >>> w = torch.tensor([[0., 0., 1.], [3., 0., 1.], [0., 4., 1.]])
+        >>> template_plane(w, (0, 1, 2)).project(w)
+        tensor([[0., 0.],
+                [3., 0.],
+                [0., 4.]], dtype=torch.float64)
+    """
+    w = _as_float64(weight, "weight", 2)
+    k1, k2, k3 = _check_classes(classes, w.shape[0], count=3)
+    if w.shape[1] < 2:
+        raise ValueError(f"weight must have at least 2 features to span a plane, got shape {tuple(w.shape)}")
+    q, r = torch.linalg.qr(torch.stack([w[k2] - w[k1], w[k3] - w[k1]], dim=1))
+    diagonal = torch.diagonal(r)
+    if diagonal[0].abs() == 0 or diagonal[1].abs() <= _COLLINEAR_TOLERANCE * diagonal[0].abs():
+        raise ValueError(f"the templates of classes {(k1, k2, k3)} lie on one line (or coincide); "
+                         f"they span no plane")
+    return TemplatePlane(basis=q * torch.sign(diagonal), classes=(k1, k2, k3))
+
+
+# 2. Measures of the clusters --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClusterMeasures:
+    """How tight and how equidistant the class clusters are (all ratios, so scale-free).
+
+    ``spread[i]``: RMS distance of class ``classes[i]``'s points from their mean;
+    ``mean_distance``: mean distance between two class means;
+    ``tightness = mean(spread) / mean_distance`` (within / between; smaller is tighter);
+    ``template_tightness = mean(spread) / mean distance between two templates`` (None without
+    templates); ``equidistance_cv``: coefficient of variation (std / mean) of the distances
+    between class means (0 when they are all equal).
+    """
+
+    classes: tuple[int, ...]
+    spread: tuple[float, ...]
+    mean_distance: float
+    tightness: float
+    template_tightness: float | None
+    equidistance_cv: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _pairwise_distances(points: Tensor) -> Tensor:
+    """Distances ``|p_i - p_j|`` for every pair ``i < j`` of rows of ``points`` (M, d)."""
+    pairs = list(itertools.combinations(range(points.shape[0]), 2))
+    first, second = (torch.tensor(side) for side in zip(*pairs))
+    return (points[first] - points[second]).norm(dim=1)
+
+
+def cluster_measures(points, labels, classes: Sequence[int], templates=None) -> ClusterMeasures:
+    r"""Tightness and equidistance of the clusters that ``classes`` form in ``points``.
+
+    For class ``k`` with points ``x_i`` and mean ``m_k``: ``spread_k = sqrt(mean_i |x_i - m_k|^2)``.
+    With ``d_jk = |m_j - m_k|`` over the pairs of ``classes``::
+
+        tightness          = mean_k spread_k / mean_{j<k} d_jk
+        template_tightness = mean_k spread_k / mean_{j<k} |t_j - t_k|
+        equidistance_cv    = std_{j<k} d_jk / mean_{j<k} d_jk      (population std)
+
+    Args:
+        points: (N, d) activations, full-width (d = D) or projected (d = 2).
+        labels: (N,) class index of every row; rows of other classes are ignored.
+        classes: the classes to measure (at least 2, each present in ``labels``).
+        templates: optional (len(classes), d) template of each class in the same space.
+
+    Example: two classes whose points sit at distance 1 from their means, means 10 apart.
+        >>> import torch
+        >>> x = torch.tensor([[-1., 0.], [1., 0.], [9., 0.], [11., 0.]])
+        >>> m = cluster_measures(x, torch.tensor([0, 0, 1, 1]), (0, 1))
+        >>> m.spread, m.mean_distance, m.tightness, m.equidistance_cv
+        ((1.0, 1.0), 10.0, 0.1, 0.0)
+    """
+    x = _as_float64(points, "points", 2)
+    y = _as_labels(labels, x.shape[0])
+    chosen = _check_classes(classes)
+    counts = [int((y == k).sum()) for k in chosen]
+    if min(counts) == 0:
+        raise ValueError(f"every class in classes must have points; classes {list(chosen)} have "
+                         f"counts {counts}")
+    means = torch.stack([x[y == k].mean(0) for k in chosen])
+    spread = [float(((x[y == k] - means[i]) ** 2).sum(1).mean().sqrt()) for i, k in enumerate(chosen)]
+    distances = _pairwise_distances(means)
+    mean_distance = float(distances.mean())
+    mean_spread = sum(spread) / len(spread)
+    template_tightness = None
+    if templates is not None:
+        t = _as_float64(templates, "templates", 2)
+        if t.shape != (len(chosen), x.shape[1]):
+            raise ValueError(f"templates must have shape ({len(chosen)}, {x.shape[1]}), one row per "
+                             f"class in the points' space, got {tuple(t.shape)}")
+        template_tightness = mean_spread / float(_pairwise_distances(t).mean())
+    return ClusterMeasures(
+        classes=chosen,
+        spread=tuple(spread),
+        mean_distance=mean_distance,
+        tightness=mean_spread / mean_distance if mean_distance > 0 else math.inf,
+        template_tightness=template_tightness,
+        equidistance_cv=float(distances.std(correction=0)) / mean_distance if mean_distance > 0 else math.inf,
+    )
+
+
+# 3. The figure ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProjectionPanel:
+    """One scatter of the figure: projected points, their labels, and what to call them.
+
+    ``coords`` (M, 2) and ``labels`` (M,) as returned by :meth:`TemplatePlane.project` for the
+    rows of the three classes; ``templates`` (3, 2) the projected templates (drawn as crosses);
+    ``class_names`` maps a class index to its name; ``title`` heads the panel.
+    """
+
+    coords: Tensor
+    labels: Tensor
+    templates: Tensor
+    class_names: dict[int, str]
+    title: str
+
+
+def plot_projection_grid(panels: Sequence[Sequence[ProjectionPanel]], path: str | Path | None = None,
+                         *, max_points_per_class: int = 300, seed: int = 0):
+    """Draw panels as a grid (rows x columns), one colour per class; save a PNG to ``path``.
+
+    The paper's layout is rows train / test and columns eps = 0 / eps > 0, the same three classes
+    everywhere. At most ``max_points_per_class`` points per class are drawn (a fixed random
+    subset, ``seed``), so large data sets stay readable. Returns the matplotlib Figure.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    rows = [list(row) for row in panels]
+    if not rows or not rows[0] or any(len(row) != len(rows[0]) for row in rows):
+        raise ValueError(f"panels must be a non-empty rectangular grid, got row lengths {[len(r) for r in rows]}")
+    generator = torch.Generator().manual_seed(seed)
+    fig, axes = plt.subplots(len(rows), len(rows[0]), figsize=(4.2 * len(rows[0]), 4.0 * len(rows)),
+                             squeeze=False)
+    colours = plt.get_cmap("tab10").colors
+    for ax, panel in zip(axes.flat, itertools.chain.from_iterable(rows)):
+        labels = _as_labels(panel.labels, len(panel.coords), "panel.labels")
+        for i, k in enumerate(sorted(panel.class_names)):
+            index = torch.nonzero(labels == k).flatten()
+            index = index[torch.randperm(len(index), generator=generator)[:max_points_per_class]]
+            ax.scatter(panel.coords[index, 0], panel.coords[index, 1], s=6, alpha=0.5,
+                       color=colours[i % len(colours)], label=panel.class_names[k], rasterized=True)
+        ax.scatter(panel.templates[:, 0], panel.templates[:, 1], marker="x", s=60, color="black",
+                   label="templates")
+        ax.set_title(panel.title, fontsize=10)
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.tick_params(labelsize=7)
+    axes.flat[0].legend(fontsize=7, markerscale=2, loc="best")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
