@@ -15,6 +15,7 @@ from labelsmooth.analysis.penultimate import (
     cluster_measures,
     plot_projection_grid,
     template_plane,
+    template_subspace,
 )
 
 
@@ -70,6 +71,25 @@ def test_order_of_the_classes_changes_coordinates_only_by_an_orthogonal_map():
         transform, *_ = np.linalg.lstsq(reference, coords, rcond=None)
         np.testing.assert_allclose(transform.T @ transform, np.eye(2), atol=1e-10)
         np.testing.assert_allclose(reference @ transform, coords, atol=1e-10)
+
+
+def test_subspace_of_all_templates_keeps_template_distances_and_drops_the_rest():
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((6, 12))
+    subspace = template_subspace(w)
+    assert subspace.classes == tuple(range(6)) and subspace.basis.shape == (12, 5)
+    np.testing.assert_allclose(pdist(subspace.project(w).numpy()), pdist(w), rtol=1e-10)
+    # a direction orthogonal to every template difference does not move the coordinates
+    differences = (w[1:] - w[0]).T
+    normal = rng.standard_normal(12)
+    normal -= differences @ np.linalg.lstsq(differences, normal, rcond=None)[0]
+    moved = subspace.project(w + 5.0 * normal).numpy()
+    np.testing.assert_allclose(moved, subspace.project(w).numpy(), atol=1e-10)
+
+
+def test_subspace_needs_enough_features():
+    with pytest.raises(ValueError, match="at least 5 features"):
+        template_subspace(np.random.default_rng(0).standard_normal((6, 4)))
 
 
 @pytest.mark.parametrize("weight, classes, match", [

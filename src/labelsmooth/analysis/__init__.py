@@ -12,19 +12,21 @@ from .distill import distillation_loss, smoothness_index
 from .penultimate import (
     ClusterMeasures,
     ProjectionPanel,
-    TemplatePlane,
+    TemplateSubspace,
     cluster_measures,
     plot_projection_grid,
     template_plane,
+    template_subspace,
 )
 
 __all__ = [
     "ClusterMeasures",
     "ProjectionPanel",
-    "TemplatePlane",
+    "TemplateSubspace",
     "cluster_measures",
     "distillation_loss",
     "plot_projection_grid",
     "smoothness_index",
     "template_plane",
+    "template_subspace",
 ]

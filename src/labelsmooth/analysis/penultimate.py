@@ -7,9 +7,11 @@ examples of those classes onto that plane and plots them. With label smoothing t
 out tighter and closer to equidistant. Here:
 
 - :func:`template_plane` builds the plane's orthonormal basis from ``w2 - w1`` and ``w3 - w1``
-  (QR) and :meth:`TemplatePlane.project` gives every activation its coordinates ``(a.u, a.v)``.
+  (QR) and :meth:`TemplateSubspace.project` gives every activation its coordinates ``(a.u, a.v)``.
   (A popular public reproduction orthonormalises the three templates through the origin and then
   runs PCA; that is a different plane and not the paper's method.)
+- :func:`template_subspace` does the same for any number of classes (all K by default): the
+  span of the template differences is the part of activation space that moves the softmax.
 - :func:`cluster_measures` turns the picture into numbers: how spread each class is relative to
   the distance between classes, and how equal the distances between class means are.
 - :func:`plot_projection_grid` draws the paper's figure: columns eps = 0 and eps > 0, rows train
@@ -32,14 +34,16 @@ from torch import Tensor
 __all__ = [
     "ClusterMeasures",
     "ProjectionPanel",
-    "TemplatePlane",
+    "TemplateSubspace",
     "cluster_measures",
     "plot_projection_grid",
     "template_plane",
+    "template_subspace",
 ]
 
-# |R[1, 1]| below this fraction of |R[0, 0]| means the three templates lie on one line.
-_COLLINEAR_TOLERANCE = 1e-10
+# A diagonal entry of R below this fraction of the longest template difference means the
+# templates are affinely dependent (three templates on one line).
+_DEGENERATE_TOLERANCE = 1e-10
 
 
 def _as_float64(x, name: str, dim: int) -> Tensor:
@@ -77,18 +81,18 @@ def _check_classes(classes: Sequence[int], num_classes: int | None = None,
 
 
 @dataclass(frozen=True)
-class TemplatePlane:
-    """The plane through the templates of three classes.
+class TemplateSubspace:
+    """The affine span of the templates of ``m`` classes, as an orthonormal basis (D, m - 1).
 
-    ``basis`` (D, 2) has orthonormal columns ``u`` (along ``w2 - w1``) and ``v`` (the part of
-    ``w3 - w1`` orthogonal to ``u``); ``classes`` are the three class indices, in order.
+    For three classes (``template_plane``) the columns are ``u`` (along ``w2 - w1``) and ``v``
+    (the part of ``w3 - w1`` orthogonal to ``u``); ``classes`` are the class indices, in order.
     """
 
     basis: Tensor
-    classes: tuple[int, int, int]
+    classes: tuple[int, ...]
 
     def project(self, activations) -> Tensor:
-        """Coordinates ``(a.u, a.v)`` of every row ``a`` of ``activations`` (N, D) -> (N, 2)."""
+        """Coordinates ``(a.u, a.v, ...)`` of every row ``a`` of ``activations`` (N, D) -> (N, m - 1)."""
         a = _as_float64(activations, "activations", 2)
         if a.shape[1] != self.basis.shape[0]:
             raise ValueError(f"activations must have {self.basis.shape[0]} features (the templates' "
@@ -96,12 +100,38 @@ class TemplatePlane:
         return a @ self.basis
 
 
-def template_plane(weight, classes: Sequence[int]) -> TemplatePlane:
-    r"""Orthonormal basis of the plane through the templates ``w1, w2, w3`` of three classes.
+def template_subspace(weight, classes: Sequence[int] | None = None, *,
+                      count: int | None = None) -> TemplateSubspace:
+    r"""Orthonormal basis of the span of the template differences ``w_k - w_1`` (QR).
 
-    ``[w2 - w1, w3 - w1] = Q R`` (reduced QR) with the signs fixed so that ``diag(R) > 0``; the
-    basis is ``Q`` (D, 2): ``u = (w2 - w1) / |w2 - w1|`` and ``v`` the unit vector along the
-    part of ``w3 - w1`` orthogonal to ``u`` (Müller et al. 2019, Section 2).
+    ``[w_2 - w_1, ..., w_m - w_1] = Q R`` (reduced QR) with the signs fixed so that
+    ``diag(R) > 0``; the basis is ``Q`` (D, m - 1). Distances measured in it are the part of the
+    activations that moves the logits' differences, which is what the softmax sees.
+
+    Args:
+        weight: the last layer's weight (K, D); row ``k`` is the template of class ``k``.
+        classes: distinct class indices ``(k_1, ..., k_m)``; all K classes when None.
+        count: the number of classes required (3 for the paper's plane), or None.
+    """
+    w = _as_float64(weight, "weight", 2)
+    chosen = _check_classes(range(w.shape[0]) if classes is None else classes, w.shape[0], count)
+    if w.shape[1] < len(chosen) - 1:
+        raise ValueError(f"weight must have at least {len(chosen) - 1} features to span the "
+                         f"templates of {len(chosen)} classes, got shape {tuple(w.shape)}")
+    differences = (w[list(chosen[1:])] - w[chosen[0]]).T
+    q, r = torch.linalg.qr(differences)
+    diagonal = torch.diagonal(r)
+    if diagonal.abs().min() <= _DEGENERATE_TOLERANCE * differences.norm(dim=0).max():
+        raise ValueError(f"the templates of classes {chosen} are affinely dependent (for three "
+                         f"classes: they lie on one line); they span no {len(chosen) - 1}-D subspace")
+    return TemplateSubspace(basis=q * torch.sign(diagonal), classes=chosen)
+
+
+def template_plane(weight, classes: Sequence[int]) -> TemplateSubspace:
+    r"""The plane through the templates ``w1, w2, w3`` of three classes (Müller et al. 2019, Sec. 2).
+
+    Basis ``u = (w2 - w1) / |w2 - w1|`` and ``v`` the unit vector along the part of ``w3 - w1``
+    orthogonal to ``u`` (QR of ``[w2 - w1, w3 - w1]``); a point's coordinates are ``(a.u, a.v)``.
 
     Args:
         weight: the last layer's weight (K, D); row ``k`` is the template of class ``k``.
@@ -115,16 +145,7 @@ def template_plane(weight, classes: Sequence[int]) -> TemplatePlane:
                 [3., 0.],
                 [0., 4.]], dtype=torch.float64)
     """
-    w = _as_float64(weight, "weight", 2)
-    k1, k2, k3 = _check_classes(classes, w.shape[0], count=3)
-    if w.shape[1] < 2:
-        raise ValueError(f"weight must have at least 2 features to span a plane, got shape {tuple(w.shape)}")
-    q, r = torch.linalg.qr(torch.stack([w[k2] - w[k1], w[k3] - w[k1]], dim=1))
-    diagonal = torch.diagonal(r)
-    if diagonal[0].abs() == 0 or diagonal[1].abs() <= _COLLINEAR_TOLERANCE * diagonal[0].abs():
-        raise ValueError(f"the templates of classes {(k1, k2, k3)} lie on one line (or coincide); "
-                         f"they span no plane")
-    return TemplatePlane(basis=q * torch.sign(diagonal), classes=(k1, k2, k3))
+    return template_subspace(weight, classes, count=3)
 
 
 # 2. Measures of the clusters --------------------------------------------------------------------
@@ -219,7 +240,7 @@ def cluster_measures(points, labels, classes: Sequence[int], templates=None) -> 
 class ProjectionPanel:
     """One scatter of the figure: projected points, their labels, and what to call them.
 
-    ``coords`` (M, 2) and ``labels`` (M,) as returned by :meth:`TemplatePlane.project` for the
+    ``coords`` (M, 2) and ``labels`` (M,) as returned by :meth:`TemplateSubspace.project` for the
     rows of the three classes; ``templates`` (3, 2) the projected templates (drawn as crosses);
     ``class_names`` maps a class index to its name; ``title`` heads the panel.
     """
