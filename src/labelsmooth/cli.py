@@ -12,6 +12,7 @@ import sys
 
 # name -> (module that implements it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "report": ("labelsmooth.lab.report", "rebuild the plots and report.html of a run directory"),
 }
 
 

@@ -76,7 +76,7 @@ def estimate(values: Sequence[float]) -> Estimate:
 
     >>> e = estimate([1.0, 2.0, 3.0])
     >>> e.mean, round(e.low, 4), round(e.high, 4)
-    (2.0, -0.4841, 4.4841)
+    (2.0, -0.4842, 4.4842)
     >>> estimate([0.5]).format()
     '0.5000 (n/a (1 seed))'
     """
