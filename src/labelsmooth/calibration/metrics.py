@@ -1,0 +1,454 @@
+"""Calibration metrics on predicted probabilities: the ECE family, Brier score, NLL, bootstrap CIs.
+
+Every metric takes ``probs`` (N, K) class probabilities and ``target`` (N,) class indices (torch
+tensors or NumPy arrays). Pass ``from_logits=True`` to give logits instead: they go through a
+softmax. Nothing is guessed: without the switch, ``probs`` must hold probabilities (in [0, 1],
+rows summing to 1), or a ValueError says what came.
+
+Binning (shared by every binned metric). A sample with confidence ``c`` falls in bin ``b`` when
+``edge[b-1] < c <= edge[b]``: bins are (lo, hi], the first bin also holds ``c = 0`` exactly and
+the top bin holds ``c = 1`` exactly.
+
+- ``binning="width"``: ``n_bins`` equal-width bins, edges ``k / n_bins`` (rounded to the
+  confidences' dtype).
+- ``binning="mass"``: equal-mass (adaptive) bins. The sorted confidences are cut into
+  ``n_bins`` chunks of as-equal-as-possible size (the first ``N % n_bins`` chunks get one more),
+  and each chunk's *largest* confidence is its bin's upper edge. Ties are handled by the (lo, hi]
+  rule: a confidence equal to an edge goes to the lower bin, so tied confidences always share one
+  bin, the result does not depend on sample order, and a bin may hold more or fewer than
+  ``N / n_bins`` samples (or none) when ties straddle a cut.
+
+Per bin ``b`` with ``n_b`` samples, mean confidence ``conf_b`` and mean outcome ``acc_b`` (for
+top-label metrics, the accuracy of the arg-max prediction; the first index wins ties):
+
+    l1  (ECE):  sum_b (n_b / N) |acc_b - conf_b|
+    l2:         sqrt(sum_b (n_b / N) (acc_b - conf_b)^2)
+    max (MCE):  max over non-empty bins of |acc_b - conf_b|
+
+Statistics are accumulated in float64; results are 0-dim float64 tensors on the input's device.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable, NamedTuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ..targets import _SUM_TOLERANCE, ContentChecks, check_class_indices
+
+__all__ = [
+    "BINNINGS",
+    "NORMS",
+    "BinStatistics",
+    "CalibrationError",
+    "ConfidenceInterval",
+    "bin_statistics",
+    "bootstrap_ci",
+    "brier_score",
+    "check_probabilities",
+    "classwise_calibration_error",
+    "debiased_l2_calibration_error",
+    "expected_calibration_error",
+    "negative_log_likelihood",
+    "top_label",
+]
+
+ArrayLike = object  # a torch.Tensor or anything torch.as_tensor accepts (a NumPy array)
+
+
+# 1. Input checks ---------------------------------------------------------------------------------
+
+
+def _as_tensor(value: ArrayLike, name: str) -> Tensor:
+    if isinstance(value, Tensor):
+        return value
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{name} must be a tensor or an array, got {type(value).__name__}") from error
+
+
+def _check_inputs(probs: ArrayLike, target: ArrayLike, from_logits: bool,
+                  validate_args: bool) -> tuple[Tensor, Tensor]:
+    """Shapes, dtypes and (when ``validate_args``) contents; returns the values unchanged but for
+    fp16/bf16 -> fp32 and int64 targets on the values' device."""
+    probs, target = _as_tensor(probs, "probs"), _as_tensor(target, "target")
+    what = "logits" if from_logits else "probabilities"
+    if not probs.is_floating_point():
+        raise ValueError(f"probs must be a floating tensor of {what}, got dtype {probs.dtype}")
+    if probs.dim() != 2:
+        raise ValueError(f"probs must have shape (N, K) ({what} of N samples over K classes), "
+                         f"got shape {tuple(probs.shape)}")
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise ValueError(f"target must be an integer tensor of class indices, got dtype {target.dtype}")
+    if target.shape != probs.shape[:1]:
+        raise ValueError(f"target must have shape ({probs.shape[0]},), one class index per row of "
+                         f"probs {tuple(probs.shape)}, got shape {tuple(target.shape)}")
+    if probs.shape[0] == 0:
+        raise ValueError("probs must hold at least one sample, got shape (0, K)")
+    if probs.dtype in (torch.float16, torch.bfloat16):
+        probs = probs.float()
+    target = target.to(device=probs.device, dtype=torch.int64)
+    if validate_args:
+        checks = ContentChecks()
+        finite = torch.isfinite(probs)
+        checks.add(finite.all(), lambda: f"probs must be finite {what}, got NaN or infinity")
+        if not from_logits:
+            clean = torch.where(finite, probs, torch.full_like(probs, 0.5))
+            low, high = clean.min(), clean.max()
+            checks.add((low >= 0) & (high <= 1),
+                       lambda lo, hi: f"probs must lie in [0, 1] (pass from_logits=True for logits), "
+                                      f"got values in [{lo:.4g}, {hi:.4g}]", low, high)
+            tolerance = _SUM_TOLERANCE[probs.dtype] * max(1.0, probs.shape[1] / 100)
+            off = (clean.sum(1, dtype=torch.float64) - 1).abs().max()
+            checks.add(off <= tolerance, lambda v: f"each row of probs must sum to 1 (within "
+                                                   f"{tolerance:g}), off by {v:.3g}", off)
+        check_class_indices(target, probs.shape[1], None, checks)
+        checks.raise_if_failed()
+    return probs, target
+
+
+def check_probabilities(probs: ArrayLike, target: ArrayLike, *, from_logits: bool = False,
+                        validate_args: bool = True) -> tuple[Tensor, Tensor]:
+    """Check ``probs`` (N, K) and ``target`` (N,); return float probabilities and int64 targets.
+
+    With ``from_logits=True`` the first argument holds logits and is soft-maxed. Contents (finite
+    values, probabilities in [0, 1] with rows summing to 1, targets in [0, K)) are checked with one
+    host sync when ``validate_args`` is true.
+
+    >>> p, y = check_probabilities([[0.2, 0.8]], [1])
+    >>> p.dtype, y.dtype
+    (torch.float32, torch.int64)
+    """
+    probs, target = _check_inputs(probs, target, from_logits, validate_args)
+    return (torch.softmax(probs, dim=1) if from_logits else probs), target
+
+
+def _check_bins(n_bins: int, binning: str) -> None:
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
+    if binning not in BINNINGS:
+        raise ValueError(f"binning must be one of {sorted(BINNINGS)}, got {binning!r}")
+
+
+def _check_norm(norm: str) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {sorted(NORMS)}, got {norm!r}")
+
+
+# 2. Binning --------------------------------------------------------------------------------------
+
+
+class BinStatistics(NamedTuple):
+    """Per-bin sums, shape (..., n_bins): sample count, summed confidence, summed outcome."""
+
+    count: Tensor
+    confidence: Tensor
+    outcome: Tensor
+
+
+def _width_edges(confidence: Tensor, n_bins: int) -> Tensor:
+    # k / n_bins rounded once to the confidences' dtype (torch.linspace can be an ulp off), so a
+    # confidence written as 0.2 meets the edge 1/5 exactly and lands in the lower bin.
+    inner = (torch.arange(1, n_bins, dtype=torch.float64, device=confidence.device) / n_bins)
+    inner = inner.to(confidence.dtype)
+    return inner.expand(*confidence.shape[:-1], n_bins - 1).contiguous()
+
+
+def _mass_edges(confidence: Tensor, n_bins: int) -> Tensor:
+    n = confidence.shape[-1]
+    sizes = torch.full((n_bins,), n // n_bins, dtype=torch.int64)
+    sizes[: n % n_bins] += 1
+    last_of_chunk = (sizes.cumsum(0)[:-1] - 1).clamp(min=0).to(confidence.device)
+    return confidence.sort(dim=-1).values.index_select(-1, last_of_chunk).contiguous()
+
+
+# name -> inner edges (..., n_bins - 1) for confidences (..., N)
+BINNINGS: dict[str, Callable[[Tensor, int], Tensor]] = {"width": _width_edges, "mass": _mass_edges}
+
+
+def bin_statistics(confidence: Tensor, outcome: Tensor, n_bins: int = 15,
+                   binning: str = "width") -> BinStatistics:
+    """Bin each row of ``confidence`` (G, N) with its 0/1 ``outcome`` (G, N); sums (G, n_bins).
+
+    Rows are independent groups (one per class for class-wise metrics), each binned on its own.
+
+    >>> s = bin_statistics(torch.tensor([[0.0, 0.5, 1.0]]), torch.tensor([[0.0, 1.0, 1.0]]), 2)
+    >>> s.count.tolist(), s.outcome.tolist()
+    ([[2.0, 1.0]], [[1.0, 1.0]])
+    """
+    _check_bins(n_bins, binning)
+    groups = confidence.shape[0]
+    edges = BINNINGS[binning](confidence, n_bins)
+    index = torch.searchsorted(edges, confidence.contiguous(), right=False)
+    index = (index + n_bins * torch.arange(groups, device=index.device).unsqueeze(1)).reshape(-1)
+    zeros = torch.zeros(groups * n_bins, dtype=torch.float64, device=confidence.device)
+    sums = [zeros.scatter_add(0, index, values.reshape(-1).to(torch.float64))
+            for values in (torch.ones_like(confidence), confidence, outcome)]
+    return BinStatistics(*(s.reshape(groups, n_bins) for s in sums))
+
+
+# 3. Norms over bins ------------------------------------------------------------------------------
+
+
+def _gaps(stats: BinStatistics) -> tuple[Tensor, Tensor, Tensor]:
+    """|acc_b - conf_b| (0 for empty bins), bin weights n_b / N and the non-empty mask."""
+    filled = stats.count > 0
+    count = stats.count.clamp(min=1)
+    gap = (stats.outcome - stats.confidence).abs() / count
+    return gap, stats.count / stats.count.sum(-1, keepdim=True), filled
+
+
+def _l1(stats: BinStatistics) -> Tensor:
+    gap, weight, _ = _gaps(stats)
+    return (weight * gap).sum(-1)
+
+
+def _l2(stats: BinStatistics) -> Tensor:
+    gap, weight, _ = _gaps(stats)
+    return (weight * gap.square()).sum(-1).sqrt()
+
+
+def _max(stats: BinStatistics) -> Tensor:
+    gap, _, filled = _gaps(stats)
+    return torch.where(filled, gap, torch.zeros_like(gap)).amax(-1)
+
+
+# name -> calibration error per group (...,) from per-bin sums (..., n_bins)
+NORMS: dict[str, Callable[[BinStatistics], Tensor]] = {"l1": _l1, "l2": _l2, "max": _max}
+
+
+# 4. Functional metrics ---------------------------------------------------------------------------
+
+
+def top_label(probs: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Confidence ``max_k p_k`` and correctness of the arg-max prediction, each (N,)."""
+    confidence, prediction = probs.max(dim=1)
+    return confidence, (prediction == target).to(confidence.dtype)
+
+
+def expected_calibration_error(probs: ArrayLike, target: ArrayLike, n_bins: int = 15, *,
+                               binning: str = "width", norm: str = "l1", from_logits: bool = False,
+                               validate_args: bool = True) -> Tensor:
+    """Top-label calibration error: ECE (``norm="l1"``), RMS (``"l2"``) or MCE (``"max"``).
+
+    ``sum_b (n_b / N) |acc_b - conf_b|`` for l1, over ``n_bins`` bins (see the module docstring
+    for the bins and the other norms). Shapes: probs (N, K), target (N,); returns a 0-dim tensor.
+
+    >>> p = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]])
+    >>> round(expected_calibration_error(p, torch.tensor([0, 1, 1]), n_bins=5).item(), 4)
+    0.2
+    """
+    _check_bins(n_bins, binning)
+    _check_norm(norm)
+    probs, target = check_probabilities(probs, target, from_logits=from_logits,
+                                        validate_args=validate_args)
+    confidence, correct = top_label(probs, target)
+    stats = bin_statistics(confidence.unsqueeze(0), correct.unsqueeze(0), n_bins, binning)
+    return NORMS[norm](stats)[0]
+
+
+def classwise_calibration_error(probs: ArrayLike, target: ArrayLike, n_bins: int = 15, *,
+                                binning: str = "width", norm: str = "l1",
+                                from_logits: bool = False, validate_args: bool = True) -> Tensor:
+    """Class-wise calibration error (Kull et al. 2019): the mean over classes of each class's error.
+
+    Class k is scored as a binary forecaster: confidence ``p_k``, outcome ``[y == k]``, binned
+    on its own (``binning``), reduced with ``norm``; the K results are averaged.
+
+    >>> p = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]])
+    >>> round(classwise_calibration_error(p, torch.tensor([0, 1, 1]), n_bins=5).item(), 4)
+    0.3667
+    """
+    _check_bins(n_bins, binning)
+    _check_norm(norm)
+    probs, target = check_probabilities(probs, target, from_logits=from_logits,
+                                        validate_args=validate_args)
+    outcome = nn.functional.one_hot(target, probs.shape[1]).to(probs.dtype)
+    stats = bin_statistics(probs.T, outcome.T, n_bins, binning)
+    return NORMS[norm](stats).mean()
+
+
+def debiased_l2_calibration_error(probs: ArrayLike, target: ArrayLike, n_bins: int = 15, *,
+                                  binning: str = "mass", from_logits: bool = False,
+                                  validate_args: bool = True) -> Tensor:
+    """Debiased top-label L2 calibration error (Kumar, Liang, Ma 2019, "Verified Uncertainty
+    Calibration").
+
+    The plug-in ``(acc_b - conf_b)^2`` overestimates the squared gap by the variance of ``acc_b``;
+    the estimator subtracts it per bin, then clips the total at 0::
+
+        sqrt(max(0, sum_b (n_b / N) [(acc_b - conf_b)^2 - acc_b (1 - acc_b) / (n_b - 1)]))
+
+    Bins with fewer than two samples contribute 0. Equal-mass bins by default, as in the paper.
+
+    One bin, six predictions at 0.9 of which half are right: sqrt(0.4^2 - 0.25 / 5):
+
+    >>> p = torch.tensor([[0.9, 0.1]] * 6)
+    >>> y = torch.tensor([0, 0, 0, 1, 1, 1])
+    >>> round(debiased_l2_calibration_error(p, y, n_bins=1).item(), 4)
+    0.3317
+    """
+    _check_bins(n_bins, binning)
+    probs, target = check_probabilities(probs, target, from_logits=from_logits,
+                                        validate_args=validate_args)
+    confidence, correct = top_label(probs, target)
+    stats = bin_statistics(confidence.unsqueeze(0), correct.unsqueeze(0), n_bins, binning)
+    count = stats.count[0]
+    usable = count >= 2
+    accuracy = stats.outcome[0] / count.clamp(min=1)
+    plug_in = (accuracy - stats.confidence[0] / count.clamp(min=1)).square()
+    variance = accuracy * (1 - accuracy) / (count - 1).clamp(min=1)
+    per_bin = torch.where(usable, plug_in - variance, torch.zeros_like(plug_in))
+    return ((count / count.sum()) * per_bin).sum().clamp(min=0).sqrt()
+
+
+def brier_score(probs: ArrayLike, target: ArrayLike, *, from_logits: bool = False,
+                validate_args: bool = True) -> Tensor:
+    """Multiclass Brier score ``mean_i sum_k (p_ik - [y_i == k])^2`` (Brier 1950; range [0, 2]).
+
+    >>> round(brier_score(torch.tensor([[0.75, 0.25]]), torch.tensor([0])).item(), 4)
+    0.125
+    """
+    probs, target = check_probabilities(probs, target, from_logits=from_logits,
+                                        validate_args=validate_args)
+    outcome = nn.functional.one_hot(target, probs.shape[1]).to(torch.float64)
+    return (probs.to(torch.float64) - outcome).square().sum(1).mean()
+
+
+# Probabilities below this are clipped before the log, so a zero probability costs -log(1e-12)
+# (about 27.6 nats) instead of infinity (isotonic calibrators do output exact zeros).
+MIN_PROBABILITY = 1e-12
+
+
+def negative_log_likelihood(probs: ArrayLike, target: ArrayLike, *, from_logits: bool = False,
+                            validate_args: bool = True) -> Tensor:
+    """Mean ``-log p_y`` in nats; probabilities clipped at ``MIN_PROBABILITY`` (logits are exact).
+
+    >>> round(negative_log_likelihood(torch.tensor([[0.5, 0.5]]), torch.tensor([0])).item(), 4)
+    0.6931
+    """
+    values, target = _check_inputs(probs, target, from_logits, validate_args)
+    values = values.to(torch.float64)
+    log_p = torch.log_softmax(values, dim=1) if from_logits else values.clamp(min=MIN_PROBABILITY).log()
+    return -log_p.gather(1, target.unsqueeze(1)).mean()
+
+
+# 5. Bootstrap confidence intervals ---------------------------------------------------------------
+
+
+class ConfidenceInterval(NamedTuple):
+    """A metric on the full sample and its percentile-bootstrap interval."""
+
+    estimate: float
+    low: float
+    high: float
+
+
+def bootstrap_ci(metric_fn: Callable[..., Tensor], probs: ArrayLike, target: ArrayLike,
+                 n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
+                 **kwargs) -> ConfidenceInterval:
+    """Percentile-bootstrap interval of ``metric_fn(probs, target, **kwargs)``.
+
+    Rows are resampled with replacement ``n_resamples`` times (a seeded CPU generator, so the
+    interval is reproducible); the interval is the ``(1 -/+ confidence) / 2`` quantiles of the
+    resampled values. The full-sample call validates the inputs; resamples of valid inputs are
+    valid, so they pass ``validate_args=False`` when ``metric_fn`` accepts it.
+
+    >>> p = torch.softmax(torch.randn(200, 3, generator=torch.Generator().manual_seed(0)), 1)
+    >>> y = torch.zeros(200, dtype=torch.long)
+    >>> ci = bootstrap_ci(brier_score, p, y, n_resamples=50)
+    >>> ci.low <= ci.estimate <= ci.high
+    True
+    """
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int) or n_resamples < 1:
+        raise ValueError(f"n_resamples must be a positive int, got {n_resamples!r}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
+    probs, target = _as_tensor(probs, "probs"), _as_tensor(target, "target")
+    estimate = float(metric_fn(probs, target, **kwargs))
+    if "validate_args" in inspect.signature(metric_fn).parameters:
+        kwargs = {**kwargs, "validate_args": False}
+    generator = torch.Generator().manual_seed(seed)
+    n = probs.shape[0]
+    values = torch.empty(n_resamples, dtype=torch.float64)
+    for i in range(n_resamples):
+        rows = torch.randint(n, (n,), generator=generator).to(probs.device)
+        values[i] = float(metric_fn(probs[rows], target.to(probs.device)[rows], **kwargs))
+    tail = (1 - confidence) / 2
+    low, high = torch.quantile(values, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return ConfidenceInterval(estimate, low, high)
+
+
+# 6. Streaming metric -----------------------------------------------------------------------------
+
+
+class CalibrationError(nn.Module):
+    """Streaming top-label calibration error over equal-width bins, memory O(n_bins).
+
+    ``update(probs, target)`` adds each batch to per-bin sums (count, confidence, accuracy) kept
+    as float64 buffers; ``compute()`` returns the error of everything seen so far with ``norm``
+    (``"l1"`` ECE, ``"l2"``, ``"max"`` MCE). Equal-mass bins need every confidence at once, so they
+    are not offered here: use :func:`expected_calibration_error` with ``binning="mass"``.
+
+    When ``torch.distributed`` is initialised, ``sync()`` and ``compute()`` all-reduce the sums
+    over ``group`` (all processes by default) without changing the local buffers, so every process
+    gets the error of the whole data set and calling them twice does not double count.
+
+    >>> metric = CalibrationError(n_bins=5)
+    >>> metric.update(torch.tensor([[0.9, 0.1], [0.8, 0.2]]), torch.tensor([0, 1]))
+    >>> metric.update(torch.tensor([[0.3, 0.7]]), torch.tensor([1]))
+    >>> round(metric.compute().item(), 4)
+    0.2
+    """
+
+    count: Tensor
+    confidence_sum: Tensor
+    accuracy_sum: Tensor
+
+    def __init__(self, n_bins: int = 15, norm: str = "l1", *, from_logits: bool = False,
+                 validate_args: bool = True) -> None:
+        super().__init__()
+        _check_bins(n_bins, "width")
+        _check_norm(norm)
+        self.n_bins, self.norm = n_bins, norm
+        self.from_logits, self.validate_args = from_logits, validate_args
+        for name in ("count", "confidence_sum", "accuracy_sum"):
+            self.register_buffer(name, torch.zeros(n_bins, dtype=torch.float64))
+
+    def reset(self) -> None:
+        for buffer in (self.count, self.confidence_sum, self.accuracy_sum):
+            buffer.zero_()
+
+    @torch.no_grad()
+    def update(self, probs: ArrayLike, target: ArrayLike) -> None:
+        probs, target = check_probabilities(probs, target, from_logits=self.from_logits,
+                                            validate_args=self.validate_args)
+        confidence, correct = top_label(probs.to(self.count.device), target.to(self.count.device))
+        stats = bin_statistics(confidence.unsqueeze(0), correct.unsqueeze(0), self.n_bins, "width")
+        self.count += stats.count[0]
+        self.confidence_sum += stats.confidence[0]
+        self.accuracy_sum += stats.outcome[0]
+
+    def sync(self, group: dist.ProcessGroup | None = None) -> BinStatistics:
+        """Per-bin sums over every process of ``group`` (the local sums when not distributed)."""
+        stacked = torch.stack([self.count, self.confidence_sum, self.accuracy_sum])
+        if dist.is_available() and dist.is_initialized():
+            stacked = stacked.clone()
+            dist.all_reduce(stacked, op=dist.ReduceOp.SUM, group=group)
+        return BinStatistics(*stacked.unsqueeze(1))
+
+    def compute(self, group: dist.ProcessGroup | None = None) -> Tensor:
+        stats = self.sync(group)
+        if float(stats.count.sum()) == 0:
+            raise ValueError("CalibrationError.compute() needs at least one update() with samples")
+        return NORMS[self.norm](stats)[0]
+
+    def forward(self, probs: ArrayLike, target: ArrayLike) -> None:
+        self.update(probs, target)
+
+    def extra_repr(self) -> str:
+        return f"n_bins={self.n_bins}, norm={self.norm!r}, from_logits={self.from_logits}"
