@@ -244,6 +244,9 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, i
     if not isinstance(target, Tensor):
         raise ValueError(f"target must be a tensor, got {type(target).__name__}")
     if input.dim() == 1:  # (K,) logits with a 0-dim target, as torch allows
+        if target.shape not in (torch.Size(), input.shape):
+            raise ValueError(f"target for logits of shape {tuple(input.shape)} must be a 0-dim class index "
+                             f"or probabilities of shape {tuple(input.shape)}, got shape {tuple(target.shape)}")
         eps = label_smoothing
         if isinstance(eps, Tensor) and eps.dim() == 0 and not target.is_floating_point():
             eps = eps.unsqueeze(0)

@@ -81,6 +81,16 @@ class ContentChecks:
                 raise ValueError(message(*args))
 
 
+def first_offender(values: Tensor, bad: Tensor) -> Tensor:
+    """The first element of ``values`` where ``bad`` is True, as 0-dim evidence for a message.
+
+    Any element (or 0 for an empty tensor) when nothing is bad; the flag decides whether it is shown.
+    """
+    if values.numel() == 0:
+        return values.new_zeros(())
+    return values.reshape(-1)[bad.reshape(-1).to(torch.int64).argmax()]
+
+
 # 2. Argument checks, one helper per concern ------------------------------------------------------
 
 
@@ -114,10 +124,8 @@ def check_label_smoothing(label_smoothing: float | Tensor, shape: torch.Size,
         if checks is not None:
             eps = label_smoothing.detach()
             bad = ~(torch.isfinite(eps) & (eps <= 1))
-            worst = torch.where(bad, eps, torch.zeros_like(eps)).reshape(-1)
-            worst = worst[bad.reshape(-1).to(torch.int64).argmax()] if eps.numel() else eps.new_zeros(())
             checks.add(~bad.any(), lambda v: f"label_smoothing must be finite and at most 1 for every "
-                                             f"sample, got {v}", worst)
+                                             f"sample, got {v:.6g}", first_offender(eps, bad))
         return label_smoothing
     if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
         raise ValueError(f"label_smoothing must be a float or a tensor, got {type(label_smoothing).__name__}")
@@ -150,11 +158,10 @@ def check_class_indices(target: Tensor, num_classes: int, ignore_index: int | No
     valid = (target >= 0) & (target < num_classes)
     if ignore_index is not None:
         valid |= target == ignore_index
-    bad_value = target.reshape(-1)[(~valid).reshape(-1).to(torch.int64).argmax()]
     allowed = f"in [0, {num_classes})" + (f" or equal to ignore_index={ignore_index}"
                                           if ignore_index is not None else "")
     checks.add(valid.all(), lambda v: f"{name} must hold class indices {allowed}, got {int(v)}",
-               bad_value)
+               first_offender(target, ~valid))
 
 
 # 3. Distributions --------------------------------------------------------------------------------
@@ -208,9 +215,10 @@ def _check_distribution_tensor(dist: Tensor, num_classes: int, checks: ContentCh
         return
     d = dist.detach()
     tol = _SUM_TOLERANCE.get(d.dtype, 1e-4)
-    checks.add((d >= 0).all() & torch.isfinite(d).all(),
-               lambda v: f"distribution must hold finite, non-negative probabilities, got a value {v}",
-               torch.where(torch.isfinite(d), d, d.new_full((), -1.0)).min())
+    probability = torch.isfinite(d) & (d >= 0)
+    checks.add(probability.all(),
+               lambda v: f"distribution must hold finite, non-negative probabilities, got {v:.6g}",
+               first_offender(d, ~probability))
     sums = d.sum(-1)
     err = (sums - 1).abs().max()
     what = "each row of distribution" if d.dim() == 2 else "distribution"
