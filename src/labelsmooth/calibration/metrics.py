@@ -48,6 +48,7 @@ __all__ = [
     "bin_statistics",
     "bootstrap_ci",
     "brier_score",
+    "check_inputs",
     "check_probabilities",
     "classwise_calibration_error",
     "debiased_l2_calibration_error",
@@ -71,10 +72,15 @@ def _as_tensor(value: ArrayLike, name: str) -> Tensor:
         raise ValueError(f"{name} must be a tensor or an array, got {type(value).__name__}") from error
 
 
-def _check_inputs(probs: ArrayLike, target: ArrayLike, from_logits: bool,
-                  validate_args: bool) -> tuple[Tensor, Tensor]:
-    """Shapes, dtypes and (when ``validate_args``) contents; returns the values unchanged but for
-    fp16/bf16 -> fp32 and int64 targets on the values' device."""
+def check_inputs(probs: ArrayLike, target: ArrayLike, *, from_logits: bool,
+                 validate_args: bool = True) -> tuple[Tensor, Tensor]:
+    """Check shapes, dtypes and (when ``validate_args``) contents of probabilities or logits.
+
+    Returns the values unchanged but for fp16/bf16 -> fp32, and int64 targets on their device.
+
+    >>> check_inputs([[0.1, 3.0]], [1], from_logits=True)[0]
+    tensor([[0.1000, 3.0000]])
+    """
     probs, target = _as_tensor(probs, "probs"), _as_tensor(target, "target")
     what = "logits" if from_logits else "probabilities"
     if not probs.is_floating_point():
@@ -123,7 +129,7 @@ def check_probabilities(probs: ArrayLike, target: ArrayLike, *, from_logits: boo
     >>> p.dtype, y.dtype
     (torch.float32, torch.int64)
     """
-    probs, target = _check_inputs(probs, target, from_logits, validate_args)
+    probs, target = check_inputs(probs, target, from_logits=from_logits, validate_args=validate_args)
     return (torch.softmax(probs, dim=1) if from_logits else probs), target
 
 
@@ -331,7 +337,7 @@ def negative_log_likelihood(probs: ArrayLike, target: ArrayLike, *, from_logits:
     >>> round(negative_log_likelihood(torch.tensor([[0.5, 0.5]]), torch.tensor([0])).item(), 4)
     0.6931
     """
-    values, target = _check_inputs(probs, target, from_logits, validate_args)
+    values, target = check_inputs(probs, target, from_logits=from_logits, validate_args=validate_args)
     values = values.to(torch.float64)
     log_p = torch.log_softmax(values, dim=1) if from_logits else values.clamp(min=MIN_PROBABILITY).log()
     return -log_p.gather(1, target.unsqueeze(1)).mean()
