@@ -65,9 +65,9 @@ class OnlineLabelSmoothing(nn.Module):
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         if self.auto_update and self.training:
             self.update(input, target)
+        # Passed in its own dtype: the loss casts it, and checks its row sums at fp32's tolerance.
         return cross_entropy(input, target, None, self.ignore_index, self.reduction, self.label_smoothing,
-                             distribution=self.distribution.to(input.dtype if input.is_floating_point()
-                                                               else torch.float32))
+                             distribution=self.distribution)
 
     @torch.no_grad()
     def update(self, logits: Tensor, target: Tensor) -> None:
@@ -78,7 +78,7 @@ class OnlineLabelSmoothing(nn.Module):
             raise ValueError(f"target must have shape ({logits.shape[0]},), got {tuple(target.shape)}")
         probs = logits.detach().float().softmax(1)
         correct = (probs.argmax(1) == target) & (target != self.ignore_index)
-        y = target[correct].long()
+        y = target[correct].long().to(self._sums.device)
         self._sums.index_add_(0, y, probs[correct].to(self._sums.device))
         self._counts.index_add_(0, y, torch.ones_like(y, dtype=self._counts.dtype))
 
