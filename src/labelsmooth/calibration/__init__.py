@@ -3,12 +3,17 @@
     from labelsmooth.calibration import expected_calibration_error, TemperatureScaling
     ece = expected_calibration_error(probs, target)              # probs (N, K), target (N,)
     ece = expected_calibration_error(logits, target, from_logits=True)
+    probs = TemperatureScaling().fit(val_logits, val_target).transform(test_logits)
 
-``metrics`` holds the ECE family, Brier score, NLL and bootstrap intervals (torch only);
-``scaling`` the post-hoc calibrators (Platt and isotonic import scikit-learn when fitted).
+``metrics`` (the ECE family, Brier score, NLL, bootstrap intervals) needs only torch and loads
+eagerly; ``scaling`` (post-hoc calibrators; NumPy, scikit-learn) and ``diagrams`` (reliability
+diagrams; matplotlib) load on first use of one of their names. ``lab`` and ``cli`` connect the
+package to the lab report and the ``labelsmooth calibrate`` command.
 """
 
 from __future__ import annotations
+
+import importlib
 
 from .metrics import (
     BinStatistics,
@@ -22,25 +27,22 @@ from .metrics import (
     expected_calibration_error,
     negative_log_likelihood,
 )
-from .scaling import (
-    CALIBRATORS,
-    Calibrator,
-    IsotonicCalibration,
-    PlattScaling,
-    TemperatureScaling,
-    VectorScaling,
-)
+
+_LAZY = {
+    "CALIBRATORS": "scaling",
+    "Calibrator": "scaling",
+    "IsotonicCalibration": "scaling",
+    "PlattScaling": "scaling",
+    "TemperatureScaling": "scaling",
+    "VectorScaling": "scaling",
+    "reliability_diagram": "diagrams",
+    "reliability_diagrams": "diagrams",
+}
 
 __all__ = [
-    "CALIBRATORS",
     "BinStatistics",
     "CalibrationError",
-    "Calibrator",
     "ConfidenceInterval",
-    "IsotonicCalibration",
-    "PlattScaling",
-    "TemperatureScaling",
-    "VectorScaling",
     "bin_statistics",
     "bootstrap_ci",
     "brier_score",
@@ -48,4 +50,15 @@ __all__ = [
     "debiased_l2_calibration_error",
     "expected_calibration_error",
     "negative_log_likelihood",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
