@@ -18,6 +18,7 @@ from labelsmooth.calibration.metrics import (
     bootstrap_ci,
     brier_score,
     classwise_calibration_error,
+    confidence_gap,
     debiased_l2_calibration_error,
     expected_calibration_error,
     negative_log_likelihood,
@@ -144,6 +145,17 @@ def test_brier_and_nll_match_independent_formulas():
     assert negative_log_likelihood(probs, target).item() == pytest.approx(expected_nll, rel=1e-10)
     assert negative_log_likelihood(logits, target, from_logits=True).item() == \
         pytest.approx(F.cross_entropy(logits, target).item(), rel=1e-12)
+
+
+def test_confidence_gap_keeps_the_sign():
+    logits, target = random_predictions(500, 4, seed=15, dtype=torch.float64)
+    conf, correct = top_label_np(logits.softmax(1), target)
+    assert confidence_gap(logits, target, from_logits=True).item() == pytest.approx(conf.mean() - correct.mean(), abs=1e-12)
+    # Labels drawn from softmax(z): a model with logits z / 4 is under-confident on them.
+    g = torch.Generator().manual_seed(16)
+    drawn = torch.multinomial(logits.softmax(1), 1, generator=g).squeeze(1)
+    assert confidence_gap(logits / 4, drawn, from_logits=True) < -0.05
+    assert confidence_gap(logits * 4, drawn, from_logits=True) > 0.05
 
 
 def test_nll_from_logits_is_exact_where_probabilities_underflow():

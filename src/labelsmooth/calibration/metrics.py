@@ -51,6 +51,7 @@ __all__ = [
     "check_inputs",
     "check_probabilities",
     "classwise_calibration_error",
+    "confidence_gap",
     "debiased_l2_calibration_error",
     "expected_calibration_error",
     "negative_log_likelihood",
@@ -310,6 +311,23 @@ def debiased_l2_calibration_error(probs: ArrayLike, target: ArrayLike, n_bins: i
     variance = accuracy * (1 - accuracy) / (count - 1).clamp(min=1)
     per_bin = torch.where(usable, plug_in - variance, torch.zeros_like(plug_in))
     return ((count / count.sum()) * per_bin).sum().clamp(min=0).sqrt()
+
+
+def confidence_gap(probs: ArrayLike, target: ArrayLike, *, from_logits: bool = False,
+                   validate_args: bool = True) -> Tensor:
+    """Mean top-label confidence minus accuracy: > 0 over-confident, < 0 under-confident overall.
+
+    Unlike the ECE it keeps the sign (and lets bins cancel): label smoothing that over-corrects
+    shows up as a negative gap.
+
+    >>> p = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]])
+    >>> round(confidence_gap(p, torch.tensor([0, 1, 1])).item(), 4)
+    0.1333
+    """
+    probs, target = check_probabilities(probs, target, from_logits=from_logits,
+                                        validate_args=validate_args)
+    confidence, correct = top_label(probs, target)
+    return (confidence.to(torch.float64) - correct.to(torch.float64)).mean()
 
 
 def brier_score(probs: ArrayLike, target: ArrayLike, *, from_logits: bool = False,
