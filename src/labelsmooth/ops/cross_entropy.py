@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ..losses import _reduce, _to_rows, accumulation_dtype, combine_row_statistics
 from ..targets import (
@@ -318,6 +319,7 @@ class _RowStatistics(torch.autograd.Function):
         return lse, target_logit, dot
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_lse: Tensor, grad_target_logit: Tensor, grad_dot: Tensor):
         logits, target, smoothing, lse = ctx.saved_tensors
         grad = logits if ctx.inplace_backward else torch.empty_like(logits)
@@ -336,6 +338,7 @@ class _LossWithPrecomputedGradient(torch.autograd.Function):
         return loss.clone()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_loss: Tensor):
         (grad_rows,) = ctx.saved_tensors
         _launch_scale_rows(grad_rows, grad_loss)
@@ -374,7 +377,7 @@ def row_statistics(logits: Tensor, target: Tensor, smoothing: Smoothing | None,
     """
     check_kernel_device(logits, "logits")
     smoothing_tensor, class_conditional = _smoothing_operand(smoothing)
-    return _RowStatistics.apply(_unit_column_stride(logits), target.contiguous(), smoothing_tensor,
+    return _RowStatistics.apply(_unit_column_stride(logits), target.long().contiguous(), smoothing_tensor,
                                 class_conditional, softcap, inplace_backward)
 
 
@@ -449,6 +452,8 @@ def fused_cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor 
     check_class_weight(weight, num_classes)
     if softcap is not None and not (isinstance(softcap, (int, float)) and softcap > 0):
         raise ValueError(f"softcap must be a positive float or None, got {softcap!r}")
+    if not isinstance(z_loss, (int, float)):
+        raise ValueError(f"z_loss must be a float, got {type(z_loss).__name__}")
     check_kernel_device(input, "input")
     checks = ContentChecks() if validate_args else None
     eps = check_label_smoothing(label_smoothing, target.shape, checks)
