@@ -16,16 +16,20 @@ from __future__ import annotations
 import importlib
 
 from .metrics import (
+    SUMMARY_METRICS,
     BinStatistics,
     CalibrationError,
     ConfidenceInterval,
+    accuracy,
     bin_statistics,
     bootstrap_ci,
     brier_score,
+    calibration_summary,
     classwise_calibration_error,
     confidence_gap,
     debiased_l2_calibration_error,
     expected_calibration_error,
+    maximum_calibration_error,
     negative_log_likelihood,
 )
 
@@ -41,16 +45,20 @@ _LAZY = {
 }
 
 __all__ = [
+    "SUMMARY_METRICS",
     "BinStatistics",
     "CalibrationError",
     "ConfidenceInterval",
+    "accuracy",
     "bin_statistics",
     "bootstrap_ci",
     "brier_score",
+    "calibration_summary",
     "classwise_calibration_error",
     "confidence_gap",
     "debiased_l2_calibration_error",
     "expected_calibration_error",
+    "maximum_calibration_error",
     "negative_log_likelihood",
     *_LAZY,
 ]

@@ -2,10 +2,10 @@
 section that answers "label smoothing or temperature scaling?" with numbers.
 
 ``cell_calibration(final_npz)`` scores one finished cell (``cells/<key>/final.npz`` of the lab
-contract): on the test split, accuracy, ECE, MCE, class-wise ECE, Brier, NLL and the signed
-confidence gap (mean confidence - accuracy), each with a percentile-bootstrap interval over test
-rows; the temperature fitted on the holdout split; and the same metrics after scaling. The result
-is plain JSON, so the sweep can store it as ``run["calibration"]``.
+contract): on the test split, the metrics of ``metrics.SUMMARY_METRICS`` (accuracy, ECE, MCE,
+class-wise ECE, Brier, NLL, the signed confidence gap = mean confidence - accuracy), each with a
+percentile-bootstrap interval over test rows; the temperature fitted on the holdout split; and the
+same metrics after scaling. The result is plain JSON, so the sweep can store it as ``run["calibration"]``.
 
 ``report_section(results, run_dir)`` (registered in ``labelsmooth.lab.report.REPORT_SECTIONS``)
 builds a table in the shape of Müller et al. 2019, Table 3 (each condition at T = 1 and after
@@ -29,7 +29,7 @@ import base64
 import html
 import io
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -37,44 +37,14 @@ from torch import Tensor
 
 from ..lab.report import _table, baseline_of, condition_label, group_runs, judge, write_atomic
 from ..lab.stats import Estimate, estimate, paired_difference
-from .metrics import (
-    bootstrap_ci,
-    brier_score,
-    check_inputs,
-    classwise_calibration_error,
-    confidence_gap,
-    expected_calibration_error,
-    negative_log_likelihood,
-)
+from .metrics import SUMMARY_METRICS, calibration_summary, check_inputs
 from .scaling import TemperatureScaling
 
-__all__ = ["CELL_METRICS", "GAP_TOLERANCE", "cell_calibration", "report_section"]
+__all__ = ["GAP_TOLERANCE", "cell_calibration", "report_section"]
 
 SPLIT_ARRAYS = {"test": ("test_logits", "test_target"), "holdout": ("holdout_logits", "holdout_target")}
 # |mean confidence - accuracy| below this counts as calibrated overall (the under-confidence claim)
 GAP_TOLERANCE = 0.01
-
-
-def _accuracy(probs: Tensor, target: Tensor, *, validate_args: bool = True) -> Tensor:
-    """Top-1 accuracy (the arg-max of the probabilities)."""
-    probs, target = check_inputs(probs, target, from_logits=False, validate_args=validate_args)
-    return (probs.argmax(1) == target).to(torch.float64).mean()
-
-
-def _mce(probs: Tensor, target: Tensor, *, validate_args: bool = True) -> Tensor:
-    return expected_calibration_error(probs, target, norm="max", validate_args=validate_args)
-
-
-# name -> (column header, metric on probabilities; 15 equal-width bins where binned)
-CELL_METRICS: dict[str, tuple[str, Callable[..., Tensor]]] = {
-    "accuracy": ("accuracy", _accuracy),
-    "ece": ("ECE", expected_calibration_error),
-    "mce": ("MCE", _mce),
-    "classwise_ece": ("class-wise ECE", classwise_calibration_error),
-    "brier": ("Brier", brier_score),
-    "nll": ("NLL", negative_log_likelihood),
-    "confidence_gap": ("confidence - accuracy", confidence_gap),
-}
 
 
 def _load_split(arrays: Mapping[str, np.ndarray], split: str, source: str,
@@ -109,8 +79,8 @@ def _read_arrays(final_npz: str | Path | Mapping[str, np.ndarray]) -> tuple[dict
 
 
 def _scored(probs: Tensor, target: Tensor, n_resamples: int, confidence: float, seed: int) -> dict:
-    return {name: bootstrap_ci(metric, probs, target, n_resamples, confidence, seed)._asdict()
-            for name, (_, metric) in CELL_METRICS.items()}
+    summary = calibration_summary(probs, target, n_resamples=n_resamples, confidence=confidence, seed=seed)
+    return {name: interval._asdict() for name, interval in summary.items()}
 
 
 def cell_calibration(final_npz: str | Path | Mapping[str, np.ndarray], *, n_resamples: int = 200,
@@ -124,7 +94,7 @@ def cell_calibration(final_npz: str | Path | Mapping[str, np.ndarray], *, n_resa
         {"n_test": N, "n_holdout": M, "temperature": T or None,
          "raw": {metric: {"estimate", "low", "high"}}, "scaled": {...} or None}
 
-    with the metrics of ``CELL_METRICS`` and their bootstrap intervals (``n_resamples`` resamples
+    with the metrics of ``SUMMARY_METRICS`` and their bootstrap intervals (``n_resamples`` resamples
     of the test rows, the same resamples for every metric).
 
     >>> g = torch.Generator().manual_seed(0)
@@ -200,11 +170,11 @@ def _table_rows(calibrations: dict, groups: dict) -> list[list[str]]:
     rows = []
     for condition, by_seed in calibrations.items():
         label = condition_label(condition, groups)
-        metrics = [_cell_text(by_seed, "raw", m) for m in CELL_METRICS]
+        metrics = [_cell_text(by_seed, "raw", m) for m in SUMMARY_METRICS]
         rows.append([label, str(len(by_seed)), "1 (none)"] + metrics)
         if any(c.get("scaled") for c in by_seed.values()):
             rows.append([label, str(len(by_seed)), f"fitted: {_temperature_text(by_seed)}"]
-                        + [_cell_text(by_seed, "scaled", m) for m in CELL_METRICS])
+                        + [_cell_text(by_seed, "scaled", m) for m in SUMMARY_METRICS])
     return rows
 
 
@@ -329,7 +299,7 @@ def report_section(results: dict, run_dir: Path, *, n_resamples: int = 200) -> t
     heading = "<h2>Calibration: label smoothing or temperature scaling?</h2>"
     if not calibrations:
         return heading + "<p>No finished cell has a final.npz yet: nothing to score.</p>", []
-    header = ["condition", "seeds", "temperature T"] + [f"test {title}" for title, _ in CELL_METRICS.values()]
+    header = ["condition", "seeds", "temperature T"] + [f"test {metric.title}" for metric in SUMMARY_METRICS.values()]
     fragment = (heading + "<p>In the shape of Müller et al. 2019, Table 3: each condition as trained "
                 "(T = 1) and after temperature scaling, T fitted by minimum NLL on the holdout split. "
                 "Several seeds: mean [95% Student-t interval over seeds]; one seed: the value "

@@ -42,18 +42,23 @@ from ..targets import _SUM_TOLERANCE, ContentChecks, check_class_indices
 __all__ = [
     "BINNINGS",
     "NORMS",
+    "SUMMARY_METRICS",
     "BinStatistics",
     "CalibrationError",
     "ConfidenceInterval",
+    "SummaryMetric",
+    "accuracy",
     "bin_statistics",
     "bootstrap_ci",
     "brier_score",
+    "calibration_summary",
     "check_inputs",
     "check_probabilities",
     "classwise_calibration_error",
     "confidence_gap",
     "debiased_l2_calibration_error",
     "expected_calibration_error",
+    "maximum_calibration_error",
     "negative_log_likelihood",
     "top_label",
 ]
@@ -258,6 +263,30 @@ def expected_calibration_error(probs: ArrayLike, target: ArrayLike, n_bins: int 
     return NORMS[norm](stats)[0]
 
 
+def maximum_calibration_error(probs: ArrayLike, target: ArrayLike, n_bins: int = 15, *,
+                              binning: str = "width", from_logits: bool = False,
+                              validate_args: bool = True) -> Tensor:
+    """MCE: the largest ``|acc_b - conf_b|`` over non-empty bins (``norm="max"`` of the ECE).
+
+    >>> p = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]])
+    >>> round(maximum_calibration_error(p, torch.tensor([0, 1, 1]), n_bins=5).item(), 4)
+    0.25
+    """
+    return expected_calibration_error(probs, target, n_bins, binning=binning, norm="max",
+                                      from_logits=from_logits, validate_args=validate_args)
+
+
+def accuracy(probs: ArrayLike, target: ArrayLike, *, from_logits: bool = False,
+             validate_args: bool = True) -> Tensor:
+    """Top-1 accuracy of the arg-max prediction (the first index wins ties).
+
+    >>> accuracy(torch.tensor([[0.9, 0.1], [0.8, 0.2]]), torch.tensor([0, 1])).item()
+    0.5
+    """
+    probs, target = check_inputs(probs, target, from_logits=from_logits, validate_args=validate_args)
+    return (probs.argmax(1) == target).to(torch.float64).mean()
+
+
 def classwise_calibration_error(probs: ArrayLike, target: ArrayLike, n_bins: int = 15, *,
                                 binning: str = "width", norm: str = "l1",
                                 from_logits: bool = False, validate_args: bool = True) -> Tensor:
@@ -382,6 +411,11 @@ def bootstrap_ci(metric_fn: Callable[..., Tensor], probs: ArrayLike, target: Arr
     resampled values. The full-sample call validates the inputs; resamples of valid inputs are
     valid, so they pass ``validate_args=False`` when ``metric_fn`` accepts it.
 
+    Binned calibration errors (ECE, MCE, class-wise) are biased upward on finite samples, and
+    more so on resamples (duplicated rows add noise to every bin), so their percentile interval
+    sits above the estimate and may not contain it when the estimate is small. Read it as the
+    sampling spread of the estimator; :func:`debiased_l2_calibration_error` corrects the bias.
+
     >>> p = torch.softmax(torch.randn(200, 3, generator=torch.Generator().manual_seed(0)), 1)
     >>> y = torch.zeros(200, dtype=torch.long)
     >>> ci = bootstrap_ci(brier_score, p, y, n_resamples=50)
@@ -405,6 +439,43 @@ def bootstrap_ci(metric_fn: Callable[..., Tensor], probs: ArrayLike, target: Arr
     tail = (1 - confidence) / 2
     low, high = torch.quantile(values, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
     return ConfidenceInterval(estimate, low, high)
+
+
+class SummaryMetric(NamedTuple):
+    """An entry of ``SUMMARY_METRICS``: a column title, the metric, whether it takes ``n_bins``."""
+
+    title: str
+    fn: Callable[..., Tensor]
+    binned: bool
+
+
+# name -> metric reported by calibration_summary (the CLI table, the lab's cells), in this order
+SUMMARY_METRICS: dict[str, SummaryMetric] = {
+    "accuracy": SummaryMetric("accuracy", accuracy, False),
+    "ece": SummaryMetric("ECE", expected_calibration_error, True),
+    "mce": SummaryMetric("MCE", maximum_calibration_error, True),
+    "classwise_ece": SummaryMetric("class-wise ECE", classwise_calibration_error, True),
+    "brier": SummaryMetric("Brier", brier_score, False),
+    "nll": SummaryMetric("NLL", negative_log_likelihood, False),
+    "confidence_gap": SummaryMetric("confidence - accuracy", confidence_gap, False),
+}
+
+
+def calibration_summary(probs: ArrayLike, target: ArrayLike, *, n_bins: int = 15,
+                        n_resamples: int = 200, confidence: float = 0.95, seed: int = 0,
+                        from_logits: bool = False) -> dict[str, ConfidenceInterval]:
+    """Every metric of ``SUMMARY_METRICS`` with its bootstrap interval (the same resamples for all).
+
+    >>> p = torch.softmax(torch.randn(300, 3, generator=torch.Generator().manual_seed(0)), 1)
+    >>> summary = calibration_summary(p, torch.zeros(300, dtype=torch.long), n_resamples=20)
+    >>> list(summary)
+    ['accuracy', 'ece', 'mce', 'classwise_ece', 'brier', 'nll', 'confidence_gap']
+    """
+    _check_bins(n_bins, "width")
+    probs, target = check_probabilities(probs, target, from_logits=from_logits)
+    return {name: bootstrap_ci(metric.fn, probs, target, n_resamples, confidence, seed,
+                               **({"n_bins": n_bins} if metric.binned else {}))
+            for name, metric in SUMMARY_METRICS.items()}
 
 
 # 6. Streaming metric -----------------------------------------------------------------------------
