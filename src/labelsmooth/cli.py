@@ -13,6 +13,7 @@ import sys
 # name -> (module that implements it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("labelsmooth.lab.report", "rebuild the plots and report.html of a run directory"),
+    "calibrate": ("labelsmooth.calibration.cli", "score and fix the calibration of saved logits (.npz)"),
 }
 
 
