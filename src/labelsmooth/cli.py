@@ -12,7 +12,9 @@ import sys
 
 # name -> (module that implements it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "sweep": ("labelsmooth.lab.sweep", "train a grid of eps x seed (x distribution, model) cells at once"),
     "report": ("labelsmooth.lab.report", "rebuild the plots and report.html of a run directory"),
+    "merge": ("labelsmooth.lab.merge", "combine the run directories of a sharded sweep into one"),
     "calibrate": ("labelsmooth.calibration.cli", "score and fix the calibration of saved logits (.npz)"),
 }
 

@@ -1,0 +1,319 @@
+"""Data sets for the lab, held whole in memory as tensors: Fashion-MNIST, digits, a user's .npz.
+
+Three sources, one registry (:data:`SOURCES`):
+
+- ``"fashion-mnist"``: the four original IDX files (gzip or raw) from Debian's
+  ``dataset-fashion-mnist`` package at ``/usr/share/datasets/fashion-mnist/`` (override with
+  ``data_dir`` or the ``LABELSMOOTH_DATA`` environment variable). Magic numbers, dimensions,
+  payload sizes, label range and image/label counts are checked; a missing or corrupt file
+  raises :class:`DataError` saying what is wrong and how to install the data.
+- ``"digits"``: scikit-learn's bundled 8x8 digits (1,797 images), split once into a fixed,
+  stratified official-style test set (20%, ``random_state=0``) whatever the run's seed.
+- ``path/to/file.npz``: arrays ``x`` (N, ...) and ``y`` (N,) int, optional ``x_test``/``y_test``
+  (otherwise a fixed stratified 20% test split is taken from ``x``), optional ``x_val``/``y_val``
+  (a separate evaluation split; by default evaluation uses the test set) and optional
+  ``class_names``; (N, H, W) images get a channel axis. Loaded with ``allow_pickle=False``.
+
+Splits (issue 3): ``x_eval`` is the per-epoch evaluation split, by default the full official
+test set; ``x_holdout`` is a seeded stratified sample of training images not used for training
+(when ``train_fraction < 1``: taken from the images left out, at most 10% of the training
+pool; otherwise 10% of the pool, so training uses the other 90%); ``x_train`` is a stratified,
+seeded sample of ``train_fraction`` of the pool. Images are float32, standardised by the
+training pool's mean and standard deviation (one scalar each), with a channel axis: (N, C, H, W)
+for images, (N, D) for flat features.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "DEFAULT_FASHION_MNIST_DIR",
+    "FASHION_MNIST_CLASSES",
+    "DataError",
+    "Dataset",
+    "SOURCES",
+    "load_dataset",
+    "read_idx",
+]
+
+DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot")
+INSTALL_HINT = ("Install it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or "
+                "point --data-dir / LABELSMOOTH_DATA at a folder holding the four original files "
+                "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+                "t10k-labels-idx1-ubyte (each optionally .gz).")
+HOLDOUT_FRACTION = 0.1  # of the training pool
+TEST_FRACTION = 0.2     # of a source without an official test split
+SPLIT_SEED = 0          # the fixed seed of such an official-style test split
+
+
+class DataError(ValueError):
+    """A data set is missing, malformed, or inconsistent; the message says what and how to fix it."""
+
+
+@dataclass
+class Dataset:
+    """One data set in memory. Targets are int64 class indices in ``[0, num_classes)``."""
+
+    name: str
+    x_train: Tensor
+    y_train: Tensor
+    x_eval: Tensor
+    y_eval: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    x_holdout: Tensor
+    y_holdout: Tensor
+    num_classes: int
+    class_names: tuple[str, ...]
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        """Shape of one input, e.g. (1, 28, 28)."""
+        return tuple(self.x_train.shape[1:])
+
+
+# 1. IDX files ----------------------------------------------------------------------------------------
+
+# IDX type code -> numpy dtype (big-endian for multi-byte types), from the format's definition.
+IDX_DTYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
+              0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read one IDX file (gzip-compressed when its bytes start with the gzip magic).
+
+    Layout: two zero bytes, a type code, the number of dimensions d, then d big-endian uint32
+    sizes, then the payload. Raises :class:`DataError` on a wrong magic, an unknown type, or a
+    payload whose length does not match the sizes (a truncated file).
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "labels-idx1-ubyte"
+    >>> _ = p.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 0, 9]))
+    >>> read_idx(p).tolist()
+    [7, 0, 9]
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise DataError(f"{path} is a corrupt or truncated gzip file ({exc})") from None
+    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in IDX_DTYPES:
+        raise DataError(f"{path} is not an IDX file: expected magic bytes 00 00 <type> <ndim> with "
+                        f"type in {sorted(IDX_DTYPES)}, got {raw[:4].hex(' ') or 'an empty file'}")
+    ndim, dtype = raw[3], IDX_DTYPES[raw[2]]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header (ndim {ndim}, {len(raw)} bytes)")
+    shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise DataError(f"{path}: header says shape {shape} ({expected} payload bytes) but the file "
+                        f"holds {len(raw) - header}; the file is truncated or corrupt")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _find_idx(folder: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    raise DataError(f"Fashion-MNIST file {stem}[.gz] not found in {folder}. {INSTALL_HINT}")
+
+
+def _read_idx_split(folder: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    images_path, labels_path = (_find_idx(folder, f"{prefix}-{kind}") for kind in
+                                ("images-idx3-ubyte", "labels-idx1-ubyte"))
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise DataError(f"{images_path}: expected uint8 images of shape (N, rows, cols), got "
+                        f"{images.dtype} {images.shape}")
+    if labels.ndim != 1 or labels.dtype != np.uint8:
+        raise DataError(f"{labels_path}: expected uint8 labels of shape (N,), got {labels.dtype} "
+                        f"{labels.shape}")
+    if len(images) != len(labels):
+        raise DataError(f"{images_path.name} holds {len(images)} images but {labels_path.name} holds "
+                        f"{len(labels)} labels; the files do not belong together. {INSTALL_HINT}")
+    if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
+        raise DataError(f"{labels_path}: labels must lie in [0, 10), found {int(labels.max())}")
+    return images[:, None], labels
+
+
+# 2. Sources: each returns (x_pool, y_pool, x_test, y_test, x_val | None, y_val | None, names) -------
+
+RawData = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, "np.ndarray | None",
+                "np.ndarray | None", tuple[str, ...]]
+
+
+def _fashion_mnist(data_dir: str | Path | None) -> RawData:
+    folder = Path(data_dir or os.environ.get("LABELSMOOTH_DATA") or DEFAULT_FASHION_MNIST_DIR)
+    if not folder.is_dir():
+        raise DataError(f"Fashion-MNIST folder {folder} does not exist. {INSTALL_HINT}")
+    x_pool, y_pool = _read_idx_split(folder, "train")
+    x_test, y_test = _read_idx_split(folder, "t10k")
+    if x_pool.shape[1:] != x_test.shape[1:]:
+        raise DataError(f"Fashion-MNIST training images are {x_pool.shape[2:]} but test images are "
+                        f"{x_test.shape[2:]}")
+    return x_pool, y_pool, x_test, y_test, None, None, FASHION_MNIST_CLASSES
+
+
+def _stratified_split(y: np.ndarray, test_size: float | int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, taken) with ``taken`` a stratified sample (sklearn), both sorted."""
+    from sklearn.model_selection import train_test_split
+
+    kept, taken = train_test_split(np.arange(len(y)), test_size=test_size, random_state=seed,
+                                   stratify=y)
+    return np.sort(kept), np.sort(taken)
+
+
+def _digits(data_dir: str | Path | None) -> RawData:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x, y = bunch.images[:, None].astype(np.float32), bunch.target.astype(np.int64)
+    pool, test = _stratified_split(y, TEST_FRACTION, SPLIT_SEED)
+    return x[pool], y[pool], x[test], y[test], None, None, tuple(str(n) for n in bunch.target_names)
+
+
+def _npz_array(arrays, key: str, path: Path) -> np.ndarray:
+    value = arrays[key]
+    if key.startswith("y") and (value.ndim != 1 or not np.issubdtype(value.dtype, np.integer)):
+        raise DataError(f"{path}: '{key}' must be a 1-D integer array of class indices, got "
+                        f"{value.dtype} {value.shape}")
+    if key.startswith("x") and not (np.issubdtype(value.dtype, np.number) and value.ndim >= 2):
+        raise DataError(f"{path}: '{key}' must be a numeric array (N, ...) with N samples, got "
+                        f"{value.dtype} {value.shape}")
+    return value
+
+
+def _npz(path: str | Path) -> RawData:
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            present = set(arrays.files)
+            missing = {"x", "y"} - present
+            if missing:
+                raise DataError(f"{path}: an .npz data set needs arrays 'x' and 'y'; missing "
+                                f"{sorted(missing)} (found {sorted(present)})")
+            loaded = {k: _npz_array(arrays, k, path) for k in present
+                      if k in ("x", "y", "x_test", "y_test", "x_val", "y_val")}
+            names = arrays["class_names"] if "class_names" in present else None
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"cannot read {path} as an .npz of plain arrays (allow_pickle=False): {exc}") from None
+    for split in ("", "_test", "_val"):
+        xs, ys = loaded.get("x" + split), loaded.get("y" + split)
+        if (xs is None) != (ys is None):
+            raise DataError(f"{path}: 'x{split}' and 'y{split}' must be given together")
+        if xs is not None and len(xs) != len(ys):
+            raise DataError(f"{path}: 'x{split}' has {len(xs)} samples but 'y{split}' has {len(ys)}")
+        if xs is not None and xs.shape[1:] != loaded["x"].shape[1:]:
+            raise DataError(f"{path}: 'x{split}' samples have shape {xs.shape[1:]}, 'x' samples "
+                            f"have {loaded['x'].shape[1:]}")
+    if loaded["x"].ndim == 3:  # (N, H, W) images get a channel axis
+        loaded.update({k: v[:, None] for k, v in loaded.items() if k.startswith("x")})
+    x, y = loaded["x"].astype(np.float32), loaded["y"].astype(np.int64)
+    if "x_test" in loaded:
+        x_test, y_test = loaded["x_test"].astype(np.float32), loaded["y_test"].astype(np.int64)
+    else:
+        pool, test = _stratified_split(y, TEST_FRACTION, SPLIT_SEED)
+        x, y, x_test, y_test = x[pool], y[pool], x[test], y[test]
+    x_val = loaded["x_val"].astype(np.float32) if "x_val" in loaded else None
+    y_val = loaded["y_val"].astype(np.int64) if "y_val" in loaded else None
+    labels = [a for a in (y, y_test, y_val) if a is not None]
+    if min(int(a.min()) for a in labels if a.size) < 0:
+        raise DataError(f"{path}: class indices must be non-negative")
+    num_classes = max(int(a.max()) for a in labels if a.size) + 1
+    if names is None:
+        names = tuple(str(k) for k in range(num_classes))
+    elif names.ndim != 1 or len(names) < num_classes or names.dtype.kind not in "US":
+        raise DataError(f"{path}: 'class_names' must be a 1-D array of at least {num_classes} "
+                        f"strings (one per class), got {names.dtype} {names.shape}")
+    else:
+        names = tuple(str(n) for n in names)
+    return x, y, x_test, y_test, x_val, y_val, names
+
+
+# data set name -> reader(data_dir); anything ending in .npz is read by _npz.
+SOURCES: dict[str, Callable[[str | Path | None], RawData]] = {
+    "fashion-mnist": _fashion_mnist,
+    "digits": _digits,
+}
+
+
+def _train_holdout_indices(y: np.ndarray, train_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded (train, holdout) indices into the training pool."""
+    n_holdout = max(1, round(HOLDOUT_FRACTION * len(y)))
+    if train_fraction >= 1:
+        return _stratified_split(y, n_holdout, seed)
+    n_classes = len(np.unique(y))
+    n_train = round(train_fraction * len(y))
+    if n_train < n_classes or len(y) - n_train < n_classes:
+        raise ValueError(f"train_fraction must leave at least one image per class ({n_classes} "
+                         f"classes) on both sides of the split of {len(y)} images, got {train_fraction}")
+    rest, train = _stratified_split(y, n_train, seed)
+    if len(rest) <= n_holdout:
+        return train, rest
+    _, holdout = _stratified_split(y[rest], n_holdout, seed)
+    return train, rest[holdout]
+
+
+def _mean_std(x: np.ndarray, rows: int = 4096) -> tuple[float, float]:
+    """Scalar mean and standard deviation (1 when 0) in float64, a block of rows at a time."""
+    total = square = 0.0
+    for start in range(0, len(x), rows):
+        block = x[start:start + rows].astype(np.float64)
+        total, square = total + block.sum(), square + np.square(block).sum()
+    mean = total / x.size
+    return mean, float(np.sqrt(max(square / x.size - mean * mean, 0.0))) or 1.0
+
+
+def load_dataset(name_or_path: str | Path, *, data_dir: str | Path | None = None,
+                 train_fraction: float = 1.0, seed: int = 0) -> Dataset:
+    """Load a data set by name (:data:`SOURCES`) or ``.npz`` path, split and standardise it.
+
+    ``seed`` fixes the training subsample and hold-out split (the official test split never
+    depends on it). ``x`` is standardised as ``(x - mean) / std`` with the scalar mean and std of
+    the whole training pool.
+
+    >>> ds = load_dataset("digits", train_fraction=0.5)
+    >>> ds.in_shape, ds.num_classes, len(ds.x_eval), len(ds.x_train), len(ds.x_holdout)
+    ((1, 8, 8), 10, 360, 718, 144)
+    """
+    name = str(name_or_path)
+    if not (isinstance(train_fraction, (int, float)) and 0 < train_fraction <= 1):
+        raise ValueError(f"train_fraction must be in (0, 1], got {train_fraction!r}")
+    if name.endswith(".npz"):
+        raw = _npz(name)
+    elif name in SOURCES:
+        raw = SOURCES[name](data_dir)
+    else:
+        raise ValueError(f"dataset must be one of {sorted(SOURCES)} or a path ending in .npz, got {name!r}")
+    x_pool, y_pool, x_test, y_test, x_val, y_val, class_names = raw
+    train, holdout = _train_holdout_indices(y_pool, train_fraction, seed)
+    mean, std = _mean_std(x_pool)
+
+    def tensors(x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
+        x = (x.astype(np.float32) - np.float32(mean)) / np.float32(std)
+        return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+
+    x_test_t, y_test_t = tensors(x_test, y_test)
+    x_eval_t, y_eval_t = tensors(x_val, y_val) if x_val is not None else (x_test_t, y_test_t)
+    return Dataset(name, *tensors(x_pool[train], y_pool[train]), x_eval_t, y_eval_t, x_test_t,
+                   y_test_t, *tensors(x_pool[holdout], y_pool[holdout]), len(class_names),
+                   class_names)
