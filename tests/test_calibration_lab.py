@@ -96,9 +96,11 @@ def test_cell_calibration_without_holdout_skips_scaling():
 
 @pytest.mark.parametrize("change,match", [
     (lambda a: a.pop("test_target"), "expected arrays 'test_logits' and 'test_target'"),
-    (lambda a: a.update(test_target=a["test_target"][:10]), "test_logits / test_target in .*target must have shape"),
+    (lambda a: a.update(test_target=a["test_target"][:10]),
+     "test_logits / test_target in .*target must have shape"),
     (lambda a: a.update(holdout_target=a["holdout_target"] + 5), "holdout_target.*class indices in \\[0, 5\\)"),
-    (lambda a: a.update(holdout_logits=a["holdout_logits"][:, :3]), "holdout_logits must have shape \\(N, 5\\)"),
+    (lambda a: a.update(holdout_logits=a["holdout_logits"][:, :3]),
+     "holdout_logits must have shape \\(N, 5\\)"),
     (lambda a: a["test_logits"].__setitem__((0, 0), np.nan), "finite logits"),
 ])
 def test_cell_calibration_bad_arrays(change, match):
@@ -164,7 +166,8 @@ def test_report_section_supports_a_calibrated_smoothed_model(tmp_path):
     _, verdicts = report_section(report.load_results(run_dir), run_dir, n_resamples=50)
     under = _verdicts_by(verdicts, "under-confident")[0]
     assert under["verdict"] == "supported", under["evidence"]
-    assert f"+-{GAP_TOLERANCE}" in under["evidence"] and "bootstrap interval over test rows" in under["evidence"]
+    assert f"+-{GAP_TOLERANCE}" in under["evidence"]
+    assert "bootstrap interval over test rows" in under["evidence"]
     # One seed: comparisons over training runs have no interval.
     assert _verdicts_by(verdicts, "better than temperature scaling")[0]["verdict"] == "inconclusive"
 

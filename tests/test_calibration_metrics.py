@@ -139,8 +139,9 @@ def test_brier_and_nll_match_independent_formulas():
     logits, target = random_predictions(300, 7, seed=8, dtype=torch.float64)
     probs = logits.softmax(1)
     onehot = np.eye(7)[target.numpy()]
-    assert brier_score(probs, target).item() == pytest.approx(((probs.numpy() - onehot) ** 2).sum(1).mean(), abs=1e-12)
-    assert brier_score(logits, target, from_logits=True).item() == pytest.approx(brier_score(probs, target).item(), abs=1e-12)
+    expected_brier = ((probs.numpy() - onehot) ** 2).sum(1).mean()
+    assert brier_score(probs, target).item() == pytest.approx(expected_brier, abs=1e-12)
+    assert brier_score(logits, target, from_logits=True).item() == pytest.approx(expected_brier, abs=1e-12)
     expected_nll = log_loss(target.numpy(), probs.numpy(), labels=list(range(7)))
     assert negative_log_likelihood(probs, target).item() == pytest.approx(expected_nll, rel=1e-10)
     assert negative_log_likelihood(logits, target, from_logits=True).item() == \
@@ -150,7 +151,8 @@ def test_brier_and_nll_match_independent_formulas():
 def test_confidence_gap_keeps_the_sign():
     logits, target = random_predictions(500, 4, seed=15, dtype=torch.float64)
     conf, correct = top_label_np(logits.softmax(1), target)
-    assert confidence_gap(logits, target, from_logits=True).item() == pytest.approx(conf.mean() - correct.mean(), abs=1e-12)
+    expected = conf.mean() - correct.mean()
+    assert confidence_gap(logits, target, from_logits=True).item() == pytest.approx(expected, abs=1e-12)
     # Labels drawn from softmax(z): a model with logits z / 4 is under-confident on them.
     g = torch.Generator().manual_seed(16)
     drawn = torch.multinomial(logits.softmax(1), 1, generator=g).squeeze(1)
@@ -313,7 +315,8 @@ def test_module_rejects_bad_arguments():
 def test_module_all_reduces_across_processes(monkeypatch, tmp_path):
     """A real one-process gloo group, whose all_reduce is wrapped to add a second rank's sums."""
     logits, target = random_predictions(600, 5, seed=14)
-    this_rank, other_rank = CalibrationError(n_bins=10, from_logits=True), CalibrationError(n_bins=10, from_logits=True)
+    this_rank = CalibrationError(n_bins=10, from_logits=True)
+    other_rank = CalibrationError(n_bins=10, from_logits=True)
     this_rank.update(logits[::2], target[::2])
     other_rank.update(logits[1::2], target[1::2])
     local = this_rank.compute().item()

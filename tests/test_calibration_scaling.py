@@ -47,14 +47,16 @@ def test_temperature_is_the_nll_minimum_found_by_scipy():
 
 def test_vector_scaling_recovers_per_class_distortion_and_beats_temperature():
     logits, target = calibrated_logits(20000, 4, seed=2)
-    scale, bias = torch.tensor([0.5, 1.0, 2.0, 1.5], dtype=torch.float64), torch.tensor([0.3, 0.0, -0.5, 1.0], dtype=torch.float64)
+    scale = torch.tensor([0.5, 1.0, 2.0, 1.5], dtype=torch.float64)
+    bias = torch.tensor([0.3, 0.0, -0.5, 1.0], dtype=torch.float64)
     distorted = (logits - bias) / scale  # the true logits are scale * distorted + bias
     fitted = VectorScaling().fit(distorted, target)
     # Softmax ignores a common shift of the bias: compare bias differences.
     assert torch.allclose(fitted.scale, scale, atol=0.1)
     assert torch.allclose(fitted.bias - fitted.bias[1], bias - bias[1], atol=0.1)
     vector_nll = negative_log_likelihood(fitted.transform(distorted), target)
-    temperature_nll = negative_log_likelihood(TemperatureScaling().fit(distorted, target).transform(distorted), target)
+    temperature_probs = TemperatureScaling().fit(distorted, target).transform(distorted)
+    temperature_nll = negative_log_likelihood(temperature_probs, target)
     assert vector_nll < temperature_nll
 
 

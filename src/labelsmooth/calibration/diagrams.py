@@ -26,8 +26,9 @@ from .metrics import ArrayLike, NORMS, bin_statistics, check_probabilities, top_
 __all__ = ["LAYOUTS", "ReliabilityBins", "reliability_bins", "reliability_diagram", "reliability_diagrams"]
 
 _GAP_COLOR, _UNDER_COLOR, _BAR_COLOR = "#d62728", "#ff7f0e", "#1f77b4"
-# (legend label, colour, sign of confidence - accuracy)
-_GAPS = (("over-confidence gap", _GAP_COLOR, 1), ("under-confidence gap", _UNDER_COLOR, -1))
+# (legend label, colour, opacity, sign of confidence - accuracy); an under-confidence gap lies over
+# the accuracy bar, so it is drawn nearly opaque to read as orange rather than a blend with blue.
+_GAPS = (("over-confidence gap", _GAP_COLOR, 0.45, 1), ("under-confidence gap", _UNDER_COLOR, 0.85, -1))
 
 
 class ReliabilityBins:
@@ -69,11 +70,11 @@ def _draw_bars(bins: ReliabilityBins, ax, ax_hist, label: str) -> None:
     filled = bins.filled
     ax.bar([centers[b] for b in filled], [bins.accuracy[b] for b in filled], width=width,
            color=_BAR_COLOR, edgecolor="black", linewidth=0.5)
-    for _, color, sign in _GAPS:
+    for _, color, alpha, sign in _GAPS:
         side = [b for b in filled if sign * (bins.confidence[b] - bins.accuracy[b]) > 0]
         ax.bar([centers[b] for b in side], [abs(bins.confidence[b] - bins.accuracy[b]) for b in side],
                bottom=[min(bins.confidence[b], bins.accuracy[b]) for b in side], width=width, color=color,
-               alpha=0.45, edgecolor=color, hatch="//", linewidth=0.5)
+               alpha=alpha, edgecolor="black", hatch="//", linewidth=0.5)
     ax.set_title(f"{label}\nECE {bins.ece:.3f}", fontsize=10)
     ax_hist.bar(centers, bins.fraction, width=width, color="gray", edgecolor="black", linewidth=0.5)
     ax_hist.axvline(bins.mean_confidence, color=_GAP_COLOR, linestyle="--", label="mean confidence")
@@ -110,8 +111,8 @@ def _side_by_side(figure, models: dict[str, ReliabilityBins]) -> None:
     from matplotlib.patches import Patch
 
     handles = [figure.axes[0].get_lines()[0], Patch(facecolor=_BAR_COLOR, edgecolor="black", label="accuracy")]
-    handles += [Patch(facecolor=color, alpha=0.45, edgecolor=color, hatch="//", label=name)
-                for name, color, _ in _GAPS]
+    handles += [Patch(facecolor=color, alpha=alpha, edgecolor="black", hatch="//", label=name)
+                for name, color, alpha, _ in _GAPS]
     figure.axes[0].legend(handles=handles, loc="upper left", fontsize=7)
     figure.axes[1].legend(loc="upper left", fontsize=7)
 

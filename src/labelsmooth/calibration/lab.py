@@ -110,7 +110,8 @@ def cell_calibration(final_npz: str | Path | Mapping[str, np.ndarray], *, n_resa
     test_logits, test_target = _load_split(arrays, "test", source)
     holdout = _load_split(arrays, "holdout", source, test_logits.shape[1])
     result = {"n_test": int(test_logits.shape[0]), "n_holdout": 0, "temperature": None,
-              "raw": _scored(torch.softmax(test_logits.double(), 1), test_target, n_resamples, confidence, seed),
+              "raw": _scored(torch.softmax(test_logits.double(), 1), test_target, n_resamples,
+                             confidence, seed),
               "scaled": None}
     if holdout is not None:
         scaler = TemperatureScaling().fit(*holdout)
@@ -202,7 +203,8 @@ def _figures(results: dict, run_dir: Path, groups: dict) -> str:
                     panels[variant][f"{condition_label(condition, groups)}, seed {seed}"] = pair
                 break
     html_parts = []
-    titles = {"raw": "at T = 1 (as trained)", "scaled": "after temperature scaling (T fitted on the holdout split)"}
+    titles = {"raw": "at T = 1 (as trained)",
+              "scaled": "after temperature scaling (T fitted on the holdout split)"}
     for variant, models in panels.items():
         if not models:
             continue
@@ -228,12 +230,14 @@ def _comparison_verdict(statement: str, scope: str, treated: dict[int, float], b
     verdict = judge(difference, "lower", margin)
     reason = {
         "supported": "the 95% interval of the paired difference lies below 0",
-        "not supported": f"the interval rules out a reduction of {margin:.4g} (10% of the reference ECE) or more",
+        "not supported": f"the interval rules out a reduction of {margin:.4g} (10% of the reference "
+                         f"ECE) or more",
         "inconclusive": ("one seed gives no interval over training runs; run more seeds"
                          if difference is None or not difference.has_interval else
                          f"the interval contains both 0 and a reduction of {margin:.4g}"),
     }[verdict]
-    evidence = (f"{verdict.capitalize()}: {reason}. Test ECE: {labels[1]} {estimate(list(baseline.values())).format()}, "
+    evidence = (f"{verdict.capitalize()}: {reason}. Test ECE: "
+                f"{labels[1]} {estimate(list(baseline.values())).format()}, "
                 f"{labels[0]} {estimate(list(treated.values())).format()}; paired difference "
                 f"{difference.format() if difference else 'n/a (no shared seed)'}.")
     return dict(claim="2", statement=statement, scope=scope, verdict=verdict, evidence=evidence)
@@ -260,7 +264,8 @@ def _under_confidence_verdict(condition, by_seed: dict, groups: dict) -> dict:
     elif -GAP_TOLERANCE <= gap.low and gap.high <= GAP_TOLERANCE:
         verdict, finding = "supported", f"confidence matches accuracy within +-{GAP_TOLERANCE}{t_text}"
     else:
-        verdict, finding = "inconclusive", f"the interval contains 0 but is wider than +-{GAP_TOLERANCE}{t_text}"
+        verdict, finding = "inconclusive", (f"the interval contains 0 but is wider than "
+                                            f"+-{GAP_TOLERANCE}{t_text}")
     return dict(claim="2", statement="Label smoothing removes over-confidence without making the model "
                 "under-confident (seed 002)", scope=condition_label(condition, groups), verdict=verdict,
                 evidence=f"{verdict.capitalize()}: {finding}. Mean confidence minus accuracy at T = 1: "
@@ -299,7 +304,8 @@ def report_section(results: dict, run_dir: Path, *, n_resamples: int = 200) -> t
     heading = "<h2>Calibration: label smoothing or temperature scaling?</h2>"
     if not calibrations:
         return heading + "<p>No finished cell has a final.npz yet: nothing to score.</p>", []
-    header = ["condition", "seeds", "temperature T"] + [f"test {metric.title}" for metric in SUMMARY_METRICS.values()]
+    header = (["condition", "seeds", "temperature T"]
+              + [f"test {metric.title}" for metric in SUMMARY_METRICS.values()])
     fragment = (heading + "<p>In the shape of Müller et al. 2019, Table 3: each condition as trained "
                 "(T = 1) and after temperature scaling, T fitted by minimum NLL on the holdout split. "
                 "Several seeds: mean [95% Student-t interval over seeds]; one seed: the value "

@@ -151,6 +151,14 @@ def _check_norm(norm: str) -> None:
         raise ValueError(f"norm must be one of {sorted(NORMS)}, got {norm!r}")
 
 
+def _binned_inputs(probs: ArrayLike, target: ArrayLike, n_bins: int, binning: str, norm: str,
+                   from_logits: bool, validate_args: bool) -> tuple[Tensor, Tensor]:
+    """The argument checks every binned metric starts with; returns checked probabilities."""
+    _check_bins(n_bins, binning)
+    _check_norm(norm)
+    return check_probabilities(probs, target, from_logits=from_logits, validate_args=validate_args)
+
+
 # 2. Binning --------------------------------------------------------------------------------------
 
 
@@ -254,10 +262,7 @@ def expected_calibration_error(probs: ArrayLike, target: ArrayLike, n_bins: int 
     >>> round(expected_calibration_error(p, torch.tensor([0, 1, 1]), n_bins=5).item(), 4)
     0.2
     """
-    _check_bins(n_bins, binning)
-    _check_norm(norm)
-    probs, target = check_probabilities(probs, target, from_logits=from_logits,
-                                        validate_args=validate_args)
+    probs, target = _binned_inputs(probs, target, n_bins, binning, norm, from_logits, validate_args)
     confidence, correct = top_label(probs, target)
     stats = bin_statistics(confidence.unsqueeze(0), correct.unsqueeze(0), n_bins, binning)
     return NORMS[norm](stats)[0]
@@ -299,10 +304,7 @@ def classwise_calibration_error(probs: ArrayLike, target: ArrayLike, n_bins: int
     >>> round(classwise_calibration_error(p, torch.tensor([0, 1, 1]), n_bins=5).item(), 4)
     0.3667
     """
-    _check_bins(n_bins, binning)
-    _check_norm(norm)
-    probs, target = check_probabilities(probs, target, from_logits=from_logits,
-                                        validate_args=validate_args)
+    probs, target = _binned_inputs(probs, target, n_bins, binning, norm, from_logits, validate_args)
     outcome = nn.functional.one_hot(target, probs.shape[1]).to(probs.dtype)
     stats = bin_statistics(probs.T, outcome.T, n_bins, binning)
     return NORMS[norm](stats).mean()
@@ -328,9 +330,7 @@ def debiased_l2_calibration_error(probs: ArrayLike, target: ArrayLike, n_bins: i
     >>> round(debiased_l2_calibration_error(p, y, n_bins=1).item(), 4)
     0.3317
     """
-    _check_bins(n_bins, binning)
-    probs, target = check_probabilities(probs, target, from_logits=from_logits,
-                                        validate_args=validate_args)
+    probs, target = _binned_inputs(probs, target, n_bins, binning, "l2", from_logits, validate_args)
     confidence, correct = top_label(probs, target)
     stats = bin_statistics(confidence.unsqueeze(0), correct.unsqueeze(0), n_bins, binning)
     count = stats.count[0]

@@ -185,8 +185,9 @@ class PlattScaling(Calibrator):
         for k in range(logits.shape[1]):
             outcome = (y == k).astype(np.int64)
             if outcome.min() == outcome.max():
+                only = f"class {k}" if outcome[0] else "other classes"
                 raise ValueError(f"target must hold both class {k} and other classes to fit a "
-                                 f"one-vs-rest calibrator, got only {'class ' + str(k) if outcome[0] else 'others'}")
+                                 f"one-vs-rest calibrator, got only {only}")
             self.models.append(LogisticRegression(C=1e6, max_iter=1000).fit(features[:, k:k + 1], outcome))
 
     def _transform(self, logits: Tensor) -> Tensor:
