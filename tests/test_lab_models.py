@@ -1,0 +1,66 @@
+"""lab.models: shapes, the penultimate/classifier contract, and seed-cnn against the seed's layers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from labelsmooth.lab.models import MODELS, build_model
+
+SHAPES = [(1, 28, 28), (1, 8, 8)]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("in_shape", SHAPES)
+def test_contract_shapes_and_penultimate(name, in_shape):
+    torch.manual_seed(0)
+    model = build_model(name, 7, in_shape)
+    x = torch.randn(5, *in_shape)
+    logits = model(x)
+    features = model.penultimate(x)
+    assert logits.shape == (5, 7) and features.dim() == 2 and features.shape[0] == 5
+    assert isinstance(model.classifier, nn.Linear)
+    assert model.classifier.weight.shape == (7, features.shape[1])
+    torch.testing.assert_close(model.classifier(features), logits, rtol=1e-5, atol=1e-5)
+    assert not list(model.buffers())  # the sweep stacks parameters only
+
+
+def test_seed_cnn_is_the_seeds_network_with_a_k_class_head():
+    """Seed 000's three convs (1->16->16->K, 3x3, stride 2, pad 1), conv3 without ReLU, avg_pool(4)."""
+    torch.manual_seed(1)
+    model = build_model("seed-cnn", 10, (1, 28, 28))
+    conv1, conv2 = nn.Conv2d(1, 16, 3, 2, 1), nn.Conv2d(16, 16, 3, 2, 1)
+    conv3 = nn.Conv2d(16, 10, 3, 2, 1)
+    with torch.no_grad():
+        for ours, theirs in ((model.conv1, conv1), (model.conv2, conv2)):
+            theirs.weight.copy_(ours.weight)
+            theirs.bias.copy_(ours.bias)
+        conv3.weight.copy_(model.classifier.weight.view(10, 16, 3, 3))
+        conv3.bias.copy_(model.classifier.bias)
+    x = torch.randn(4, 1, 28, 28)
+    reference = F.avg_pool2d(conv3(F.relu(conv2(F.relu(conv1(x))))), 4).flatten(1)
+    torch.testing.assert_close(model(x), reference, rtol=1e-5, atol=1e-5)
+
+
+def test_seed_cnn_initialisation_matches_a_conv_head():
+    """The Linear head draws from the same range as the seed's Conv2d(16, K, 3) (fan_in 144)."""
+    torch.manual_seed(0)
+    head = build_model("seed-cnn", 10, (1, 28, 28)).classifier
+    bound = 1 / 144 ** 0.5
+    assert head.weight.abs().max() <= bound and head.bias.abs().max() <= bound
+    assert head.weight.abs().max() > 0.9 * bound
+
+
+def test_options_and_errors():
+    assert build_model("mlp", 3, (1, 8, 8), widths=[10, 20]).classifier.in_features == 20
+    assert build_model("resnet", 3, (1, 8, 8), width=8).classifier.in_features == 32
+    with pytest.raises(ValueError, match="model must be one of"):
+        build_model("vgg", 10, (1, 28, 28))
+    with pytest.raises(ValueError, match="num_classes must be an int >= 2"):
+        build_model("mlp", 1, (4,))
+    with pytest.raises(ValueError, match="widths must be a non-empty list"):
+        build_model("mlp", 3, (4,), widths=[])
+    with pytest.raises(ValueError, match=r"in_shape must be \(channels, height, width\)"):
+        build_model("seed-cnn", 3, (64,))
