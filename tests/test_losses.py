@@ -425,6 +425,28 @@ def test_compile_fullgraph_without_validation(reference_ce):
                                make_logits((6, K)))
 
 
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+def test_forward_in_row_blocks_matches_formula(distribution, monkeypatch, reference_ce):
+    """Large inputs run the forward in row blocks; 3 rows per block leaves a ragged last block."""
+    monkeypatch.setattr(ls.losses, "FORWARD_BLOCK_ELEMENTS", 3 * K)
+    dist = make_distribution(distribution)
+    weight = class_weight("random")
+    target = make_target((4, K, 5), ignore_every=3)
+    assert_same_value_and_grad(
+        lambda x: ls.cross_entropy(x, target, weight, label_smoothing=0.3, distribution=dist, z_loss=0.01),
+        lambda x: reference_ce(x, target, eps=0.3, weight=weight, distribution=dist, z_loss=0.01),
+        make_logits((4, K, 5)))
+
+
+def test_masked_logits_match_torch():
+    """Logits of -inf (masked classes) other than the target's give torch's finite loss and gradient."""
+    logits = make_logits((6, K)).detach()
+    logits[:, 3:] = -math.inf
+    target = torch.tensor([0, 1, 2, 0, 1, 2])
+    assert_same_value_and_grad(lambda x: ls.cross_entropy(x, target), lambda x: F.cross_entropy(x, target),
+                               logits.requires_grad_())
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("distribution", ["uniform", "conditional"])
 def test_inplace_backward_gives_the_same_gradient(dtype, distribution):
