@@ -158,16 +158,16 @@ class ClusterMeasures:
     ``spread[i]``: RMS distance of class ``classes[i]``'s points from their mean;
     ``mean_distance``: mean distance between two class means;
     ``tightness = mean(spread) / mean_distance`` (within / between; smaller is tighter);
-    ``template_tightness = mean(spread) / mean distance between two templates`` (None without
-    templates); ``equidistance_cv``: coefficient of variation (std / mean) of the distances
-    between class means (0 when they are all equal).
+    ``equidistance_cv``: coefficient of variation (std / mean) of the distances between class
+    means (0 when they are all equal). Both compare activations with activations: a template
+    lives in another space (its units are logit per activation), so a spread measured against the
+    distance between templates would change under a rescaling that leaves the network unchanged.
     """
 
     classes: tuple[int, ...]
     spread: tuple[float, ...]
     mean_distance: float
     tightness: float
-    template_tightness: float | None
     equidistance_cv: float
 
     def as_dict(self) -> dict:
@@ -181,21 +181,19 @@ def _pairwise_distances(points: Tensor) -> Tensor:
     return (points[first] - points[second]).norm(dim=1)
 
 
-def cluster_measures(points, labels, classes: Sequence[int], templates=None) -> ClusterMeasures:
+def cluster_measures(points, labels, classes: Sequence[int]) -> ClusterMeasures:
     r"""Tightness and equidistance of the clusters that ``classes`` form in ``points``.
 
     For class ``k`` with points ``x_i`` and mean ``m_k``: ``spread_k = sqrt(mean_i |x_i - m_k|^2)``.
     With ``d_jk = |m_j - m_k|`` over the pairs of ``classes``::
 
-        tightness          = mean_k spread_k / mean_{j<k} d_jk
-        template_tightness = mean_k spread_k / mean_{j<k} |t_j - t_k|
-        equidistance_cv    = std_{j<k} d_jk / mean_{j<k} d_jk      (population std)
+        tightness       = mean_k spread_k / mean_{j<k} d_jk
+        equidistance_cv = std_{j<k} d_jk / mean_{j<k} d_jk      (population std)
 
     Args:
         points: (N, d) activations, full-width (d = D) or projected (d = 2).
         labels: (N,) class index of every row; rows of other classes are ignored.
         classes: the classes to measure (at least 2, each present in ``labels``).
-        templates: optional (len(classes), d) template of each class in the same space.
 
     Example: two classes whose points sit at distance 1 from their means, means 10 apart.
         >>> import torch
@@ -216,19 +214,11 @@ def cluster_measures(points, labels, classes: Sequence[int], templates=None) -> 
     distances = _pairwise_distances(means)
     mean_distance = float(distances.mean())
     mean_spread = sum(spread) / len(spread)
-    template_tightness = None
-    if templates is not None:
-        t = _as_float64(templates, "templates", 2)
-        if t.shape != (len(chosen), x.shape[1]):
-            raise ValueError(f"templates must have shape ({len(chosen)}, {x.shape[1]}), one row per "
-                             f"class in the points' space, got {tuple(t.shape)}")
-        template_tightness = mean_spread / float(_pairwise_distances(t).mean())
     return ClusterMeasures(
         classes=chosen,
         spread=tuple(spread),
         mean_distance=mean_distance,
         tightness=mean_spread / mean_distance if mean_distance > 0 else math.inf,
-        template_tightness=template_tightness,
         equidistance_cv=float(distances.std(correction=0)) / mean_distance if mean_distance > 0 else math.inf,
     )
 
@@ -241,13 +231,11 @@ class ProjectionPanel:
     """One scatter of the figure: projected points, their labels, and what to call them.
 
     ``coords`` (M, 2) and ``labels`` (M,) as returned by :meth:`TemplateSubspace.project` for the
-    rows of the three classes; ``templates`` (3, 2) the projected templates (drawn as crosses);
-    ``class_names`` maps a class index to its name; ``title`` heads the panel.
+    rows of the three classes; ``class_names`` maps a class index to its name; ``title`` heads the panel.
     """
 
     coords: Tensor
     labels: Tensor
-    templates: Tensor
     class_names: dict[int, str]
     title: str
 
@@ -258,34 +246,28 @@ def plot_projection_grid(panels: Sequence[Sequence[ProjectionPanel]], path: str 
 
     The paper's layout is rows train / test and columns eps = 0 / eps > 0, the same three classes
     everywhere. At most ``max_points_per_class`` points per class are drawn (a fixed random
-    subset, ``seed``), so large data sets stay readable. Returns the matplotlib Figure.
+    subset, ``seed``), so large data sets stay readable. Returns the matplotlib Figure (built
+    without pyplot, so nothing global is left open).
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     rows = [list(row) for row in panels]
     if not rows or not rows[0] or any(len(row) != len(rows[0]) for row in rows):
         raise ValueError(f"panels must be a non-empty rectangular grid, got row lengths {[len(r) for r in rows]}")
     generator = torch.Generator().manual_seed(seed)
-    fig, axes = plt.subplots(len(rows), len(rows[0]), figsize=(4.2 * len(rows[0]), 4.0 * len(rows)),
-                             squeeze=False)
-    colours = plt.get_cmap("tab10").colors
+    fig = Figure(figsize=(4.2 * len(rows[0]), 4.0 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), len(rows[0]), squeeze=False)
     for ax, panel in zip(axes.flat, itertools.chain.from_iterable(rows)):
         labels = _as_labels(panel.labels, len(panel.coords), "panel.labels")
         for i, k in enumerate(sorted(panel.class_names)):
             index = torch.nonzero(labels == k).flatten()
             index = index[torch.randperm(len(index), generator=generator)[:max_points_per_class]]
             ax.scatter(panel.coords[index, 0], panel.coords[index, 1], s=6, alpha=0.5,
-                       color=colours[i % len(colours)], label=panel.class_names[k], rasterized=True)
-        ax.scatter(panel.templates[:, 0], panel.templates[:, 1], marker="x", s=60, color="black",
-                   label="templates")
+                       color=f"C{i % 10}", label=panel.class_names[k], rasterized=True)
         ax.set_title(panel.title, fontsize=10)
         ax.set_aspect("equal", adjustable="datalim")
         ax.tick_params(labelsize=7)
     axes.flat[0].legend(fontsize=7, markerscale=2, loc="best")
-    fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig

@@ -1,0 +1,308 @@
+"""The penultimate-layer picture in lab reports (claim 4 of SEEDS.md: tight, equidistant clusters).
+
+``report_section(results, run_dir)`` is registered in ``labelsmooth.lab.report.REPORT_SECTIONS``.
+For each model of a sweep it rebuilds the eps = 0 and the largest-eps models of every seed from
+``cells/<key>/model.pt``, computes their penultimate activations on (a fixed sample of) the
+training and test images, and reports
+
+- figures like Müller et al. (2019, Figure 1): activations of three classes projected onto the
+  plane through their templates, columns eps = 0 and eps > 0, rows train and test, for two
+  triples (:data:`CLASS_TRIPLES`: one with two look-alike classes, one of three unlike ones),
+  written as ``penultimate_<model>_<k1>-<k2>-<k3>.png`` and embedded;
+- the measures of :func:`labelsmooth.analysis.penultimate.cluster_measures` in the span of all
+  K templates (the part of activation space the softmax sees), in the full penultimate space,
+  and in each triple's plane, as mean [95% interval] over seeds;
+- verdicts on "smoothing tightens clusters" and "smoothing makes them equidistant", from the
+  per-seed paired differences in the templates' span on the training split, by the report's
+  one rule (:func:`labelsmooth.lab.report.judge`).
+
+``penultimate_section(results, sweep_dir, figure_dir)`` is the same for any sweep directory,
+so the distillation experiment can show its teachers in its own report.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..lab.data import Dataset, load_dataset
+from ..lab.models import build_model
+from ..lab.report import Condition, _table, condition_label, group_runs, judge, write_atomic
+from ..lab.stats import estimate, paired_difference
+from .penultimate import ProjectionPanel, cluster_measures, plot_projection_grid, template_plane, template_subspace
+
+__all__ = [
+    "CLASS_TRIPLES",
+    "MAX_POINTS",
+    "load_cell_model",
+    "penultimate_activations",
+    "penultimate_section",
+    "report_section",
+]
+
+# data set name -> [(three classes, why these)]; the first two classes of a "look-alike" triple
+# resemble each other, the paper's second kind of figure.
+CLASS_TRIPLES: dict[str, list[tuple[tuple[int, int, int], str]]] = {
+    "fashion-mnist": [((0, 6, 1), "two look-alike classes (T-shirt/top, Shirt) and an unlike one"),
+                      ((1, 7, 8), "three unlike classes")],
+    "digits": [((3, 8, 1), "two look-alike digits (3, 8) and an unlike one"),
+               ((0, 1, 4), "three unlike digits")],
+}
+# activations are computed for at most this many images per split (a fixed random sample)
+MAX_POINTS = 5000
+SPLITS = ("train", "test")
+# a change smaller than this fraction of the eps = 0 value does not matter for the claim
+RELATIVE_MARGIN = 0.1
+CLAIM = "4"
+
+
+def class_triples(dataset: str, num_classes: int) -> list[tuple[tuple[int, int, int], str]]:
+    """The triples to draw for ``dataset``: :data:`CLASS_TRIPLES`, else the first and last three classes."""
+    if dataset in CLASS_TRIPLES:
+        return CLASS_TRIPLES[dataset]
+    first = ((0, 1, 2), "the first three classes")
+    last = ((num_classes - 3, num_classes - 2, num_classes - 1), "the last three classes")
+    return [first] if num_classes < 6 else [first, last]
+
+
+# 1. Models and activations -------------------------------------------------------------------
+
+
+def cell_file(run_dir: Path, run: dict, name: str) -> Path | None:
+    """``run_dir/cells/<cell>/<name>`` if the cell key is a plain folder name and the file exists."""
+    cell = str(run.get("cell") or "")
+    cells = (run_dir / "cells").resolve()
+    path = (cells / cell / name).resolve()
+    return path if cell and path.parent.parent == cells and path.is_file() else None
+
+
+def load_cell_model(run_dir: Path, run: dict, config: dict, dataset: Dataset) -> nn.Module | None:
+    """The trained model of one cell (``model.pt`` with ``weights_only=True``), or None if absent."""
+    path = cell_file(run_dir, run, "model.pt")
+    if path is None:
+        return None
+    model = build_model(run["model"], dataset.num_classes, dataset.in_shape,
+                        **(config.get("model_options") or {}).get(run["model"], {}))
+    model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+    return model.eval()
+
+
+def penultimate_activations(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
+    """``model.penultimate`` of every row of ``x``, in batches, without autograd: (N, D)."""
+    with torch.inference_mode():
+        return torch.cat([model.penultimate(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def split_sample(dataset: Dataset, max_points: int = MAX_POINTS) -> dict[str, tuple[Tensor, Tensor]]:
+    """split -> (x, y): at most ``max_points`` images per split, a fixed random sample (seed 0)."""
+    generator = torch.Generator().manual_seed(0)
+    found = {}
+    for split in SPLITS:
+        x, y = getattr(dataset, f"x_{split}"), getattr(dataset, f"y_{split}")
+        index = torch.randperm(len(x), generator=generator)[:max_points].sort().values
+        found[split] = (x[index], y[index])
+    return found
+
+
+# 2. Measures per cell ------------------------------------------------------------------------
+
+
+@dataclass
+class CellActivations:
+    """One trained model's penultimate activations per split and its class templates (K, D)."""
+
+    activations: dict[str, tuple[Tensor, Tensor]]
+    templates: Tensor
+
+
+# measure space -> (description, function of (CellActivations, split, triples) -> ClusterMeasures)
+def _span_measures(cell: CellActivations, split: str):
+    span = template_subspace(cell.templates)
+    points, labels = cell.activations[split]
+    return cluster_measures(span.project(points), labels, span.classes)
+
+
+def _full_measures(cell: CellActivations, split: str):
+    points, labels = cell.activations[split]
+    return cluster_measures(points, labels, tuple(range(cell.templates.shape[0])))
+
+
+def _plane_measures(cell: CellActivations, split: str, triple: tuple[int, int, int]):
+    plane = template_plane(cell.templates, triple)
+    points, labels = cell.activations[split]
+    keep = torch.isin(labels, torch.tensor(triple))
+    return cluster_measures(plane.project(points[keep]), labels[keep], triple)
+
+
+MEASURES = ("tightness", "equidistance_cv")
+
+
+def cell_measures(cell: CellActivations, triples: Sequence[tuple[int, int, int]]) -> dict:
+    """space -> split -> {measure: value}; spaces: "span of all templates", "full", each triple."""
+    spaces = {"span of all templates": _span_measures, "full penultimate space": _full_measures}
+    spaces.update({f"plane of classes {t}": (lambda c, s, t=t: _plane_measures(c, s, t)) for t in triples})
+    return {space: {split: {m: getattr(function(cell, split), m) for m in MEASURES} for split in SPLITS}
+            for space, function in spaces.items()}
+
+
+# 3. The section ------------------------------------------------------------------------------
+
+
+def _esc(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _pairs(groups: dict) -> list[tuple[Condition, Condition]]:
+    """(eps = 0 condition, largest-eps condition) per model, preferring the uniform distribution."""
+    pairs = []
+    for model in sorted({c.model for c in groups}):
+        conditions = [c for c in groups if c.model == model]
+        distribution = "uniform" if any(c.distribution == "uniform" for c in conditions) else conditions[0].distribution
+        same = [c for c in conditions if c.distribution == distribution]
+        base = next((c for c in same if c.label_smoothing == 0.0), None)
+        treated = max(same, key=lambda c: c.label_smoothing)
+        if base is not None and treated.label_smoothing > 0:
+            pairs.append((base, treated))
+    return pairs
+
+
+def _figure(cells: dict, pair: tuple[Condition, Condition], seed: int, triple: tuple[int, int, int],
+            dataset: Dataset, groups: dict, path: Path) -> str:
+    """The paper's grid for one triple and one seed, written to ``path``; returns an HTML figure."""
+    names = {k: dataset.class_names[k] for k in triple}
+    rows = []
+    for split in SPLITS:
+        row = []
+        for condition in pair:
+            cell = cells[condition][seed]
+            plane = template_plane(cell.templates, triple)
+            points, labels = cell.activations[split]
+            keep = torch.isin(labels, torch.tensor(triple))
+            row.append(ProjectionPanel(plane.project(points[keep]), labels[keep], names, f"{condition_label(condition, groups)}, {split}, seed {seed}"))
+        rows.append(row)
+    buffer = io.BytesIO()
+    figure = plot_projection_grid(rows)
+    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    write_atomic(path, buffer.getvalue())
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    caption = (f"{', '.join(names.values())}: penultimate activations projected onto the plane through "
+               f"the three class templates; {path.name}")
+    return (f'<figure><img alt="{_esc(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{_esc(caption)}</figcaption></figure>")
+
+
+def _table_rows(measures: dict, pair: tuple[Condition, Condition], groups: dict) -> list[list[str]]:
+    rows = []
+    base_measures = measures[pair[0]]
+    spaces = next(iter(base_measures.values())).keys()
+    for space in spaces:
+        for split in SPLITS:
+            for condition in pair:
+                by_seed = measures[condition]
+                row = [space, split, condition_label(condition, groups), str(len(by_seed))]
+                row += [estimate([m[space][split][name] for m in by_seed.values()]).format(3) for name in MEASURES]
+                rows.append(row)
+    return rows
+
+
+CLAIMS = {
+    "tightness": "Label smoothing makes each class's penultimate activations a tight cluster "
+                 "(seed 004; Müller et al. 2019, Section 2)",
+    "equidistance_cv": "Label smoothing makes the class clusters equidistant from each other "
+                       "(seed 004; Müller et al. 2019, Section 2)",
+}
+SPACE = "span of all templates"
+
+
+def _verdicts(measures: dict, pair: tuple[Condition, Condition], groups: dict) -> list[dict]:
+    verdicts = []
+    base, treated = pair
+    scope = f"{condition_label(treated, groups)} vs {condition_label(base, groups)}, training split"
+    for name, statement in CLAIMS.items():
+        values = {c: {seed: m[SPACE]["train"][name] for seed, m in measures[c].items()} for c in pair}
+        test = {c: {seed: m[SPACE]["test"][name] for seed, m in measures[c].items()} for c in pair}
+        difference = paired_difference(values[treated], values[base])
+        test_difference = paired_difference(test[treated], test[base])
+        margin = RELATIVE_MARGIN * sum(values[base].values()) / len(values[base])
+        verdict = judge(difference, "lower", margin)
+        reason = {
+            "supported": "the 95% interval of the paired difference lies below 0",
+            "not supported": f"the interval rules out a decrease of {margin:.3g} "
+                             f"({RELATIVE_MARGIN:.0%} of the eps=0 value) or more",
+            "inconclusive": ("one seed gives no interval; run more seeds"
+                             if difference is None or not difference.has_interval else
+                             f"the interval contains both 0 and a decrease of {margin:.3g}"),
+        }[verdict]
+        evidence = (f"{verdict.capitalize()}: {reason}. {name} in the span of all class templates "
+                    f"(lower is {'tighter' if name == 'tightness' else 'more equidistant'}), training "
+                    f"split: eps=0 {estimate(list(values[base].values())).format(3)}, "
+                    f"{condition_label(treated, groups)} {estimate(list(values[treated].values())).format(3)}; "
+                    f"paired difference {difference.format(3) if difference else 'n/a'}. Test split: "
+                    f"paired difference {test_difference.format(3) if test_difference else 'n/a'}.")
+        verdicts.append(dict(claim=CLAIM, statement=statement, scope=scope, verdict=verdict, evidence=evidence))
+    return verdicts
+
+
+INTRODUCTION = (
+    "<p>Müller et al. (2019) project the penultimate activations of three classes onto the plane "
+    "through the three classes' templates (rows of the last layer's weight; orthonormal basis from "
+    "w2 - w1 and w3 - w1) and see tighter clusters with label smoothing. The numbers make it "
+    "testable: <b>tightness</b> = mean over classes of the RMS distance of a class's points from their "
+    "mean, divided by the mean distance between class means (within / between; lower is tighter); "
+    "<b>equidistance CV</b> = standard deviation / mean of the distances between class means (0 when "
+    "all are equal). They are given in the span of all K templates (the part of the activations "
+    "that changes the softmax), in the full penultimate space, and in each triple's plane; mean and "
+    "95% interval over seeds, on at most {max_points} images per split.</p>")
+
+
+def penultimate_section(results: dict, sweep_dir: Path, figure_dir: Path, *,
+                        max_points: int = MAX_POINTS) -> tuple[str, list[dict]]:
+    """HTML and verdicts for the sweep in ``sweep_dir``; figures written into ``figure_dir``."""
+    sweep_dir, figure_dir = Path(sweep_dir), Path(figure_dir)
+    heading = "<h2>Penultimate layer: tight, equidistant clusters?</h2>"
+    config = results.get("config") or {}
+    groups = group_runs(results)
+    pairs = _pairs(groups)
+    if not pairs:
+        return heading + "<p>No eps=0 and eps&gt;0 pair of the same model in this run.</p>", []
+    dataset = load_dataset(config.get("dataset", "digits"), data_dir=config.get("data_dir"),
+                           train_fraction=config.get("train_fraction", 1.0), seed=config.get("data_seed", 0))
+    samples = split_sample(dataset, max_points)
+    triples = class_triples(config.get("dataset", ""), dataset.num_classes)
+    fragments, verdicts = [heading, INTRODUCTION.format(max_points=max_points)], []
+    for pair in pairs:
+        cells: dict = {}
+        for condition in pair:
+            for seed, run in groups[condition].items():
+                model = load_cell_model(sweep_dir, run, config, dataset)
+                if model is not None:
+                    cells.setdefault(condition, {})[seed] = CellActivations(
+                        {split: (penultimate_activations(model, x), y) for split, (x, y) in samples.items()},
+                        model.classifier.weight.detach().double())
+        seeds = sorted(set(cells.get(pair[0], {})) & set(cells.get(pair[1], {})))
+        if not seeds:
+            fragments.append(f"<p>{_esc(pair[0].model)}: no finished cells with model.pt for both eps.</p>")
+            continue
+        measures = {c: {s: cell_measures(cells[c][s], [t for t, _ in triples]) for s in seeds} for c in pair}
+        fragments.append(f"<h3>{_esc(pair[0].model)}: {_esc(condition_label(pair[1], groups))} vs "
+                         f"{_esc(condition_label(pair[0], groups))}</h3>")
+        figures = [f"<p>{_esc(why)}</p>" + _figure(cells, pair, seeds[0], triple, dataset, groups,
+                                                  figure_dir / f"penultimate_{pair[0].model}_{'-'.join(map(str, triple))}.png")
+                   for triple, why in triples]
+        fragments.append(f'<div class="figures">{"".join(figures)}</div>')
+        fragments.append(_table(["space", "split", "condition", "seeds", "tightness", "equidistance CV"],
+                                _table_rows(measures, pair, groups)))
+        verdicts += _verdicts(measures, pair, groups)
+    return "".join(fragments), verdicts
+
+
+def report_section(results: dict, run_dir: Path) -> tuple[str, list[dict]]:
+    """The penultimate-layer section of a sweep's report (figures written into ``run_dir``)."""
+    return penultimate_section(results, Path(run_dir), Path(run_dir))
