@@ -1,11 +1,21 @@
 """Tests of sharded sweeps: the ``--shard i/n`` spec and its cell selection (a partition of the
-grid into balanced, ordered shares)."""
+grid into balanced, ordered shares); ``labelsmooth merge`` on synthetic run directories written
+here per the lab contract (order, refusals and their messages, atomic output); and end to end on
+digits: shards of a real sweep, merged, equal the unsharded sweep exactly."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 
+from labelsmooth.cli import main
+from labelsmooth.lab import report
+from labelsmooth.lab.merge import merge_shards
 from labelsmooth.lab.shard import format_shard, parse_shard, select_cells
+from labelsmooth.lab.sweep import SweepConfig, run_sweep
 
 
 # Shard spec and selection ------------------------------------------------------------------------
@@ -48,3 +58,170 @@ def test_select_cells_deals_round_robin_and_none_keeps_everything():
     assert select_cells(cells, None) == cells
     with pytest.raises(ValueError, match="--shard"):
         select_cells(cells, "4/3")
+
+
+# Merge on synthetic run directories ----------------------------------------------------------------
+
+# The grid of GRID's config in the sweep's order (model, distribution, eps, seed), written out.
+GRID = dict(models=("mlp",), label_smoothing=(0.0, 0.1, 0.2), seeds=(0, 1), epochs=2)
+GRID_KEYS = ["mlp-uniform-eps0-seed0", "mlp-uniform-eps0-seed1", "mlp-uniform-eps0.1-seed0",
+             "mlp-uniform-eps0.1-seed1", "mlp-uniform-eps0.2-seed0", "mlp-uniform-eps0.2-seed1"]
+
+
+def synthetic_run(key: str, finished: bool = True) -> dict:
+    """A run as results.json holds it, with numbers derived from the key (so each is distinct)."""
+    model, distribution, eps, seed = key.split("-")
+    value = float(eps[3:]) + 0.01 * int(seed[4:])
+    history = [{"epoch": e, "train_loss": 1 / e + value, "val_loss": 1.1 / e + value,
+                "val_nll": 1 / e + value, "val_accuracy": 0.5 + value, "val_ece": 0.1 + value}
+               for e in (1, 2)]
+    return {"label_smoothing": float(eps[3:]), "seed": int(seed[4:]), "distribution": distribution,
+            "model": model, "cell": key, "history": history if finished else history[:1],
+            "test": {"loss": value, "nll": value, "accuracy": 0.5, "ece": 0.1} if finished else None}
+
+
+def write_shard(directory: Path, keys: list[str], *, shard: str | None = None, unfinished=(),
+                **changes) -> Path:
+    """A shard's run directory: config.json, results.json and cells/<key>/final.npz."""
+    config = SweepConfig(**{**GRID, **changes}, shard=shard).to_dict()
+    runs = [synthetic_run(key, key not in unfinished) for key in keys]
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text(json.dumps(config))
+    (directory / "results.json").write_text(json.dumps(
+        {"config": config, "runs": runs, "complete": not unfinished}))
+    for key in keys:
+        if key not in unfinished:
+            (directory / "cells" / key).mkdir(parents=True)
+            np.savez(directory / "cells" / key / "final.npz", test_logits=np.full((2, 3), len(key), np.float32))
+    return directory
+
+
+def three_shards(root: Path, changes: dict[int, dict] | None = None) -> list[Path]:
+    """Shards 1/3, 2/3, 3/3 of GRID, dealt by hand: positions 0,3 / 1,4 / 2,5; ``changes[i]``
+    are write_shard options of shard i."""
+    return [write_shard(root / f"shard{i}", [GRID_KEYS[i - 1], GRID_KEYS[i + 2]], shard=f"{i}/3",
+                        **(changes or {}).get(i, {})) for i in (1, 2, 3)]
+
+
+@pytest.fixture
+def no_report(monkeypatch):
+    """Skip the report (tested on its own); record that merge asked for it."""
+    calls = []
+    monkeypatch.setattr(report, "build_report", lambda run_dir: calls.append(Path(run_dir)))
+    return calls
+
+
+def test_merge_orders_runs_as_the_grid_and_writes_a_run_directory(tmp_path, no_report):
+    shards = three_shards(tmp_path)
+    out = tmp_path / "merged"
+    merged = merge_shards([shards[2], shards[0], shards[1]], out)
+    assert [run["cell"] for run in merged["runs"]] == GRID_KEYS
+    assert merged["runs"] == [synthetic_run(key) for key in GRID_KEYS]
+    assert merged["complete"] is True and no_report == [out]
+    unsharded_config = SweepConfig(**GRID).to_dict()
+    assert merged["config"] == unsharded_config and unsharded_config["shard"] is None
+    assert json.loads((out / "config.json").read_text()) == unsharded_config
+    assert json.loads((out / "results.json").read_text()) == merged
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0].split(",")[:2] == ["cell", "model"] and len(rows) == 1 + 2 * len(GRID_KEYS)
+    assert [row.split(",")[0] for row in rows[1::2]] == GRID_KEYS
+    for index, key in enumerate(GRID_KEYS):
+        source = shards[index % 3] / "cells" / key / "final.npz"
+        assert (out / "cells" / key / "final.npz").read_bytes() == source.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged", "shard1", "shard2", "shard3"]
+
+
+def test_merge_command_builds_the_report(tmp_path, capsys):
+    out = tmp_path / "merged"
+    assert main(["merge", *map(str, three_shards(tmp_path)), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "6 cells, complete" in printed and str(out / "report.html") in printed
+    assert "6 cells" in (out / "report.html").read_text()
+
+
+def test_mismatched_configs_are_refused_naming_the_keys_and_run_dirs(tmp_path, capsys):
+    shards = three_shards(tmp_path, {2: dict(lr=0.02), 3: dict(epochs=3, lr=0.02)})
+    out = tmp_path / "merged"
+    assert main(["merge", *map(str, shards), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "configs differ in 'epochs', 'lr'" in error
+    assert f"{shards[0]}: 0.01; {shards[1]}: 0.02; {shards[2]}: 0.02" in error
+    assert f"{shards[0]}: 2; {shards[1]}: 2; {shards[2]}: 3" in error
+    assert not out.exists()
+
+
+def test_shards_may_differ_in_where_the_data_lives(tmp_path, no_report):
+    shards = three_shards(tmp_path, {1: dict(data_dir="/mnt/a"), 2: dict(data_dir="/mnt/b")})
+    merged = merge_shards(shards, tmp_path / "merged")
+    assert [run["cell"] for run in merged["runs"]] == GRID_KEYS
+
+
+def test_missing_cells_are_named_unless_partial_is_allowed(tmp_path, no_report):
+    shards = three_shards(tmp_path)
+    with pytest.raises(ValueError, match=r"do not cover the grid: 2 of 6 cells missing: "
+                                         r"mlp-uniform-eps0.1-seed0, mlp-uniform-eps0.2-seed1 "):
+        merge_shards(shards[:2], tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+    merged = merge_shards(shards[:2], tmp_path / "merged", allow_partial=True)
+    assert [run["cell"] for run in merged["runs"]] == [GRID_KEYS[i] for i in (0, 1, 3, 4)]
+    assert merged["complete"] is False
+
+
+def test_incomplete_shards_are_refused_unless_partial_is_allowed(tmp_path, no_report):
+    shards = three_shards(tmp_path, {2: dict(unfinished=(GRID_KEYS[4],))})
+    with pytest.raises(ValueError, match=f"shard\\(s\\) {shards[1]} are not complete"):
+        merge_shards(shards, tmp_path / "merged")
+    merged = merge_shards(shards, tmp_path / "merged", allow_partial=True)
+    assert merged["complete"] is False and merged["runs"][4]["test"] is None
+    assert not (tmp_path / "merged" / "cells" / GRID_KEYS[4]).exists()
+
+
+def test_duplicate_cells_are_refused_even_when_partial(tmp_path):
+    shards = three_shards(tmp_path)
+    unsharded = write_shard(tmp_path / "whole", GRID_KEYS)
+    with pytest.raises(ValueError, match=f"2 cell\\(s\\) held by more than one shard: "
+                                         f"{GRID_KEYS[0]} \\(in {shards[0]} and {shards[0]}\\), {GRID_KEYS[3]} "):
+        merge_shards([*shards, shards[0]], tmp_path / "merged", allow_partial=True)
+    with pytest.raises(ValueError, match=f"{GRID_KEYS[1]} \\(in {shards[1]} and {unsharded}\\), "
+                                         f"{GRID_KEYS[4]} "):
+        merge_shards([shards[1], unsharded], tmp_path / "merged", allow_partial=True)
+    assert not (tmp_path / "merged").exists()
+
+
+def test_out_must_be_new_or_empty(tmp_path, no_report, capsys):
+    shards = three_shards(tmp_path)
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    assert main(["merge", *map(str, shards), "--out", str(tmp_path / "taken")]) == 2
+    assert "--out: expected a new or empty directory" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
+    (tmp_path / "empty").mkdir()
+    assert len(merge_shards(shards, tmp_path / "empty")["runs"]) == 6
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "results.json").unlink(), "no results.json in it"),
+    (lambda d: (d / "config.json").write_text("{not json"), "expected JSON in"),
+    (lambda d: (d / "results.json").write_text('{"runs": 3}'), "a 'runs' list of objects"),
+    (lambda d: (d / "results.json").write_text('{"runs": [{"cell": "../../etc"}]}'),
+     "plain folder name, got '../../etc'"),
+    (lambda d: (d / "config.json").write_text('{"epoch": 2}'), "expected a sweep's config"),
+])
+def test_broken_run_directories_are_refused_with_the_reason(tmp_path, damage, message):
+    shards = three_shards(tmp_path)
+    for shard in shards:
+        damage(shard)
+    with pytest.raises(ValueError, match=message):
+        merge_shards(shards, tmp_path / "merged")
+    with pytest.raises(ValueError, match="no such directory"):
+        merge_shards([tmp_path / "nowhere"], tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+
+
+def test_cells_outside_the_grid_are_refused(tmp_path):
+    shards = three_shards(tmp_path, {1: dict(label_smoothing=(0.0, 0.1))})
+    other = write_shard(tmp_path / "other", ["mlp-uniform-eps0.3-seed0"], label_smoothing=(0.0, 0.1, 0.2))
+    with pytest.raises(ValueError, match="configs differ in 'label_smoothing'"):
+        merge_shards(shards, tmp_path / "merged")
+    with pytest.raises(ValueError, match="mlp-uniform-eps0.3-seed0 are not in the grid"):
+        merge_shards([*shards[1:], other], tmp_path / "merged", allow_partial=True)
