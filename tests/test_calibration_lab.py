@@ -137,6 +137,7 @@ def test_report_section_flags_under_confidence_and_prefers_temperature_scaling(t
     beats = _verdicts_by(verdicts, "better than temperature scaling")
     assert beats[0]["verdict"] == "not supported" and beats[0]["scope"] == "eps=0.1 vs eps=0"
 
+    assert "(1500 test rows, 1500 holdout rows per cell)" in fragment
     # Table: each condition at T = 1 and after scaling, with the fitted temperatures.
     rows = re.findall(r"<tr>(.*?)</tr>", fragment)[1:]  # after the header
     assert len(rows) == 4

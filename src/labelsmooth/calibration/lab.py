@@ -306,8 +306,11 @@ def report_section(results: dict, run_dir: Path, *, n_resamples: int = 200) -> t
         return heading + "<p>No finished cell has a final.npz yet: nothing to score.</p>", []
     header = (["condition", "seeds", "temperature T"]
               + [f"test {metric.title}" for metric in SUMMARY_METRICS.values()])
+    sizes = sorted({(c["n_test"], c["n_holdout"]) for by_seed in calibrations.values() for c in by_seed.values()})
+    size_text = "; ".join(f"{n_test} test rows, {n_holdout} holdout rows" for n_test, n_holdout in sizes)
     fragment = (heading + "<p>In the shape of Müller et al. 2019, Table 3: each condition as trained "
-                "(T = 1) and after temperature scaling, T fitted by minimum NLL on the holdout split. "
+                f"(T = 1) and after temperature scaling, T fitted by minimum NLL on the holdout split "
+                f"({html.escape(size_text)} per cell). "
                 "Several seeds: mean [95% Student-t interval over seeds]; one seed: the value "
                 "[95% bootstrap interval over test rows]. ECE and class-wise ECE use 15 equal-width "
                 "bins; MCE is the largest bin gap; confidence - accuracy &lt; 0 means under-confident."
