@@ -1,0 +1,289 @@
+"""lab.sweep: vectorised cells == cells trained alone with torch.optim, determinism, resume after a
+kill, run-directory rules, CLI outputs. Short runs on digits; one Fashion-MNIST run when installed.
+
+The reference trainer below is written from the definitions: an ordinary ``nn.Module`` per cell,
+``torch.optim``, torch's ``F.cross_entropy`` against explicit smoothed soft targets, and
+torchmetrics' calibration error. Tests run torch on one thread (restored afterwards): CI runs two
+test workers on two cores, and more threads than cores make torch's OpenMP kernels crawl.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torchmetrics.functional.classification import multiclass_calibration_error
+
+from labelsmooth.cli import main
+from labelsmooth.lab import report
+from labelsmooth.lab.data import DEFAULT_FASHION_MNIST_DIR, load_dataset
+from labelsmooth.lab.models import build_model
+from labelsmooth.lab.sweep import SweepConfig, epoch_order, grid_cells, run_sweep
+
+SMALL = dict(dataset="digits", train_fraction=0.3, epochs=2, batch_size=32, lr=0.05)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_report(monkeypatch):
+    """Skip the (slow, separately tested) report; record that the sweep asked for it."""
+    calls = []
+    monkeypatch.setattr(report, "build_report", lambda run_dir: calls.append(Path(run_dir)))
+    return calls
+
+
+def reference_loss(logits, target, eps, distribution):
+    """Cross-entropy against the smoothed target q' = (1 - eps) onehot + eps u, as soft targets
+    (torch's own label_smoothing= would ignore a negative eps)."""
+    k = logits.shape[1]
+    onehot = F.one_hot(target, k).to(logits.dtype)
+    u = torch.full_like(onehot, 1 / k) if distribution == "uniform" else (1 - onehot) / (k - 1)
+    return F.cross_entropy(logits, (1 - eps) * onehot + eps * u, reduction="none")
+
+
+def reference_metrics(logits, target, eps, distribution):
+    return {"loss": reference_loss(logits, target, eps, distribution).mean().item(),
+            "nll": F.cross_entropy(logits, target).item(),
+            "accuracy": (logits.argmax(1) == target).double().mean().item(),
+            "ece": multiclass_calibration_error(logits.softmax(1), target, logits.shape[1], n_bins=15,
+                                                norm="l1").item()}
+
+
+def train_alone(config: SweepConfig, cell, ds):
+    """One cell with an ordinary module and torch.optim; returns (model, history)."""
+    torch.manual_seed(cell.seed)
+    model = build_model(cell.model, ds.num_classes, ds.in_shape, **config.model_options.get(cell.model, {}))
+    if config.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                              weight_decay=config.weight_decay)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    history = []
+    for epoch in range(config.epochs):
+        order, total = epoch_order(len(ds.x_train), cell.seed, epoch), 0.0
+        for start in range(0, len(order), config.batch_size):
+            index = order[start:start + config.batch_size]
+            rows = reference_loss(model(ds.x_train[index]), ds.y_train[index], cell.label_smoothing,
+                                  cell.distribution)
+            opt.zero_grad()
+            rows.mean().backward()
+            opt.step()
+            total += rows.sum().item()
+        with torch.no_grad():
+            val = reference_metrics(model(ds.x_eval), ds.y_eval, cell.label_smoothing, cell.distribution)
+        history.append({"epoch": epoch + 1, "train_loss": total / len(order),
+                        **{f"val_{k}": v for k, v in val.items()}})
+    return model, history
+
+
+# Tolerance: the sweep evaluates all cells in one vmapped (grouped) convolution, the reference
+# one cell at a time; the two sum the same products in a different order, so float32 rounding
+# (~1e-7 relative per operation) compounds over the steps of training. Two epochs stay far
+# below 1e-4; any real difference (a wrong gradient, a shared momentum buffer, a wrong eps or
+# batch) moves the weights by orders of magnitude more.
+WEIGHT_TOLERANCE = dict(rtol=1e-4, atol=1e-5)
+METRIC_TOLERANCE = dict(rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("settings", [
+    dict(models=("seed-cnn",), optimizer="sgd", momentum=0.9, weight_decay=1e-3,
+         label_smoothing=(0.0, 0.2), distributions=("uniform", "non_target"), seeds=(0, 1)),
+    dict(models=("mlp",), model_options={"mlp": {"widths": [32]}}, optimizer="adam", lr=3e-3,
+         weight_decay=1e-4, label_smoothing=(0.0, -0.1, 0.3), seeds=(2,)),
+    dict(models=("resnet",), model_options={"resnet": {"width": 8}}, optimizer="sgd", momentum=0.5,
+         label_smoothing=(0.1,), seeds=(0,), epochs=1),
+])
+def test_vectorised_sweep_equals_cells_trained_alone(tmp_path, no_report, settings):
+    config = SweepConfig(**{**SMALL, **settings})
+    results = run_sweep(config, tmp_path / "run", progress=False)
+    ds = load_dataset(config.dataset, train_fraction=config.train_fraction, seed=config.data_seed)
+    assert results["complete"] and no_report == [tmp_path / "run"]
+    for cell, run in zip(grid_cells(config), results["runs"]):
+        model, history = train_alone(config, cell, ds)
+        weights = torch.load(tmp_path / "run" / "cells" / cell.key / "model.pt", weights_only=True)
+        for name, value in model.state_dict().items():
+            torch.testing.assert_close(weights[name], value, **WEIGHT_TOLERANCE, msg=f"{cell.key} {name}")
+        assert len(run["history"]) == len(history)
+        for got, want in zip(run["history"], history):
+            assert got == pytest.approx(want, **METRIC_TOLERANCE), cell.key
+        with torch.no_grad():
+            test = reference_metrics(model(ds.x_test), ds.y_test, cell.label_smoothing, cell.distribution)
+        assert run["test"] == pytest.approx(test, **METRIC_TOLERANCE)
+
+
+def test_final_files_follow_the_contract(tmp_path, no_report):
+    config = SweepConfig(**SMALL, label_smoothing=(0.0, 0.1))
+    run_sweep(config, tmp_path / "run", progress=False)
+    ds = load_dataset("digits", train_fraction=0.3)
+    for cell in grid_cells(config):
+        folder = tmp_path / "run" / "cells" / cell.key
+        with np.load(folder / "final.npz", allow_pickle=False) as final:
+            arrays = dict(final)
+        for split in ("test", "holdout", "train"):
+            x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
+            assert arrays[f"{split}_logits"].shape == (len(x), 10)
+            assert arrays[f"{split}_logits"].dtype == np.float32
+            assert arrays[f"{split}_target"].dtype == np.int64
+            np.testing.assert_array_equal(arrays[f"{split}_target"], y.numpy())
+        model = build_model("seed-cnn", 10, ds.in_shape)
+        model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+        with torch.no_grad():
+            np.testing.assert_allclose(model(ds.x_test).numpy(), arrays["test_logits"], rtol=1e-5, atol=1e-5)
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert rows[0] == ("cell,model,distribution,label_smoothing,seed,epoch,train_loss,val_loss,"
+                       "val_nll,val_accuracy,val_ece")
+    assert len(rows) == 1 + 2 * 2
+    assert json.loads((tmp_path / "run" / "config.json").read_text()) == config.to_dict()
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_same_seed_gives_bit_identical_results(tmp_path, no_report):
+    config = SweepConfig(**SMALL, label_smoothing=(0.0, 0.1), seeds=(3,))
+    first = run_sweep(config, tmp_path / "a", progress=False)
+    second = run_sweep(config, tmp_path / "b", progress=False)
+    assert first == second
+    for cell in grid_cells(config):
+        a, b = (np.load(tmp_path / d / "cells" / cell.key / "final.npz") for d in "ab")
+        for key in a.files:
+            np.testing.assert_array_equal(a[key], b[key])
+    eps0, eps1 = first["runs"]
+    assert eps0["history"] != eps1["history"]  # the cells really differ
+
+
+def recorded_epochs(out: Path) -> tuple[int, bool]:
+    try:
+        results = json.loads((out / "results.json").read_text())
+    except (OSError, json.JSONDecodeError):  # not written yet
+        return 0, False
+    return len(results["runs"][0]["history"]), results["complete"]
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path, no_report, capsys):
+    """SIGKILL a sweep process after its second epoch, resume it, compare with an uninterrupted run."""
+    epochs = 20
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "labelsmooth", "sweep", "--dataset", "digits", "--train-fraction", "0.5",
+         "--label-smoothing", "0", "0.1", "--epochs", str(epochs), "--lr", "0.05", "--threads", "1",
+         "--no-progress", "--out", str(interrupted)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while recorded_epochs(interrupted)[0] < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done, complete = recorded_epochs(interrupted)
+    assert 2 <= done < epochs and not complete, "the sweep was not interrupted mid-way"
+    assert (interrupted / "checkpoint.pt").is_file()
+
+    config = SweepConfig(dataset="digits", train_fraction=0.5, label_smoothing=(0.0, 0.1),
+                         epochs=epochs, lr=0.05)
+    resumed = run_sweep(config, interrupted, progress=False)
+    assert "resuming" in capsys.readouterr().out
+    uninterrupted = run_sweep(config, tmp_path / "uninterrupted", progress=False)
+    assert resumed["complete"] and resumed == uninterrupted
+    assert json.loads((interrupted / "results.json").read_text()) == uninterrupted
+    for cell in resumed["runs"]:
+        x, y = (np.load(d / "cells" / cell["cell"] / "final.npz") for d in (interrupted, tmp_path / "uninterrupted"))
+        for key in x.files:
+            np.testing.assert_array_equal(x[key], y[key])
+
+
+def cli_args(out: Path, epochs: int = 2) -> list[str]:
+    return ["sweep", "--train-fraction", "0.3", "--epochs", str(epochs), "--label-smoothing", "0",
+            "0.1", "--no-progress", "--out", str(out)]
+
+
+def snapshot(folder: Path) -> dict:
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_cli_outputs_complete_rerun_and_refusal(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(cli_args(out)) == 0
+    for name in ("config.json", "results.json", "metrics.csv", "report.html"):
+        assert (out / name).is_file(), name
+    assert "report.html" in capsys.readouterr().out
+    before = snapshot(out)
+
+    assert main(cli_args(out)) == 0  # same config, finished: nothing retrained or rewritten
+    assert "already complete" in capsys.readouterr().out
+    assert snapshot(out) == before
+
+    assert main(cli_args(out, epochs=3)) == 2  # different config: refused
+    error = capsys.readouterr().err
+    assert "different sweep" in error and "epochs: 2 -> 3" in error
+    assert snapshot(out) == before
+
+
+def test_refuses_a_non_empty_directory_that_is_no_sweep(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(cli_args(tmp_path)) == 2
+    assert "not a sweep's run directory" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_resume_of_a_run_without_checkpoint_starts_over(tmp_path, no_report, capsys):
+    """A run killed before its first checkpoint has only config.json: it starts from epoch 1."""
+    config = SweepConfig(**SMALL, label_smoothing=(0.0,))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config.to_dict()))
+    results = run_sweep(config, tmp_path / "run", progress=False)
+    assert results == run_sweep(config, tmp_path / "fresh", progress=False)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(label_smoothing=(1.5,)), "label_smoothing must be distinct finite numbers at most 1"),
+    (dict(label_smoothing=(0.1, 0.1)), "label_smoothing must be distinct"),
+    (dict(seeds=(-1,)), "seeds must be distinct non-negative integers"),
+    (dict(models=("vgg",)), "models must be distinct names from"),
+    (dict(distributions=("prior",)), "distributions must be distinct names from"),
+    (dict(optimizer="lbfgs"), "optimizer must be one of"),
+    (dict(epochs=0), "epochs must be an integer >= 1"),
+    (dict(momentum=1.0), r"momentum must be in \[0, 1\)"),
+    (dict(model_options={"mlp": {}}), "model_options must be a dict from a model name of the sweep"),
+    (dict(shard="3/2"), "--shard: expected i/n"),
+])
+def test_config_errors_name_the_setting(settings, message):
+    with pytest.raises(ValueError, match=message):
+        SweepConfig(**settings)
+    with pytest.raises(ValueError, match="unknown keys"):
+        SweepConfig.from_dict({"epoch": 3})
+
+
+def test_grid_order_keys_and_shards():
+    config = SweepConfig(models=("mlp", "seed-cnn"), label_smoothing=(0.0, 0.1), seeds=(0, 1))
+    keys = [c.key for c in grid_cells(config)]
+    assert keys[:3] == ["mlp-uniform-eps0-seed0", "mlp-uniform-eps0-seed1", "mlp-uniform-eps0.1-seed0"]
+    assert len(set(keys)) == 8
+    halves = [grid_cells(SweepConfig(**{**config.to_dict(), "shard": s})) for s in ("1/2", "2/2")]
+    assert sorted(c.key for h in halves for c in h) == sorted(keys)
+
+
+@pytest.mark.fashion_mnist
+def test_fashion_mnist_end_to_end(tmp_path, no_report):
+    if not (DEFAULT_FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"Fashion-MNIST not installed at {DEFAULT_FASHION_MNIST_DIR} "
+                    "(apt-get install dataset-fashion-mnist)")
+    config = SweepConfig(dataset="fashion-mnist", train_fraction=0.02, epochs=2, lr=0.05,
+                         label_smoothing=(0.0, 0.1))
+    results = run_sweep(config, tmp_path / "run", progress=False)
+    assert results["complete"] and [len(r["history"]) for r in results["runs"]] == [2, 2]
+    for run in results["runs"]:
+        assert run["test"]["accuracy"] > 0.4  # chance is 0.1
+        final = np.load(tmp_path / "run" / "cells" / run["cell"] / "final.npz")
+        assert final["test_logits"].shape == (10000, 10) and final["train_logits"].shape == (1200, 10)
