@@ -42,12 +42,15 @@ from .targets import (
 
 __all__ = [
     "BCEWithLogitsLoss",
+    "ClassTargets",
     "CrossEntropyLoss",
     "LossParts",
     "ROW_STATISTICS",
     "binary_cross_entropy_with_logits",
+    "class_target_loss",
     "combine_row_statistics",
     "cross_entropy",
+    "prepare_class_targets",
     "torch_row_statistics",
 ]
 
@@ -227,6 +230,57 @@ def combine_row_statistics(lse: Tensor, target_logit: Tensor, dot: Tensor, *, ta
     return tuple(torch.where(valid, part, zero) for part in (loss, nll, smooth))
 
 
+class ClassTargets(NamedTuple):
+    """Class-index targets resolved for a row-statistics provider by :func:`prepare_class_targets`."""
+
+    target: Tensor                   # (M,) int64; ignored rows hold 0, a valid index
+    valid: Tensor                    # (M,) bool; False where the target equals ignore_index
+    label_smoothing: float | Tensor  # a float, a 0-dim tensor or one value per row (M,)
+    smoothing: Smoothing | None      # None when the loss needs no smoothing term
+    shape: torch.Size                # the target's own shape, for reduction="none"
+
+
+def prepare_class_targets(target: Tensor, num_classes: int, *, ignore_index: int,
+                          label_smoothing: float | Tensor, distribution: Distribution,
+                          weight: Tensor | None, dtype: torch.dtype, device: torch.device,
+                          validate_args: bool, return_parts: bool) -> ClassTargets:
+    """Check eps, target range and distribution (one host sync if ``validate_args``) and resolve them.
+
+    Every class-index entry point (torch and Triton paths, linear, vocab-parallel) starts here.
+    """
+    checks = ContentChecks() if validate_args else None
+    eps = check_label_smoothing(label_smoothing, target.shape, checks)
+    check_class_indices(target, num_classes, ignore_index, checks)
+    smoothing = resolve_smoothing(distribution, num_classes, weight, dtype, device, checks)
+    if checks is not None:
+        checks.raise_if_failed()
+    flat_target = target.reshape(-1)
+    valid = flat_target != ignore_index
+    safe_target = torch.where(valid, flat_target, torch.zeros_like(flat_target)).long()
+    needs_smoothing = return_parts or isinstance(eps, Tensor) or eps != 0.0
+    if isinstance(eps, Tensor) and eps.dim():
+        eps = eps.reshape(-1)
+    return ClassTargets(safe_target, valid, eps, smoothing if needs_smoothing else None, target.shape)
+
+
+def class_target_loss(lse: Tensor, target_logit: Tensor, dot: Tensor, targets: ClassTargets, *,
+                      weight: Tensor | None, z_loss: float, reduction: str, dtype: torch.dtype,
+                      return_parts: bool) -> Tensor | LossParts:
+    """The reduced loss (or parts) from row statistics; ``mean`` divides by the summed ``w_y`` of valid rows."""
+    rows = combine_row_statistics(lse, target_logit, dot, target=targets.target, valid=targets.valid,
+                                  smoothing=targets.smoothing, weight=weight,
+                                  label_smoothing=targets.label_smoothing, z_loss=z_loss)
+    w_y = weight.to(lse.dtype)[targets.target] if weight is not None else torch.ones_like(lse)
+    denominator = torch.where(targets.valid, w_y, torch.zeros_like(w_y)).sum()
+    return _reduce_parts(rows, reduction, denominator, targets.shape, dtype, return_parts)
+
+
+def _reduce_parts(rows: tuple[Tensor, Tensor, Tensor], reduction: str, denominator: Tensor,
+                  shape: torch.Size, dtype: torch.dtype, return_parts: bool) -> Tensor | LossParts:
+    loss, nll, smooth = (_reduce(r, reduction, denominator, shape).to(dtype) for r in rows)
+    return LossParts(loss, nll, smooth) if return_parts else loss
+
+
 def _to_rows(t: Tensor, num_classes: int) -> Tensor:
     """(N, K, d1, ...) -> (N * d1 * ..., K); a view for 2-D input."""
     return t if t.dim() == 2 else t.movedim(1, -1).reshape(-1, num_classes)
@@ -302,46 +356,30 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, i
         raise ValueError(f"softcap must be a positive float or None, got {softcap!r}")
     if not isinstance(z_loss, (int, float)):
         raise ValueError(f"z_loss must be a float, got {type(z_loss).__name__}")
-    checks = ContentChecks() if validate_args else None
     acc = accumulation_dtype(input.dtype)
 
     if target.is_floating_point():
         rows = _soft_target_rows(input, target, weight, label_smoothing, distribution, z_loss,
-                                 softcap, checks, acc)
+                                 softcap, ContentChecks() if validate_args else None, acc)
         denominator = torch.tensor(float(rows[0].numel()), dtype=acc, device=input.device)
-        out_shape = target.shape[:1] + target.shape[2:]
-    else:
-        expected = input.shape[:1] + input.shape[2:]
-        if target.shape != expected:
-            raise ValueError(f"target must have shape {tuple(expected)} (input {tuple(input.shape)} "
-                             f"without its class dimension) or be probabilities of shape "
-                             f"{tuple(input.shape)}, got shape {tuple(target.shape)}")
-        if target.dtype == torch.bool or target.is_complex():
-            raise ValueError(f"target must hold integer class indices or probabilities, got dtype {target.dtype}")
-        eps = check_label_smoothing(label_smoothing, target.shape, checks)
-        check_class_indices(target, num_classes, ignore_index, checks)
-        smoothing = resolve_smoothing(distribution, num_classes, weight, acc, input.device, checks)
-        if checks is not None:
-            checks.raise_if_failed()
-        flat_target = target.reshape(-1)
-        valid = flat_target != ignore_index
-        safe_target = torch.where(valid, flat_target, torch.zeros_like(flat_target)).long()
-        needs_smoothing = return_parts or isinstance(eps, Tensor) or eps != 0.0
-        provider = resolve_impl(impl, input)
-        lse, target_logit, dot = provider(_to_rows(input, num_classes), safe_target,
-                                          smoothing if needs_smoothing else None, softcap,
-                                          inplace_backward)
-        rows = combine_row_statistics(
-            lse, target_logit, dot, target=safe_target, valid=valid,
-            smoothing=smoothing if needs_smoothing else None, weight=weight,
-            label_smoothing=eps.reshape(-1) if isinstance(eps, Tensor) and eps.dim() else eps,
-            z_loss=z_loss)
-        w_y = weight.to(acc)[safe_target] if weight is not None else torch.ones_like(lse)
-        denominator = torch.where(valid, w_y, torch.zeros_like(w_y)).sum()
-        out_shape = target.shape
-
-    loss, nll, smooth = (_reduce(r, reduction, denominator, out_shape).to(input.dtype) for r in rows)
-    return LossParts(loss, nll, smooth) if return_parts else loss
+        return _reduce_parts(rows, reduction, denominator, target.shape[:1] + target.shape[2:], input.dtype,
+                             return_parts)
+    expected = input.shape[:1] + input.shape[2:]
+    if target.shape != expected:
+        raise ValueError(f"target must have shape {tuple(expected)} (input {tuple(input.shape)} "
+                         f"without its class dimension) or be probabilities of shape "
+                         f"{tuple(input.shape)}, got shape {tuple(target.shape)}")
+    if target.dtype == torch.bool or target.is_complex():
+        raise ValueError(f"target must hold integer class indices or probabilities, got dtype {target.dtype}")
+    targets = prepare_class_targets(target, num_classes, ignore_index=ignore_index,
+                                    label_smoothing=label_smoothing, distribution=distribution, weight=weight,
+                                    dtype=acc, device=input.device, validate_args=validate_args,
+                                    return_parts=return_parts)
+    provider = resolve_impl(impl, input)
+    lse, target_logit, dot = provider(_to_rows(input, num_classes), targets.target, targets.smoothing, softcap,
+                                      inplace_backward)
+    return class_target_loss(lse, target_logit, dot, targets, weight=weight, z_loss=z_loss, reduction=reduction,
+                             dtype=input.dtype, return_parts=return_parts)
 
 
 def _soft_target_rows(input: Tensor, target: Tensor, weight: Tensor | None,
