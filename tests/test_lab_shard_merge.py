@@ -105,9 +105,15 @@ def three_shards(root: Path, changes: dict[int, dict] | None = None) -> list[Pat
 
 @pytest.fixture
 def no_report(monkeypatch):
-    """Skip the report (tested on its own); record that merge asked for it."""
+    """Skip the report (tested on its own) but for the summary.txt the commands print; record
+    which run directories asked for it."""
     calls = []
-    monkeypatch.setattr(report, "build_report", lambda run_dir: calls.append(Path(run_dir)))
+
+    def build_report(run_dir):
+        calls.append(Path(run_dir))
+        (Path(run_dir) / "summary.txt").write_text("summary\n")
+
+    monkeypatch.setattr(report, "build_report", build_report)
     return calls
 
 
@@ -225,3 +231,35 @@ def test_cells_outside_the_grid_are_refused(tmp_path):
         merge_shards(shards, tmp_path / "merged")
     with pytest.raises(ValueError, match="mlp-uniform-eps0.3-seed0 are not in the grid"):
         merge_shards([*shards[1:], other], tmp_path / "merged", allow_partial=True)
+
+
+# End to end: shards of a real sweep, merged, equal the unsharded sweep -----------------------------
+
+TINY = ["--dataset", "digits", "--train-fraction", "0.15", "--epochs", "2", "--lr", "0.05",
+        "--label-smoothing", "0", "0.1", "--seeds", "0", "1", "--no-progress"]
+
+
+@pytest.mark.parametrize("model", [
+    "mlp",
+    pytest.param("seed-cnn", marks=pytest.mark.xfail(strict=True, reason=(
+        "sweep.CellGroup.train_epoch picks its shared-input path from the seeds of the cells it "
+        "trains (a shard here holds one seed), not from the sweep's seeds, so a shard's first "
+        "convolution runs another kernel than the unsharded sweep's and rounds differently"))),
+])
+def test_shards_merged_equal_the_unsharded_sweep(tmp_path, no_report, model):
+    tiny = [*TINY, "--model", model]
+    assert main(["sweep", *tiny, "--out", str(tmp_path / "whole")]) == 0
+    for shard in ("1/2", "2/2"):
+        assert main(["sweep", *tiny, "--shard", shard, "--out", str(tmp_path / shard[0])]) == 0
+    halves = [json.loads((tmp_path / d / "results.json").read_text()) for d in "12"]
+    assert [len(h["runs"]) for h in halves] == [2, 2] and halves[0]["config"]["shard"] == "1/2"
+    assert main(["merge", str(tmp_path / "2"), str(tmp_path / "1"), "--out", str(tmp_path / "merged")]) == 0
+
+    whole, merged = tmp_path / "whole", tmp_path / "merged"
+    for name in ("results.json", "config.json", "metrics.csv"):
+        assert (merged / name).read_text() == (whole / name).read_text(), name
+    for run in json.loads((whole / "results.json").read_text())["runs"]:
+        expected, found = (np.load(d / "cells" / run["cell"] / "final.npz") for d in (whole, merged))
+        assert sorted(found.files) == sorted(expected.files)
+        for key in expected.files:
+            np.testing.assert_array_equal(found[key], expected[key])
