@@ -277,8 +277,9 @@ def class_target_loss(lse: Tensor, target_logit: Tensor, dot: Tensor, targets: C
 
 def _reduce_parts(rows: tuple[Tensor, Tensor, Tensor], reduction: str, denominator: Tensor,
                   shape: torch.Size, dtype: torch.dtype, return_parts: bool) -> Tensor | LossParts:
-    loss, nll, smooth = (_reduce(r, reduction, denominator, shape).to(dtype) for r in rows)
-    return LossParts(loss, nll, smooth) if return_parts else loss
+    if not return_parts:
+        return _reduce(rows[0], reduction, denominator, shape).to(dtype)
+    return LossParts(*(_reduce(r, reduction, denominator, shape).to(dtype) for r in rows))
 
 
 def _to_rows(t: Tensor, num_classes: int) -> Tensor:
