@@ -35,12 +35,14 @@ from torch import Tensor, nn
 from ..lab.data import Dataset, load_dataset
 from ..lab.models import build_model
 from ..lab.report import Condition, _table, condition_label, group_runs, judge, write_atomic
-from ..lab.stats import estimate, paired_difference
+from ..lab.stats import Estimate, estimate, paired_difference
 from .penultimate import ProjectionPanel, cluster_measures, plot_projection_grid, template_plane, template_subspace
 
 __all__ = [
     "CLASS_TRIPLES",
     "MAX_POINTS",
+    "embed_figure",
+    "judge_decrease",
     "load_cell_model",
     "penultimate_activations",
     "penultimate_section",
@@ -159,6 +161,16 @@ def _esc(value) -> str:
     return html.escape(str(value), quote=True)
 
 
+def embed_figure(figure, path: Path, caption: str) -> str:
+    """Save a matplotlib ``figure`` as PNG at ``path`` (atomically); return it as an HTML figure."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    write_atomic(path, buffer.getvalue())
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (f'<figure><img alt="{_esc(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{_esc(caption)} ({_esc(path.name)})</figcaption></figure>")
+
+
 def _pairs(groups: dict) -> list[tuple[Condition, Condition]]:
     """(eps = 0 condition, largest-eps condition) per model, preferring the uniform distribution."""
     pairs = []
@@ -187,15 +199,9 @@ def _figure(cells: dict, pair: tuple[Condition, Condition], seed: int, triple: t
             keep = torch.isin(labels, torch.tensor(triple))
             row.append(ProjectionPanel(plane.project(points[keep]), labels[keep], names, f"{condition_label(condition, groups)}, {split}, seed {seed}"))
         rows.append(row)
-    buffer = io.BytesIO()
-    figure = plot_projection_grid(rows)
-    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
-    write_atomic(path, buffer.getvalue())
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
     caption = (f"{', '.join(names.values())}: penultimate activations projected onto the plane through "
-               f"the three class templates; {path.name}")
-    return (f'<figure><img alt="{_esc(caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{_esc(caption)}</figcaption></figure>")
+               f"the three class templates")
+    return embed_figure(plot_projection_grid(rows), path, caption)
 
 
 def _table_rows(measures: dict, pair: tuple[Condition, Condition], groups: dict) -> list[list[str]]:
@@ -210,6 +216,23 @@ def _table_rows(measures: dict, pair: tuple[Condition, Condition], groups: dict)
                 row += [estimate([m[space][split][name] for m in by_seed.values()]).format(3) for name in MEASURES]
                 rows.append(row)
     return rows
+
+
+def judge_decrease(difference: Estimate | None, margin: float, effect: str) -> tuple[str, str]:
+    """(verdict, reason) on "eps > 0 lowers the quantity", from the per-seed paired difference.
+
+    The rule is the report's (:func:`labelsmooth.lab.report.judge`); ``effect`` names the
+    smallest decrease that matters, e.g. ``"a decrease of 0.03"``.
+    """
+    verdict = judge(difference, "lower", margin)
+    reason = {
+        "supported": "the 95% interval of the paired difference lies below 0",
+        "not supported": f"the interval rules out {effect} or more",
+        "inconclusive": ("one seed gives no interval; run more seeds"
+                         if difference is None or not difference.has_interval else
+                         f"the interval contains both 0 and {effect}"),
+    }[verdict]
+    return verdict, reason
 
 
 CLAIMS = {
@@ -231,15 +254,8 @@ def _verdicts(measures: dict, pair: tuple[Condition, Condition], groups: dict) -
         difference = paired_difference(values[treated], values[base])
         test_difference = paired_difference(test[treated], test[base])
         margin = RELATIVE_MARGIN * sum(values[base].values()) / len(values[base])
-        verdict = judge(difference, "lower", margin)
-        reason = {
-            "supported": "the 95% interval of the paired difference lies below 0",
-            "not supported": f"the interval rules out a decrease of {margin:.3g} "
-                             f"({RELATIVE_MARGIN:.0%} of the eps=0 value) or more",
-            "inconclusive": ("one seed gives no interval; run more seeds"
-                             if difference is None or not difference.has_interval else
-                             f"the interval contains both 0 and a decrease of {margin:.3g}"),
-        }[verdict]
+        verdict, reason = judge_decrease(difference, margin,
+                                         f"a decrease of {margin:.3g} ({RELATIVE_MARGIN:.0%} of the eps=0 value)")
         evidence = (f"{verdict.capitalize()}: {reason}. {name} in the span of all class templates "
                     f"(lower is {'tighter' if name == 'tightness' else 'more equidistant'}), training "
                     f"split: eps=0 {estimate(list(values[base].values())).format(3)}, "

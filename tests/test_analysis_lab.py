@@ -1,0 +1,169 @@
+"""The distillation experiment and the penultimate report section, on a CI-sized digits run.
+
+One small run (digits, tiny MLPs, two seeds, a few epochs) is shared by the tests. The distilled
+students are checked against a reference trainer written from the definitions: an ordinary
+``nn.Module``, ``torch.optim.Adam``, and torch's ``kl_div`` / ``cross_entropy``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.spatial.distance import pdist
+
+from labelsmooth.analysis import distill_lab
+from labelsmooth.analysis.distill_lab import DistillationConfig, run_distillation
+from labelsmooth.analysis.lab import report_section
+from labelsmooth.cli import main
+from labelsmooth.lab.data import load_dataset
+from labelsmooth.lab.models import build_model
+from labelsmooth.lab.report import VERDICT_KEYS, VERDICTS, load_results
+from labelsmooth.lab.sweep import RunDirectoryError, epoch_order
+
+SETTINGS = dict(dataset="digits", teacher_widths=(32, 32), student_widths=(16,), label_smoothing=(0.0, 0.3),
+                seeds=(0, 1), temperatures=(1.0, 4.0), smoothed_temperatures=(1.0,), beta=0.25, epochs=3,
+                batch_size=64, lr=0.01, train_fraction=0.4)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("distillation") / "run"
+    config = DistillationConfig(**SETTINGS)
+    results = run_distillation(config, out, progress=False)
+    yield config, out, results
+    torch.set_num_threads(threads)
+
+
+def test_run_directory_holds_every_role_and_the_report(run):
+    config, out, results = run
+    roles = [r["model"] for r in results["runs"]]
+    assert roles.count("teacher") == 4 and roles.count("student, trained directly") == 4
+    # eps=0 teacher at two temperatures, the eps=0.3 teacher at one, two seeds each
+    assert roles.count("student, distilled at T=1") == 4 and roles.count("student, distilled at T=4") == 2
+    assert json.loads((out / "results.json").read_text()) == results and results["complete"]
+    for name in ("report.html", "summary.txt", "distillation_students.png", "penultimate_mlp_3-8-1.png",
+                 "penultimate_mlp_0-1-4.png", "teachers/report.html", "students/report.html"):
+        assert (out / name).is_file(), name
+    page = (out / "report.html").read_text()
+    assert "Knowledge distillation" in page and "Teachers' penultimate layer" in page
+    assert "https://" not in page and "http://" not in re.sub(r"data:image/png;base64,[^\"]*", "", page)
+
+
+def test_distilled_student_matches_a_reference_trainer(run):
+    config, out, results = run
+    dataset = load_dataset("digits", train_fraction=config.train_fraction, seed=config.data_seed)
+    student = next(r for r in results["runs"] if r["model"] == "student, distilled at T=4" and r["seed"] == 1)
+    teacher_cell = student["teacher_cell"]
+    with np.load(out / teacher_cell.replace("teachers/", "teachers/cells/") / "final.npz") as arrays:
+        teacher_logits = torch.from_numpy(arrays["train_logits"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model = build_model("mlp", 10, dataset.in_shape, widths=list(config.student_widths))
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    t, beta = 4.0, config.beta
+    for epoch in range(config.epochs):
+        order = epoch_order(len(dataset.x_train), 1, epoch)
+        for start in range(0, len(order), config.batch_size):
+            index = order[start:start + config.batch_size]
+            logits = model(dataset.x_train[index])
+            soft = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(teacher_logits[index] / t, 1),
+                            reduction="batchmean")
+            loss = beta * F.cross_entropy(logits, dataset.y_train[index]) + (1 - beta) * t * t * soft
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        test_logits = model(dataset.x_test)
+    accuracy = (test_logits.argmax(1) == dataset.y_test).double().mean().item()
+    nll = F.cross_entropy(test_logits.double(), dataset.y_test).item()
+    assert student["test"]["nll"] == pytest.approx(nll, rel=1e-4)
+    assert student["test"]["accuracy"] == pytest.approx(accuracy, abs=1.5 / len(dataset.y_test))
+
+
+def test_teacher_smoothness_index_is_the_formula_on_its_training_logits(run):
+    config, out, results = run
+    for record in results["runs"]:
+        if record["model"] != "teacher":
+            continue
+        with np.load(out / record["cell"].replace("teachers/", "teachers/cells/") / "final.npz") as arrays:
+            logits, target = arrays["train_logits"].astype(np.float64), arrays["train_target"]
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        expected = 10 / 9 * np.mean(1 - p[np.arange(len(target)), target])
+        assert record["smoothness_index"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_verdicts_are_well_formed_and_cite_claim_4(run):
+    _, out, _ = run
+    verdicts = json.loads(re.search(r'id="verdicts-data">(.*?)</script>', (out / "report.html").read_text()).group(1))
+    assert verdicts, "the report states verdicts"
+    for verdict in verdicts:
+        assert set(VERDICT_KEYS) <= set(verdict) and verdict["verdict"] in VERDICTS and verdict["claim"] == "4"
+    scopes = [v["scope"] for v in verdicts]
+    assert "eps=0.3 student, distilled at T=1 vs eps=0 student, distilled at T=1" in scopes
+    assert sum(s.startswith("teachers, ") for s in scopes) == 2
+
+
+def test_penultimate_section_measures_match_numpy(run):
+    _, out, _ = run
+    teachers = out / "teachers"
+    results = load_results(teachers)
+    html, verdicts = report_section(results, teachers)
+    assert (teachers / "penultimate_mlp_3-8-1.png").is_file() and len(verdicts) == 2
+    # recompute one table cell: tightness in the full penultimate space, eps=0, train split, two seeds
+    config = results["config"]
+    dataset = load_dataset("digits", train_fraction=config["train_fraction"], seed=config["data_seed"])
+    values = []
+    for seed in (0, 1):
+        model = build_model("mlp", 10, dataset.in_shape, widths=config["model_options"]["mlp"]["widths"])
+        model.load_state_dict(torch.load(teachers / "cells" / f"mlp-uniform-eps0-seed{seed}" / "model.pt",
+                                         weights_only=True))
+        with torch.no_grad():
+            a = model.penultimate(dataset.x_train).double().numpy()
+        y = dataset.y_train.numpy()
+        means = np.stack([a[y == k].mean(0) for k in range(10)])
+        spread = [np.sqrt(np.mean(np.sum((a[y == k] - means[k]) ** 2, 1))) for k in range(10)]
+        values.append(np.mean(spread) / pdist(means).mean())
+    row = re.search(r"<td>full penultimate space</td><td>train</td><td>eps=0</td><td>2</td><td>([0-9.]+) ", html)
+    assert float(row.group(1)) == pytest.approx(np.mean(values), abs=5e-4)
+
+
+def test_finished_run_is_left_alone_and_another_config_is_refused(run, capsys):
+    config, out, results = run
+    assert run_distillation(config, out, progress=False) == results
+    assert "already complete" in capsys.readouterr().out
+    with pytest.raises(RunDirectoryError, match="beta"):
+        run_distillation(DistillationConfig(**{**SETTINGS, "beta": 0.5}), out, progress=False)
+
+
+@pytest.mark.parametrize("settings, match", [
+    (dict(label_smoothing=(0.1, 0.2)), "must hold 0"),
+    (dict(temperatures=(1.0, 0.0)), "temperatures"),
+    (dict(beta=1.5), "beta"),
+    (dict(student_widths=(0,)), "student_widths"),
+    (dict(epochs=0), "epochs"),
+])
+def test_config_rejects_bad_settings(settings, match):
+    with pytest.raises(ValueError, match=match):
+        DistillationConfig(**{**SETTINGS, **settings})
+
+
+def test_command_reports_bad_settings_in_one_line(tmp_path, capsys):
+    assert main(["distill", "--dataset", "digits", "--label-smoothing", "0.1", "--out", str(tmp_path / "x")]) == 2
+    assert "must hold 0" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_quick_flag_and_given_flags_override_the_preset():
+    parser = __import__("argparse").ArgumentParser()
+    distill_lab.add_arguments(parser)
+    config = distill_lab.config_from_args(parser.parse_args(["--quick", "--epochs", "2", "--seeds", "5"]))
+    assert (config.epochs, config.seeds, config.train_fraction) == (2, (5,), distill_lab.QUICK["train_fraction"])
+    assert config.teacher_widths == (1200, 1200) and config.dataset == "fashion-mnist"
