@@ -18,7 +18,7 @@ from labelsmooth.lab.shard import format_shard, parse_shard, select_cells
 from labelsmooth.lab.sweep import SweepConfig, run_sweep
 
 
-# Shard spec and selection ------------------------------------------------------------------------
+# Shard spec and selection ----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("spec, expected", [("1/1", (1, 1)), ("2/3", (2, 3)), (" 10 / 12 ", (10, 12)),
@@ -60,7 +60,7 @@ def test_select_cells_deals_round_robin_and_none_keeps_everything():
         select_cells(cells, "4/3")
 
 
-# Merge on synthetic run directories ----------------------------------------------------------------
+# Merge on synthetic run directories --------------------------------------------------------------
 
 # The grid of GRID's config in the sweep's order (model, distribution, eps, seed), written out.
 GRID = dict(models=("mlp",), label_smoothing=(0.0, 0.1, 0.2), seeds=(0, 1), epochs=2)
@@ -92,7 +92,8 @@ def write_shard(directory: Path, keys: list[str], *, shard: str | None = None, u
     for key in keys:
         if key not in unfinished:
             (directory / "cells" / key).mkdir(parents=True)
-            np.savez(directory / "cells" / key / "final.npz", test_logits=np.full((2, 3), len(key), np.float32))
+            logits = np.full((2, 3), len(key), np.float32)
+            np.savez(directory / "cells" / key / "final.npz", test_logits=logits)
     return directory
 
 
@@ -185,8 +186,8 @@ def test_incomplete_shards_are_refused_unless_partial_is_allowed(tmp_path, no_re
 def test_duplicate_cells_are_refused_even_when_partial(tmp_path):
     shards = three_shards(tmp_path)
     unsharded = write_shard(tmp_path / "whole", GRID_KEYS)
-    with pytest.raises(ValueError, match=f"2 cell\\(s\\) held by more than one shard: "
-                                         f"{GRID_KEYS[0]} \\(in {shards[0]} and {shards[0]}\\), {GRID_KEYS[3]} "):
+    with pytest.raises(ValueError, match=f"2 cell\\(s\\) held by more than one shard: {GRID_KEYS[0]} "
+                                         f"\\(in {shards[0]} and {shards[0]}\\), {GRID_KEYS[3]} "):
         merge_shards([*shards, shards[0]], tmp_path / "merged", allow_partial=True)
     with pytest.raises(ValueError, match=f"{GRID_KEYS[1]} \\(in {shards[1]} and {unsharded}\\), "
                                          f"{GRID_KEYS[4]} "):
@@ -211,6 +212,7 @@ def test_out_must_be_new_or_empty(tmp_path, no_report, capsys):
     (lambda d: (d / "results.json").write_text('{"runs": 3}'), "a 'runs' list of objects"),
     (lambda d: (d / "results.json").write_text('{"runs": [{"cell": "../../etc"}]}'),
      "plain folder name, got '../../etc'"),
+    (lambda d: (d / "results.json").write_text('{"runs": [{"cell": ""}]}'), "folder name, got ''"),
     (lambda d: (d / "config.json").write_text('{"epoch": 2}'), "expected a sweep's config"),
 ])
 def test_broken_run_directories_are_refused_with_the_reason(tmp_path, damage, message):
@@ -233,7 +235,7 @@ def test_cells_outside_the_grid_are_refused(tmp_path):
         merge_shards([*shards[1:], other], tmp_path / "merged", allow_partial=True)
 
 
-# End to end: shards of a real sweep, merged, equal the unsharded sweep -----------------------------
+# End to end: shards of a real sweep, merged, equal the unsharded sweep ---------------------------
 
 TINY = ["--dataset", "digits", "--train-fraction", "0.15", "--epochs", "2", "--lr", "0.05",
         "--label-smoothing", "0", "0.1", "--seeds", "0", "1", "--no-progress"]

@@ -15,8 +15,8 @@ Merging reads only the shards' ``config.json`` and ``results.json`` (plain JSON)
   cell's ``cells/<cell key>/`` copied from its shard; then builds the report.
 
 So merging every shard of a finished grid writes the ``results.json`` the unsharded sweep writes:
-same runs, same order, same numbers (as far as training a subset of the cells together gives
-the numbers of training them all together; see the tests).
+same runs, same order, same numbers (bit for bit on the CPU where a shard's cells are trained
+with the same kernels as in the unsharded sweep; see the tests).
 
 >>> import tempfile, pathlib
 >>> from labelsmooth.lab.sweep import SweepConfig, write_json
@@ -27,7 +27,8 @@ the numbers of training them all together; see the tests).
 ...     runs = [{"label_smoothing": eps, "seed": 0, "cell": cell, "history": [], "test": {}}]
 ...     (root / shard[0]).mkdir()
 ...     write_json(root / shard[0] / "config.json", config)
-...     write_json(root / shard[0] / "results.json", {"config": config, "runs": runs, "complete": True})
+...     results = {"config": config, "runs": runs, "complete": True}
+...     write_json(root / shard[0] / "results.json", results)
 >>> merged = merge_shards([root / "2", root / "1"], root / "all", report=False)
 >>> [run["cell"] for run in merged["runs"]], merged["config"]["shard"], merged["complete"]
 (['seed-cnn-uniform-eps0-seed0', 'seed-cnn-uniform-eps0.1-seed0'], None, True)
@@ -77,12 +78,14 @@ def _read_json(path: Path) -> object:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise MergeError(f"RUN_DIRS: expected JSON in {path}, got a file that is not ({error})") from None
+        raise MergeError(f"RUN_DIRS: expected JSON in {path}, got a file that is not "
+                         f"({error})") from None
 
 
 def _plain_cell_key(key: object, path: Path) -> str:
     """A cell key names a folder under cells/: one path component, not '.', '..' or hidden."""
-    if not isinstance(key, str) or not key or key != Path(key).name or key.startswith(".") or "\\" in key:
+    plain = isinstance(key, str) and key and key == Path(key).name and not key.startswith(".")
+    if not plain or "\\" in key:
         raise MergeError(f"RUN_DIRS: expected every run in {path} to have a 'cell' key that is a "
                          f"plain folder name, got {key!r}")
     return key
@@ -128,8 +131,9 @@ def common_config(shards: list[Shard]) -> SweepConfig:
     try:
         return SweepConfig.from_dict({**shards[0].config, SHARD_KEY: None})
     except (TypeError, ValueError) as error:
-        raise MergeError(f"RUN_DIRS: expected a sweep's config in {shards[0].run_dir / 'config.json'}, "
-                         f"got one that is not ({error})") from None
+        where = shards[0].run_dir / "config.json"
+        raise MergeError(f"RUN_DIRS: expected a sweep's config in {where}, got one that is not "
+                         f"({error})") from None
 
 
 def runs_in_grid_order(shards: list[Shard], grid: list[str], *,
@@ -141,9 +145,10 @@ def runs_in_grid_order(shards: list[Shard], grid: list[str], *,
     duplicates = []
     for shard in shards:
         for run in shard.results["runs"]:
-            if run["cell"] in owners:
-                duplicates.append(f"{run['cell']} (in {owners[run['cell']][0].run_dir} and {shard.run_dir})")
-            owners.setdefault(run["cell"], (shard, run))
+            key = run["cell"]
+            if key in owners:
+                duplicates.append(f"{key} (in {owners[key][0].run_dir} and {shard.run_dir})")
+            owners.setdefault(key, (shard, run))
     if duplicates:
         raise MergeError(f"RUN_DIRS: {len(duplicates)} cell(s) held by more than one shard: "
                          f"{_listed(duplicates)}; give each shard once")
@@ -234,7 +239,8 @@ def run(args) -> int:
         print(f"labelsmooth merge: error: {error}", file=sys.stderr)
         return 2
     state = "complete" if results["complete"] else "NOT complete (partial merge)"
-    print(f"Merged {len(args.run_dirs)} shard(s) into {args.out}: {len(results['runs'])} cells, {state}.")
+    print(f"Merged {len(args.run_dirs)} shard(s) into {args.out}: {len(results['runs'])} cells, "
+          f"{state}.")
     print((args.out / "summary.txt").read_text(encoding="utf-8"), end="")
     print(f"Results: {args.out / 'results.json'}\nReport: {args.out / 'report.html'}")
     return 0

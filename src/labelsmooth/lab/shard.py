@@ -34,10 +34,10 @@ def parse_shard(spec: str | Sequence[int]) -> tuple[int, int]:
 
     >>> parse_shard("3/4")
     (3, 4)
-    >>> parse_shard("0/4")
+    >>> parse_shard("0/4")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: --shard: expected i/n with 1 <= i <= n (1-based: 1/2 and 2/2 are the two halves), got '0/4'
+    ValueError: --shard: expected i/n with 1 <= i <= n (1-based: 1/2 and 2/2 are the two ...
     """
     if isinstance(spec, str):
         found = _SHARD_PATTERN.fullmatch(spec)
