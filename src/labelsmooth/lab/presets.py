@@ -1,0 +1,166 @@
+"""Named experiments for ``labelsmooth reproduce NAME [--quick] [--out DIR] [sweep flags]``.
+
+A preset is a set of sweep settings (the dests of ``sweep.add_sweep_arguments``) plus a shorter
+``--quick`` variant. On the command line every sweep flag can still be given and wins over the
+preset; flags not given take the preset's value, then the sweep's default.
+
+Presets (registry :data:`PRESETS`):
+
+- ``seed-fashion-mnist``: seed 000's experiment with its defects fixed (10-class head, the full
+  10,000-image test set evaluated every epoch, unsmoothed NLL reported beside the smoothed loss,
+  no DataLoader workers): Fashion-MNIST, 10% of the training set (6,000 images), seed-cnn,
+  eps in {0, 0.05, 0.1}, seeds {0, 1, 2}, 200 epochs, batch 32, SGD lr 1e-3 momentum 0.9.
+- ``overfitting``: a regime where the eps = 0 baseline demonstrably over-fits (its validation
+  NLL passes a minimum and rises), so claim 1 can apply; see its rationale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["PRESETS", "Preset", "add_arguments", "preset_settings", "print_outcome", "reproduce", "run",
+           "sweep_namespace"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named sweep: ``settings`` (sweep-argument dest -> value) and the ``quick`` overrides."""
+
+    description: str
+    rationale: str
+    settings: dict = field(default_factory=dict)
+    quick: dict = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    "seed-fashion-mnist": Preset(
+        description="Seed 000's Fashion-MNIST experiment, defects fixed",
+        rationale="The seed's protocol as written (6,000 training images, seed-cnn, SGD lr 1e-3 "
+                  "momentum 0.9, batch 32, 200 epochs, eps 0 / 0.05 / 0.1), with a 10-class head, "
+                  "the full test set and three seeds for intervals. --quick keeps the data, model "
+                  "and optimizer but trains 20 epochs with two seeds: the curves' early shape and "
+                  "the ordering of the eps, in about two minutes on two CPU cores.",
+        settings=dict(dataset="fashion-mnist", model=["seed-cnn"], label_smoothing=[0.0, 0.05, 0.1],
+                      seeds=[0, 1, 2], epochs=200, batch_size=32, optimizer="sgd", lr=1e-3,
+                      momentum=0.9, train_fraction=0.1),
+        quick=dict(epochs=20, seeds=[0, 1]),
+    ),
+    "overfitting": Preset(
+        description="A regime where the unsmoothed baseline over-fits, so claim 1 can apply",
+        rationale="An MLP with two 512-unit layers (about 670k parameters) trained with Adam "
+                  "(lr 1e-3) on 2% of Fashion-MNIST (1,200 images): it fits the training set "
+                  "within a few epochs, after which its validation NLL passes a minimum and "
+                  "rises while accuracy stalls: the over-fitting the seed describes. --quick "
+                  "trains fewer epochs with two seeds.",
+        settings=dict(dataset="fashion-mnist", model=["mlp"], mlp_widths=[512, 512], label_smoothing=[0.0, 0.05, 0.1],
+                      seeds=[0, 1, 2], epochs=60, batch_size=32, optimizer="adam", lr=1e-3,
+                      momentum=0.9, train_fraction=0.02),
+        quick=dict(epochs=30, seeds=[0, 1]),
+    ),
+}
+
+
+def preset_settings(name: str, *, quick: bool = False) -> dict:
+    """The sweep settings of preset ``name`` (with its --quick overrides when ``quick``).
+
+    >>> preset_settings("seed-fashion-mnist")["epochs"], preset_settings("seed-fashion-mnist", quick=True)["epochs"]
+    (200, 20)
+    """
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+    preset = PRESETS[name]
+    return {**preset.settings, **(preset.quick if quick else {})}
+
+
+def default_out_dir(name: str, quick: bool) -> Path:
+    return Path("runs") / (f"{name}-quick" if quick else name)
+
+
+# dests of `labelsmooth reproduce` that are not sweep settings
+REPRODUCE_ONLY_FLAGS = ("preset", "quick", "threads", "no_progress")
+
+
+class _PresetFlags:
+    """Adds the sweep's flags with ``default=SUPPRESS``: only flags given on the command line
+    reach the namespace, so the preset supplies the rest. Their help drops the sweep's default."""
+
+    def __init__(self, group) -> None:
+        self.group = group
+
+    def add_argument(self, *names, **options):
+        options["default"] = argparse.SUPPRESS
+        options["help"] = re.sub(r"\s*\(default:[^)]*\)", "", options.get("help") or "")
+        return self.group.add_argument(*names, **options)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``NAME``, ``--quick``, and every sweep flag (given ones win over the preset)."""
+    from .sweep import add_sweep_arguments
+
+    parser.add_argument("preset", choices=sorted(PRESETS), metavar="NAME",
+                        help="; ".join(f"{n}: {p.description}" for n, p in PRESETS.items()))
+    parser.add_argument("--quick", action="store_true",
+                        help="the preset's short version (a couple of minutes on two CPU cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_sweep_arguments(_PresetFlags(parser.add_argument_group(
+        "sweep settings (each overrides the preset; see labelsmooth sweep --help)")))
+
+
+def sweep_namespace(name: str, quick: bool, given: dict) -> argparse.Namespace:
+    """Sweep arguments: the sweep's defaults, overridden by the preset, overridden by ``given``.
+
+    >>> args = sweep_namespace("seed-fashion-mnist", True, {"dataset": "digits"})
+    >>> args.dataset, args.epochs, args.lr, args.out
+    ('digits', 20, 0.001, 'runs/seed-fashion-mnist-quick')
+    """
+    from .sweep import add_sweep_arguments
+
+    parser = argparse.ArgumentParser(add_help=False)
+    add_sweep_arguments(parser)
+    parser.set_defaults(**preset_settings(name, quick=quick), out=str(default_out_dir(name, quick)))
+    namespace = parser.parse_args([])
+    for key, value in given.items():
+        setattr(namespace, key, value)
+    return namespace
+
+
+def reproduce(name: str, *, quick: bool = False, progress: bool = True, **overrides) -> Path:
+    """Run preset ``name`` (sweep settings in ``overrides`` win); return the run directory.
+
+    A complete run directory is left as it is (the sweep says so); a different one is refused.
+    """
+    from .sweep import config_from_args, run_sweep
+
+    args = sweep_namespace(name, quick, overrides)
+    out = Path(args.out)
+    run_sweep(config_from_args(args), out, progress=progress)
+    return out
+
+
+def print_outcome(run_dir: Path) -> None:
+    """The run's text summary (headline numbers, verdicts) and where its report is."""
+    summary = run_dir / "summary.txt"
+    if summary.is_file():
+        print(summary.read_text(encoding="utf-8"), end="")
+    print(f"Report: {(run_dir / 'report.html').resolve()}")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    given = {k: v for k, v in vars(args).items() if k not in REPRODUCE_ONLY_FLAGS}
+    try:
+        out = reproduce(args.preset, quick=args.quick, progress=not args.no_progress, **given)
+    except ValueError as error:  # bad settings, missing data, a run directory of another sweep
+        print(f"labelsmooth reproduce: error: {error}", file=sys.stderr)
+        return 2
+    print_outcome(out)
+    return 0
