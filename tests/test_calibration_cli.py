@@ -13,15 +13,6 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 from labelsmooth.cli import main
 
 
-@pytest.fixture(autouse=True)
-def single_thread(monkeypatch):
-    """The command itself is cheap; keep it from contending for the CI machine's two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def over_confident_split(n: int, seed: int, k: int = 4):
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(n, k, generator=g, dtype=torch.float64) * 2

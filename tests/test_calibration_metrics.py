@@ -12,11 +12,14 @@ import torch.nn.functional as F
 from sklearn.metrics import log_loss
 from torchmetrics.functional.classification import multiclass_calibration_error
 
+from labelsmooth.calibration import metrics as metrics_module
 from labelsmooth.calibration.metrics import (
+    SUMMARY_METRICS,
     CalibrationError,
     bin_statistics,
     bootstrap_ci,
     brier_score,
+    calibration_summary,
     classwise_calibration_error,
     confidence_gap,
     debiased_l2_calibration_error,
@@ -266,16 +269,19 @@ def test_every_metric_validates():
 # Bootstrap -----------------------------------------------------------------------------------------
 
 
-def test_bootstrap_ci_matches_normal_approximation_for_a_mean():
+def test_bootstrap_matches_normal_approximation_for_a_mean():
+    """For a mean (Brier), the percentile interval approaches mean +- 1.96 sd / sqrt(n)."""
     logits, target = random_predictions(2000, 4, seed=11, scale=1.0, dtype=torch.float64)
     probs = logits.softmax(1)
     per_row = ((probs - F.one_hot(target, 4)) ** 2).sum(1).numpy()
     half_width = 1.959964 * per_row.std(ddof=1) / math.sqrt(len(per_row))
-    ci = bootstrap_ci(brier_score, probs, target, n_resamples=400, confidence=0.95, seed=3)
+    ci = calibration_summary(probs, target, n_resamples=2000, seed=3)["brier"]
     assert ci.estimate == pytest.approx(per_row.mean(), abs=1e-12)
-    assert ci.high - ci.low == pytest.approx(2 * half_width, rel=0.15)
+    assert ci.high - ci.low == pytest.approx(2 * half_width, rel=0.1)
     assert ci.low < ci.estimate < ci.high
-    assert bootstrap_ci(brier_score, probs, target, n_resamples=400, seed=3) == ci
+    few = bootstrap_ci(brier_score, probs, target, n_resamples=40, seed=3)
+    assert bootstrap_ci(brier_score, probs, target, n_resamples=40, seed=3) == few  # reproducible
+    assert bootstrap_ci(brier_score, probs, target, n_resamples=40, seed=4) != few
 
 
 def test_bootstrap_ci_forwards_keywords_and_checks_arguments():
@@ -286,6 +292,30 @@ def test_bootstrap_ci_forwards_keywords_and_checks_arguments():
         bootstrap_ci(brier_score, logits.softmax(1), target, n_resamples=0)
     with pytest.raises(ValueError, match="confidence"):
         bootstrap_ci(brier_score, logits.softmax(1), target, confidence=1.5)
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_summary_equals_one_bootstrap_per_metric(monkeypatch, from_logits):
+    """The counts-matrix bootstrap draws the same rows as bootstrap_ci and gets the same values."""
+    monkeypatch.setattr(metrics_module, "_COUNTS_PER_CHUNK", 900)  # 3 resamples per chunk
+    logits, target = random_predictions(300, 4, seed=17, dtype=torch.float64)
+    values = logits if from_logits else logits.softmax(1)
+    summary = calibration_summary(values, target, n_bins=10, n_resamples=25, seed=5, from_logits=from_logits)
+    assert list(summary) == list(SUMMARY_METRICS)
+    for name, metric in SUMMARY_METRICS.items():
+        binned = {"n_bins": 10} if name in ("ece", "mce", "classwise_ece") else {}
+        expected = bootstrap_ci(metric.fn, values, target, 25, 0.95, 5, from_logits=from_logits, **binned)
+        assert summary[name] == pytest.approx(expected, abs=1e-12), name
+
+
+def test_summary_rejects_bad_arguments():
+    probs = torch.tensor([[0.5, 0.5]])
+    with pytest.raises(ValueError, match="n_resamples"):
+        calibration_summary(probs, torch.tensor([0]), n_resamples=0)
+    with pytest.raises(ValueError, match="n_bins"):
+        calibration_summary(probs, torch.tensor([0]), n_bins=0)
+    with pytest.raises(ValueError, match="sum to 1"):
+        calibration_summary(torch.tensor([[0.5, 0.6]]), torch.tensor([0]))
 
 
 # Streaming module ----------------------------------------------------------------------------------

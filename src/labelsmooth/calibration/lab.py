@@ -78,8 +78,9 @@ def _read_arrays(final_npz: str | Path | Mapping[str, np.ndarray]) -> tuple[dict
         return {key: data[key] for key in data.files}, str(path)
 
 
-def _scored(probs: Tensor, target: Tensor, n_resamples: int, confidence: float, seed: int) -> dict:
-    summary = calibration_summary(probs, target, n_resamples=n_resamples, confidence=confidence, seed=seed)
+def _scored(logits: Tensor, target: Tensor, n_resamples: int, confidence: float, seed: int) -> dict:
+    summary = calibration_summary(logits, target, n_resamples=n_resamples, confidence=confidence,
+                                  seed=seed, from_logits=True)
     return {name: interval._asdict() for name, interval in summary.items()}
 
 
@@ -110,13 +111,12 @@ def cell_calibration(final_npz: str | Path | Mapping[str, np.ndarray], *, n_resa
     test_logits, test_target = _load_split(arrays, "test", source)
     holdout = _load_split(arrays, "holdout", source, test_logits.shape[1])
     result = {"n_test": int(test_logits.shape[0]), "n_holdout": 0, "temperature": None,
-              "raw": _scored(torch.softmax(test_logits.double(), 1), test_target, n_resamples,
-                             confidence, seed),
+              "raw": _scored(test_logits.double(), test_target, n_resamples, confidence, seed),
               "scaled": None}
     if holdout is not None:
         scaler = TemperatureScaling().fit(*holdout)
         result.update(n_holdout=int(holdout[0].shape[0]), temperature=scaler.temperature,
-                      scaled=_scored(scaler.transform(test_logits.double()), test_target,
+                      scaled=_scored(test_logits.double() / scaler.temperature, test_target,
                                      n_resamples, confidence, seed))
     return result
 
@@ -306,7 +306,8 @@ def report_section(results: dict, run_dir: Path, *, n_resamples: int = 200) -> t
         return heading + "<p>No finished cell has a final.npz yet: nothing to score.</p>", []
     header = (["condition", "seeds", "temperature T"]
               + [f"test {metric.title}" for metric in SUMMARY_METRICS.values()])
-    sizes = sorted({(c["n_test"], c["n_holdout"]) for by_seed in calibrations.values() for c in by_seed.values()})
+    sizes = sorted({(c["n_test"], c["n_holdout"])
+                    for by_seed in calibrations.values() for c in by_seed.values()})
     size_text = "; ".join(f"{n_test} test rows, {n_holdout} holdout rows" for n_test, n_holdout in sizes)
     fragment = (heading + "<p>In the shape of Müller et al. 2019, Table 3: each condition as trained "
                 f"(T = 1) and after temperature scaling, T fitted by minimum NLL on the holdout split "
