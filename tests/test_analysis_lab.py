@@ -18,7 +18,7 @@ from scipy.spatial.distance import pdist
 
 from labelsmooth.analysis import distill_lab
 from labelsmooth.analysis.distill_lab import DistillationConfig, run_distillation
-from labelsmooth.analysis.lab import report_section
+from labelsmooth.analysis.lab import FULL, SPAN, CellActivations, cell_measures, report_section
 from labelsmooth.cli import main
 from labelsmooth.lab.data import load_dataset
 from labelsmooth.lab.models import build_model
@@ -167,3 +167,30 @@ def test_quick_flag_and_given_flags_override_the_preset():
     config = distill_lab.config_from_args(parser.parse_args(["--quick", "--epochs", "2", "--seeds", "5"]))
     assert (config.epochs, config.seeds, config.train_fraction) == (2, (5,), distill_lab.QUICK["train_fraction"])
     assert config.teacher_widths == (1200, 1200) and config.dataset == "fashion-mnist"
+
+
+def test_cell_measures_in_the_span_of_the_templates_match_numpy():
+    rng = np.random.default_rng(0)
+    templates = rng.standard_normal((4, 6))
+    labels = np.repeat(np.arange(4), 30)
+    points = 3 * templates[labels] + rng.standard_normal((120, 6))
+    cell = CellActivations({"train": (torch.from_numpy(points), torch.from_numpy(labels)),
+                            "test": (torch.from_numpy(points[::2]), torch.from_numpy(labels[::2]))},
+                           torch.from_numpy(templates))
+    measures = cell_measures(cell, [(0, 1, 2)])
+    q, _ = np.linalg.qr((templates[1:] - templates[0]).T)
+    projected = points @ q
+    means = np.stack([projected[labels == k].mean(0) for k in range(4)])
+    spread = [np.sqrt(np.mean(np.sum((projected[labels == k] - means[k]) ** 2, 1))) for k in range(4)]
+    distances = pdist(means)
+    assert measures[SPAN]["train"]["tightness"] == pytest.approx(np.mean(spread) / distances.mean())
+    assert measures[SPAN]["train"]["equidistance_cv"] == pytest.approx(distances.std() / distances.mean())
+    assert set(measures) == {SPAN, FULL, "plane of classes (0, 1, 2)"}
+
+
+def test_cell_measures_skip_the_span_when_the_layer_is_narrower_than_k_minus_1():
+    rng = np.random.default_rng(1)
+    labels = torch.arange(10).repeat(5)
+    cell = CellActivations({split: (torch.from_numpy(rng.standard_normal((50, 3))), labels) for split in ("train", "test")},
+                           torch.from_numpy(rng.standard_normal((10, 3))))
+    assert set(cell_measures(cell, [(0, 1, 2)])) == {FULL, "plane of classes (0, 1, 2)"}

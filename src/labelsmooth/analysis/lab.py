@@ -124,16 +124,23 @@ class CellActivations:
     templates: Tensor
 
 
-# measure space -> (description, function of (CellActivations, split, triples) -> ClusterMeasures)
+SPAN, FULL = "span of all templates", "full penultimate space"
+MEASURES = ("tightness", "equidistance_cv")
+
+
+def _present(labels: Tensor) -> tuple[int, ...]:
+    return tuple(labels.unique().tolist())
+
+
 def _span_measures(cell: CellActivations, split: str):
     span = template_subspace(cell.templates)
     points, labels = cell.activations[split]
-    return cluster_measures(span.project(points), labels, span.classes)
+    return cluster_measures(span.project(points), labels, _present(labels))
 
 
 def _full_measures(cell: CellActivations, split: str):
     points, labels = cell.activations[split]
-    return cluster_measures(points, labels, tuple(range(cell.templates.shape[0])))
+    return cluster_measures(points, labels, _present(labels))
 
 
 def _plane_measures(cell: CellActivations, split: str, triple: tuple[int, int, int]):
@@ -143,12 +150,13 @@ def _plane_measures(cell: CellActivations, split: str, triple: tuple[int, int, i
     return cluster_measures(plane.project(points[keep]), labels[keep], triple)
 
 
-MEASURES = ("tightness", "equidistance_cv")
-
-
 def cell_measures(cell: CellActivations, triples: Sequence[tuple[int, int, int]]) -> dict:
-    """space -> split -> {measure: value}; spaces: "span of all templates", "full", each triple."""
-    spaces = {"span of all templates": _span_measures, "full penultimate space": _full_measures}
+    """space -> split -> {measure: value} for the spaces :data:`SPAN` (when the penultimate
+    width D >= K - 1; below, the templates' span is the whole space), :data:`FULL` and each
+    triple's plane."""
+    num_classes, width = cell.templates.shape
+    spaces = {SPAN: _span_measures} if width >= num_classes - 1 else {}
+    spaces[FULL] = _full_measures
     spaces.update({f"plane of classes {t}": (lambda c, s, t=t: _plane_measures(c, s, t)) for t in triples})
     return {space: {split: {m: getattr(function(cell, split), m) for m in MEASURES} for split in SPLITS}
             for space, function in spaces.items()}
@@ -241,22 +249,20 @@ CLAIMS = {
     "equidistance_cv": "Label smoothing makes the class clusters equidistant from each other "
                        "(seed 004; Müller et al. 2019, Section 2)",
 }
-SPACE = "span of all templates"
-
-
 def _verdicts(measures: dict, pair: tuple[Condition, Condition], groups: dict) -> list[dict]:
     verdicts = []
     base, treated = pair
     scope = f"{condition_label(treated, groups)} vs {condition_label(base, groups)}, training split"
+    space = SPAN if SPAN in next(iter(measures[base].values())) else FULL
     for name, statement in CLAIMS.items():
-        values = {c: {seed: m[SPACE]["train"][name] for seed, m in measures[c].items()} for c in pair}
-        test = {c: {seed: m[SPACE]["test"][name] for seed, m in measures[c].items()} for c in pair}
+        values = {c: {seed: m[space]["train"][name] for seed, m in measures[c].items()} for c in pair}
+        test = {c: {seed: m[space]["test"][name] for seed, m in measures[c].items()} for c in pair}
         difference = paired_difference(values[treated], values[base])
         test_difference = paired_difference(test[treated], test[base])
         margin = RELATIVE_MARGIN * sum(values[base].values()) / len(values[base])
         verdict, reason = judge_decrease(difference, margin,
                                          f"a decrease of {margin:.3g} ({RELATIVE_MARGIN:.0%} of the eps=0 value)")
-        evidence = (f"{verdict.capitalize()}: {reason}. {name} in the span of all class templates "
+        evidence = (f"{verdict.capitalize()}: {reason}. {name} in the {space} "
                     f"(lower is {'tighter' if name == 'tightness' else 'more equidistant'}), training "
                     f"split: eps=0 {estimate(list(values[base].values())).format(3)}, "
                     f"{condition_label(treated, groups)} {estimate(list(values[treated].values())).format(3)}; "
