@@ -318,7 +318,8 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, i
         softcap: applies ``softcap * tanh(x / softcap)`` to the logits first.
         return_parts: return ``LossParts(loss, nll, smooth)``, all reduced the same way.
         inplace_backward: let backward write the gradient into the logits' storage (the caller's
-            logits are overwritten; saves one (N, K) buffer).
+            logits are overwritten). Saves one (N, K) buffer when the logits come from a layer;
+            for a leaf tensor autograd copies the gradient into ``.grad`` anyway.
         validate_args: check tensor contents (target range, priors, eps) with one host sync.
         impl: ``"auto"`` (Triton on CUDA when installed), ``"torch"`` or ``"triton"``.
 
