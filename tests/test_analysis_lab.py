@@ -191,6 +191,6 @@ def test_cell_measures_in_the_span_of_the_templates_match_numpy():
 def test_cell_measures_skip_the_span_when_the_layer_is_narrower_than_k_minus_1():
     rng = np.random.default_rng(1)
     labels = torch.arange(10).repeat(5)
-    cell = CellActivations({split: (torch.from_numpy(rng.standard_normal((50, 3))), labels) for split in ("train", "test")},
-                           torch.from_numpy(rng.standard_normal((10, 3))))
+    activations = {split: (torch.from_numpy(rng.standard_normal((50, 3))), labels) for split in ("train", "test")}
+    cell = CellActivations(activations, torch.from_numpy(rng.standard_normal((10, 3))))
     assert set(cell_measures(cell, [(0, 1, 2)])) == {FULL, "plane of classes (0, 1, 2)"}

@@ -2,8 +2,9 @@
 
 ``penultimate``: projection of activations onto the plane through three class templates and
 measures of cluster tightness (Müller et al. 2019, Section 2). ``distill``: the distillation loss
-and a teacher's smoothness index. ``lab`` (imports the lab) adds these to lab reports and runs
-``labelsmooth reproduce distillation``.
+and a teacher's smoothness index. Two modules import the lab and are not imported here: ``lab``
+(the penultimate section of lab reports) and ``distill_lab`` (the distillation experiment,
+``labelsmooth distill``).
 """
 
 from __future__ import annotations

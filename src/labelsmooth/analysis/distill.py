@@ -33,8 +33,9 @@ def _check_target(target: Tensor, logits: Tensor) -> None:
     n, k = logits.shape
     if not isinstance(target, Tensor) or target.shape != (n,) or target.is_floating_point() \
             or target.is_complex() or target.dtype == torch.bool:
-        raise ValueError(f"target must be an integer tensor of {n} class indices, shape ({n},), got "
-                         f"{(target.dtype, tuple(target.shape)) if isinstance(target, Tensor) else type(target).__name__}")
+        got = (f"dtype {target.dtype}, shape {tuple(target.shape)}" if isinstance(target, Tensor)
+               else type(target).__name__)
+        raise ValueError(f"target must be an integer tensor of {n} class indices, shape ({n},), got {got}")
     checks = ContentChecks()
     check_class_indices(target, k, None, checks)
     checks.raise_if_failed()

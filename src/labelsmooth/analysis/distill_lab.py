@@ -160,7 +160,8 @@ class DistillationConfig:
 
 
 # The defaults of DistillationConfig are the preset (the paper's sizes, on Fashion-MNIST); --quick
-# trains on a tenth of the training images, for fewer epochs, at fewer temperatures.
+# trains on a tenth of the training images, for fewer epochs, at fewer temperatures (about 12
+# minutes on one busy CPU thread; the full preset is roughly 20 times that, a GPU job).
 QUICK: dict = dict(train_fraction=0.1, epochs=10, temperatures=(1.0, 4.0))
 
 
@@ -226,6 +227,9 @@ def train_distilled_students(config: DistillationConfig, teachers_dir: Path, tea
     specs = [(row, run, t) for row, run in enumerate(teacher_runs)
              for t in config.temperatures_for(float(run["label_smoothing"]))]
     teacher_logits = torch.stack([_teacher_train_logits(teachers_dir, run, dataset) for run in teacher_runs])
+    y_train = dataset.y_train
+    tensors = {f.name: getattr(dataset, f.name) for f in dataclasses.fields(dataset)}
+    dataset = dataclasses.replace(dataset, **{k: v.to(device) for k, v in tensors.items() if isinstance(v, Tensor)})
     cells = [Cell("mlp", "uniform", 0.0, int(run["seed"])) for _, run, _ in specs]
     group = DistillationGroup.create(sweep, cells, dataset, device)
     group.teacher_logits = teacher_logits.to(device)
@@ -242,12 +246,12 @@ def train_distilled_students(config: DistillationConfig, teachers_dir: Path, tea
     test = group.metrics(group.logits(dataset.x_test, config.eval_batch_size), dataset.y_test).tolist()
     holdout = ([None] * len(specs) if len(dataset.x_holdout) == 0 else
                group.metrics(group.logits(dataset.x_holdout, config.eval_batch_size), dataset.y_holdout)[:, 2].tolist())
-    y_train = dataset.y_train.cpu()
     students = []
     for (row, run, t), metrics, held, rows in zip(specs, test, holdout, history):
         students.append({
             "model": distilled_role(t), "label_smoothing": float(run["label_smoothing"]), "seed": int(run["seed"]),
-            "distribution": "uniform", "cell": f"distilled-T{t:g}-{run['cell']}", "teacher_cell": f"teachers/{run['cell']}",
+            "distribution": "uniform", "cell": f"distilled-T{t:g}-{run['cell']}",
+            "teacher_cell": f"teachers/{run['cell']}",
             "temperature": t, "beta": float(config.beta),
             "smoothness_index": float(smoothness_index(teacher_logits[row], y_train, temperature=t)),
             "holdout_accuracy": held, "history": rows,

@@ -143,11 +143,15 @@ def _full_measures(cell: CellActivations, split: str):
     return cluster_measures(points, labels, _present(labels))
 
 
-def _plane_measures(cell: CellActivations, split: str, triple: tuple[int, int, int]):
-    plane = template_plane(cell.templates, triple)
+def _plane_points(cell: CellActivations, split: str, triple: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
+    """(coordinates (M, 2), labels (M,)) of the triple's activations in the plane of its templates."""
     points, labels = cell.activations[split]
     keep = torch.isin(labels, torch.tensor(triple))
-    return cluster_measures(plane.project(points[keep]), labels[keep], triple)
+    return template_plane(cell.templates, triple).project(points[keep]), labels[keep]
+
+
+def _plane_measures(cell: CellActivations, split: str, triple: tuple[int, int, int]):
+    return cluster_measures(*_plane_points(cell, split, triple), triple)
 
 
 def cell_measures(cell: CellActivations, triples: Sequence[tuple[int, int, int]]) -> dict:
@@ -201,11 +205,8 @@ def _figure(cells: dict, pair: tuple[Condition, Condition], seed: int, triple: t
     for split in SPLITS:
         row = []
         for condition in pair:
-            cell = cells[condition][seed]
-            plane = template_plane(cell.templates, triple)
-            points, labels = cell.activations[split]
-            keep = torch.isin(labels, torch.tensor(triple))
-            row.append(ProjectionPanel(plane.project(points[keep]), labels[keep], names, f"{condition_label(condition, groups)}, {split}, seed {seed}"))
+            title = f"{condition_label(condition, groups)}, {split}, seed {seed}"
+            row.append(ProjectionPanel(*_plane_points(cells[condition][seed], split, triple), names, title))
         rows.append(row)
     caption = (f"{', '.join(names.values())}: penultimate activations projected onto the plane through "
                f"the three class templates")
@@ -315,9 +316,9 @@ def penultimate_section(results: dict, sweep_dir: Path, figure_dir: Path, *,
         measures = {c: {s: cell_measures(cells[c][s], [t for t, _ in triples]) for s in seeds} for c in pair}
         fragments.append(f"<h3>{_esc(pair[0].model)}: {_esc(condition_label(pair[1], groups))} vs "
                          f"{_esc(condition_label(pair[0], groups))}</h3>")
-        figures = [f"<p>{_esc(why)}</p>" + _figure(cells, pair, seeds[0], triple, dataset, groups,
-                                                  figure_dir / f"penultimate_{pair[0].model}_{'-'.join(map(str, triple))}.png")
-                   for triple, why in triples]
+        figures = [f"<p>{_esc(why)}</p>" + _figure(
+            cells, pair, seeds[0], triple, dataset, groups,
+            figure_dir / f"penultimate_{pair[0].model}_{'-'.join(map(str, triple))}.png") for triple, why in triples]
         fragments.append(f'<div class="figures">{"".join(figures)}</div>')
         fragments.append(_table(["space", "split", "condition", "seeds", "tightness", "equidistance CV"],
                                 _table_rows(measures, pair, groups)))
