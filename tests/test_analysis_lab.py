@@ -194,3 +194,14 @@ def test_cell_measures_skip_the_span_when_the_layer_is_narrower_than_k_minus_1()
     activations = {split: (torch.from_numpy(rng.standard_normal((50, 3))), labels) for split in ("train", "test")}
     cell = CellActivations(activations, torch.from_numpy(rng.standard_normal((10, 3))))
     assert set(cell_measures(cell, [(0, 1, 2)])) == {FULL, "plane of classes (0, 1, 2)"}
+
+
+def test_command_on_the_finished_run_prints_its_summary(run, capsys):
+    _, out, _ = run
+    flags = ["--dataset", "digits", "--teacher-widths", "32", "32", "--student-widths", "16",
+             "--label-smoothing", "0", "0.3", "--seeds", "0", "1", "--temperatures", "1", "4",
+             "--smoothed-temperatures", "1", "--beta", "0.25", "--epochs", "3", "--batch-size", "64",
+             "--lr", "0.01", "--train-fraction", "0.4", "--out", str(out)]
+    assert main(["distill", *flags]) == 0
+    printed = capsys.readouterr().out
+    assert "already complete" in printed and "claim 4" in printed and "report.html" in printed

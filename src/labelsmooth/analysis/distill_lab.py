@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from ..lab.data import Dataset, load_dataset
+from ..lab.presets import print_outcome
 from ..lab.report import (
     Condition,
     _table,
@@ -497,8 +498,5 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:  # bad settings, missing data, a run directory that is not ours
         print(f"labelsmooth distill: error: {error}", file=sys.stderr)
         return 2
-    summary = out / "summary.txt"
-    if summary.is_file():
-        print(summary.read_text(encoding="utf-8"), end="")
-    print(f"Report: {out / 'report.html'}")
+    print_outcome(out)
     return 0
