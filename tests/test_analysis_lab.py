@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -205,3 +206,14 @@ def test_command_on_the_finished_run_prints_its_summary(run, capsys):
     assert main(["distill", *flags]) == 0
     printed = capsys.readouterr().out
     assert "already complete" in printed and "claim 4" in printed and "report.html" in printed
+
+
+def test_penultimate_section_skips_a_model_file_that_does_not_fit(run, tmp_path):
+    _, out, _ = run
+    teachers = tmp_path / "teachers"
+    shutil.copytree(out / "teachers", teachers)
+    torch.save({"other.weight": torch.zeros(1)}, teachers / "cells" / "mlp-uniform-eps0-seed1" / "model.pt")
+    html, verdicts = report_section(load_results(teachers), teachers)
+    assert "Skipped a cell" in html and "does not fit model" in html and "other.weight" in html
+    # one seed left for the pair: the verdicts are stated, and inconclusive
+    assert [v["verdict"] for v in verdicts] == ["inconclusive", "inconclusive"]

@@ -32,7 +32,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..lab.data import Dataset, load_dataset
+from ..lab.data import DataError, Dataset, load_dataset
 from ..lab.models import build_model
 from ..lab.report import Condition, _table, condition_label, group_runs, judge, write_atomic
 from ..lab.stats import Estimate, estimate, paired_difference
@@ -86,13 +86,21 @@ def cell_file(run_dir: Path, run: dict, name: str) -> Path | None:
 
 
 def load_cell_model(run_dir: Path, run: dict, config: dict, dataset: Dataset) -> nn.Module | None:
-    """The trained model of one cell (``model.pt`` with ``weights_only=True``), or None if absent."""
+    """The trained model of one cell (``model.pt`` with ``weights_only=True``), or None if absent.
+
+    A ``model.pt`` that does not fit the model the config names (for example one written by an
+    older version of the model code) raises ValueError saying so.
+    """
     path = cell_file(run_dir, run, "model.pt")
     if path is None:
         return None
-    model = build_model(run["model"], dataset.num_classes, dataset.in_shape,
-                        **(config.get("model_options") or {}).get(run["model"], {}))
-    model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+    options = (config.get("model_options") or {}).get(run["model"], {})
+    model = build_model(run["model"], dataset.num_classes, dataset.in_shape, **options)
+    try:
+        model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
+    except RuntimeError as error:
+        raise ValueError(f"{path} does not fit model {run['model']!r} with options {options} "
+                         f"({' '.join(str(error).split())[:300]})") from error
     return model.eval()
 
 
@@ -244,18 +252,19 @@ def judge_decrease(difference: Estimate | None, margin: float, effect: str) -> t
     return verdict, reason
 
 
+# measure -> (short name, what lower means, the claim)
 CLAIMS = {
-    "tightness": "Label smoothing makes each class's penultimate activations a tight cluster "
-                 "(seed 004; Müller et al. 2019, Section 2)",
-    "equidistance_cv": "Label smoothing makes the class clusters equidistant from each other "
-                       "(seed 004; Müller et al. 2019, Section 2)",
+    "tightness": ("cluster tightness", "tighter", "Label smoothing makes each class's penultimate "
+                  "activations a tight cluster (seed 004; Müller et al. 2019, Section 2)"),
+    "equidistance_cv": ("equidistance", "more equidistant", "Label smoothing makes the class clusters "
+                        "equidistant from each other (seed 004; Müller et al. 2019, Section 2)"),
 }
 def _verdicts(measures: dict, pair: tuple[Condition, Condition], groups: dict) -> list[dict]:
     verdicts = []
     base, treated = pair
-    scope = f"{condition_label(treated, groups)} vs {condition_label(base, groups)}, training split"
     space = SPAN if SPAN in next(iter(measures[base].values())) else FULL
-    for name, statement in CLAIMS.items():
+    for name, (short, lower, statement) in CLAIMS.items():
+        scope = f"{condition_label(treated, groups)} vs {condition_label(base, groups)}: {short}, training split"
         values = {c: {seed: m[space]["train"][name] for seed, m in measures[c].items()} for c in pair}
         test = {c: {seed: m[space]["test"][name] for seed, m in measures[c].items()} for c in pair}
         difference = paired_difference(values[treated], values[base])
@@ -264,7 +273,7 @@ def _verdicts(measures: dict, pair: tuple[Condition, Condition], groups: dict) -
         verdict, reason = judge_decrease(difference, margin,
                                          f"a decrease of {margin:.3g} ({RELATIVE_MARGIN:.0%} of the eps=0 value)")
         evidence = (f"{verdict.capitalize()}: {reason}. {name} in the {space} "
-                    f"(lower is {'tighter' if name == 'tightness' else 'more equidistant'}), training "
+                    f"(lower is {lower}), training "
                     f"split: eps=0 {estimate(list(values[base].values())).format(3)}, "
                     f"{condition_label(treated, groups)} {estimate(list(values[treated].values())).format(3)}; "
                     f"paired difference {difference.format(3) if difference else 'n/a'}. Test split: "
@@ -295,8 +304,11 @@ def penultimate_section(results: dict, sweep_dir: Path, figure_dir: Path, *,
     pairs = _pairs(groups)
     if not pairs:
         return heading + "<p>No eps=0 and eps&gt;0 pair of the same model in this run.</p>", []
-    dataset = load_dataset(config.get("dataset", "digits"), data_dir=config.get("data_dir"),
-                           train_fraction=config.get("train_fraction", 1.0), seed=config.get("data_seed", 0))
+    try:
+        dataset = load_dataset(config.get("dataset", "digits"), data_dir=config.get("data_dir"),
+                               train_fraction=config.get("train_fraction", 1.0), seed=config.get("data_seed", 0))
+    except DataError as error:
+        return heading + f"<p>The data set is not available here, so no activations: {_esc(error)}</p>", []
     samples = split_sample(dataset, max_points)
     triples = class_triples(config.get("dataset", ""), dataset.num_classes)
     fragments, verdicts = [heading, INTRODUCTION.format(max_points=max_points)], []
@@ -304,7 +316,11 @@ def penultimate_section(results: dict, sweep_dir: Path, figure_dir: Path, *,
         cells: dict = {}
         for condition in pair:
             for seed, run in groups[condition].items():
-                model = load_cell_model(sweep_dir, run, config, dataset)
+                try:
+                    model = load_cell_model(sweep_dir, run, config, dataset)
+                except ValueError as error:
+                    fragments.append(f"<p>Skipped a cell: {_esc(error)}</p>")
+                    continue
                 if model is not None:
                     cells.setdefault(condition, {})[seed] = CellActivations(
                         {split: (penultimate_activations(model, x), y) for split, (x, y) in samples.items()},
