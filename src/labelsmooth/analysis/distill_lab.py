@@ -1,4 +1,4 @@
-"""``labelsmooth reproduce distillation``: does a label-smoothed teacher make a worse teacher?
+"""``labelsmooth distill`` (``reproduce distillation``): does a label-smoothed teacher teach worse?
 
 Müller, Kornblith & Hinton (2019, Section 4; seed 004) distil a 2x800 MLP student from a 2x1200
 MLP teacher (Hinton et al. 2015's sizes) and find that a teacher trained with label smoothing,
