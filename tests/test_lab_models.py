@@ -53,6 +53,22 @@ def test_seed_cnn_initialisation_matches_a_conv_head():
     assert head.weight.abs().max() > 0.9 * bound
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_stacked_forward_equals_each_cell_alone(name):
+    """C = 4 cells reading S = 2 input batches (3 cells, then 1) at once == each cell's own forward."""
+    torch.manual_seed(0)
+    models = [build_model(name, 5, (1, 8, 8)) for _ in range(4)]
+    params = {n: torch.stack([dict(m.named_parameters())[n] for m in models])
+              for n, _ in models[0].named_parameters()}
+    x = torch.randn(2, 6, 1, 8, 8)
+    logits = models[0].stacked_forward(params, x, (3, 1))
+    features = models[0].stacked_features(params, x, (3, 1))
+    for c, model in enumerate(models):
+        batch = x[0 if c < 3 else 1]
+        torch.testing.assert_close(logits[c], model(batch), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(features[c], model.penultimate(batch), rtol=1e-5, atol=1e-5)
+
+
 def test_options_and_errors():
     assert build_model("mlp", 3, (1, 8, 8), widths=[10, 20]).classifier.in_features == 20
     assert build_model("resnet", 3, (1, 8, 8), width=8).classifier.in_features == 32

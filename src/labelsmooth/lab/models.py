@@ -1,10 +1,17 @@
 """The lab's models, by name: ``seed-cnn``, ``mlp`` and ``resnet`` (registry :data:`MODELS`).
 
 Every model splits into ``penultimate(x) -> (N, D)`` features and a linear ``classifier``
-(an ``nn.Linear`` with weight (K, D)) so that ``model(x) == model.classifier(model.penultimate(x))``;
-the analysis of penultimate-layer clusters (Müller et al. 2019) reads both. Models hold no
-buffers and no randomness in ``forward`` (GroupNorm rather than BatchNorm, no dropout), so the
-sweep can stack many copies' parameters and train them at once with ``torch.func``.
+(an ``nn.Linear`` with weight (K, D)) so that ``model(x) == model.classifier(model.penultimate(x))``
+(up to float rounding); the analysis of penultimate-layer clusters (Müller et al. 2019) reads both.
+
+Every model is written once, for C stacked copies ("cells") at a time:
+``stacked_forward(params, x, counts) -> (C, N, K)`` where ``params`` maps each parameter name to a
+tensor with a leading cell axis (C, *shape), and ``x`` (S, N, *in_shape) holds S input batches read
+by ``counts[s]`` consecutive cells each (``sum(counts) == C``). Convolutions of the C cells run as
+one grouped convolution and linear layers as one batched matmul; the first layer computes one
+convolution (or matmul) per input batch with the weights of the cells that read it. The ordinary
+``forward`` is the case C = S = 1. Models hold no buffers and no randomness in ``forward``
+(GroupNorm rather than BatchNorm, no dropout).
 """
 
 from __future__ import annotations
@@ -12,29 +19,113 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MODELS", "MLP", "ResNet", "SeedCNN", "build_model"]
+__all__ = ["MODELS", "MLP", "ResNet", "SeedCNN", "StackableModel", "build_model"]
+
+Params = dict[str, Tensor]
 
 
-class SeedCNN(nn.Module):
+# 1. Layers of C cells at once --------------------------------------------------------------------------
+
+
+def input_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, counts: Sequence[int], *,
+                 stride: int = 1, padding: int = 0) -> Tensor:
+    """First layer: x (S, N, cin, H, W), weight (C, cout, cin, k, k) -> (N, C * cout, Ho, Wo).
+
+    Input batch s goes through the filters of its ``counts[s]`` cells in one convolution.
+    """
+    outputs, start = [], 0
+    for batch, count in zip(x, counts):
+        end = start + count
+        outputs.append(F.conv2d(batch, weight[start:end].flatten(0, 1),
+                                None if bias is None else bias[start:end].flatten(), stride, padding))
+        start = end
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs, 1)
+
+
+def grouped_conv2d(h: Tensor, weight: Tensor, bias: Tensor | None, *, stride: int = 1,
+                   padding: int = 0) -> Tensor:
+    """h (N, C * cin, H, W) with cell c's channels in block c, weight (C, cout, cin, k, k)."""
+    return F.conv2d(h, weight.flatten(0, 1), None if bias is None else bias.flatten(), stride, padding,
+                    groups=weight.shape[0])
+
+
+def grouped_group_norm(h: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float) -> Tensor:
+    """GroupNorm of each cell's channel block: ``groups`` groups per cell, weight/bias (C, channels)."""
+    return F.group_norm(h, groups * weight.shape[0], weight.flatten(), bias.flatten(), eps)
+
+
+def input_linear(x: Tensor, weight: Tensor, bias: Tensor, counts: Sequence[int]) -> Tensor:
+    """First layer: x (S, N, D), weight (C, out, D) -> (C, N, out)."""
+    outputs, start = [], 0
+    for batch, count in zip(x, counts):
+        end = start + count
+        outputs.append(torch.baddbmm(bias[start:end, None], batch.expand(count, -1, -1),
+                                     weight[start:end].transpose(1, 2)))
+        start = end
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
+def grouped_linear(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """h (C, N, D), weight (C, out, D), bias (C, out) -> (C, N, out)."""
+    return torch.baddbmm(bias[:, None], h, weight.transpose(1, 2))
+
+
+def cells_last(h: Tensor, cells: int) -> Tensor:
+    """(N, C * D, ...) with cell blocks of channels -> (C, N, D * ...)."""
+    return h.reshape(h.shape[0], cells, -1).transpose(0, 1)
+
+
+class StackableModel(nn.Module):
+    """A model written for C stacked copies; ``forward`` and ``penultimate`` are the case C = 1.
+
+    Subclasses define ``stacked_features(params, x, counts) -> (C, N, D)`` (the penultimate
+    features) and may override ``stacked_forward`` when the logits have a faster exact form.
+    """
+
+    classifier: nn.Linear
+
+    def stacked_features(self, params: Params, x: Tensor, counts: Sequence[int]) -> Tensor:
+        raise NotImplementedError
+
+    def stacked_forward(self, params: Params, x: Tensor, counts: Sequence[int]) -> Tensor:
+        return grouped_linear(self.stacked_features(params, x, counts), params["classifier.weight"],
+                              params["classifier.bias"])
+
+    def _one_cell(self) -> Params:
+        return {name: p.unsqueeze(0) for name, p in self.named_parameters()}
+
+    def penultimate(self, x: Tensor) -> Tensor:
+        return self.stacked_features(self._one_cell(), x.unsqueeze(0), (1,))[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.stacked_forward(self._one_cell(), x.unsqueeze(0), (1,))[0]
+
+
+# 2. The models ----------------------------------------------------------------------------------------------
+
+
+class SeedCNN(StackableModel):
     """Seed 000's CNN with a K-class head: three 3x3 stride-2 convolutions (16, 16, K channels).
 
     The seed ends in ``relu(conv3(h)) -> avg_pool2d(4)`` with 32 channels for 10 classes. Here
-    ``conv3`` has K output channels and no ReLU (a logit must be able to go negative), and the
-    pooling is the global mean (on 28x28 inputs conv3's map is 4x4, where ``avg_pool2d(4)`` *is*
-    the global mean; the global mean also works on 8x8 digits). The last stage is written as
-    ``classifier(penultimate)``, exactly the same function: with ``P_p`` the 3x3 patch of ``h``
-    (16 channels, zero padded) under output position ``p`` of L positions,
+    conv3 has K output channels and no ReLU (a logit must be able to go negative), and the pooling
+    is the global mean (on 28x28 inputs conv3's map is 4x4, where ``avg_pool2d(4)`` *is* the
+    global mean; the global mean also works on 8x8 digits). Conv3 and the pooling together are
+    one linear map of conv2's output ``h`` (c channels, H x W), written two exact ways:
 
-        mean_p (W * P_p + b) = W * (mean_p P_p) + b,
-
-    so ``penultimate(x) = mean_p P_p`` (the patches of conv3's input averaged over positions,
-    D = 16 * 9 = 144) and ``classifier`` is a Linear whose weight is conv3's kernel flattened.
-    ``forward`` evaluates the left side (a convolution, faster), so the two agree up to float
-    rounding.
-    Its default initialisation matches the seed's conv3 too (both draw from fan_in = 144).
+    - ``classifier(penultimate(x))``: with ``P_p`` the zero-padded 3x3 patch of ``h`` under
+      output position p of L, ``mean_p (W * P_p + b) = W * (mean_p P_p) + b``; so the penultimate
+      features are the patches averaged over positions (D = 16 * 9 = 144) and ``classifier`` is
+      a Linear whose weight is conv3's kernel, flattened. Its default initialisation is the
+      seed's conv3's too (both draw from fan_in = 144).
+    - ``forward``: ``logits_k = b_k + sum_{c,y,x} h[c, y, x] M[k, c, y, x]`` where M[k, c] adds up,
+      over the L positions, conv3's kernel placed where it reads ``h``, divided by L: M is the
+      transposed convolution of a constant 1/L map with that kernel. One (c H W) x K matmul per
+      image instead of a K-channel convolution, and cheaper.
 
     >>> import torch
     >>> model = SeedCNN(10, (1, 28, 28))
@@ -51,21 +142,30 @@ class SeedCNN(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
         self.classifier = nn.Linear(channels * 9, num_classes)
 
-    def features(self, x: Tensor) -> Tensor:
-        """The input of the seed's third convolution, (N, channels, H/4, W/4)."""
-        return F.relu(self.conv2(F.relu(self.conv1(x))))
+    def stacked_conv_features(self, params: Params, x: Tensor, counts: Sequence[int]) -> Tensor:
+        """conv2's output, the input of the seed's conv3: (N, C * channels, H/4, W/4)."""
+        h = F.relu(input_conv2d(x, params["conv1.weight"], params["conv1.bias"], counts, stride=2, padding=1))
+        return F.relu(grouped_conv2d(h, params["conv2.weight"], params["conv2.bias"], stride=2, padding=1))
 
-    def penultimate(self, x: Tensor) -> Tensor:
-        return F.unfold(self.features(x), 3, padding=1, stride=2).mean(2)
+    def stacked_features(self, params: Params, x: Tensor, counts: Sequence[int]) -> Tensor:
+        h = self.stacked_conv_features(params, x, counts)
+        patches = F.unfold(h, 3, padding=1, stride=2).mean(2)  # (N, C * channels * 9)
+        return cells_last(patches, params["conv1.weight"].shape[0])
 
-    def forward(self, x: Tensor) -> Tensor:
-        # The same function as classifier(penultimate(x)), computed as the seed's conv3 + pooling:
-        # a convolution is faster than unfold, above all under torch.func.vmap.
-        kernel = self.classifier.weight.view(-1, self.conv2.out_channels, 3, 3)
-        return F.conv2d(self.features(x), kernel, self.classifier.bias, stride=2, padding=1).mean((2, 3))
+    def stacked_forward(self, params: Params, x: Tensor, counts: Sequence[int]) -> Tensor:
+        h = self.stacked_conv_features(params, x, counts)
+        height, width = h.shape[2:]
+        cells, k = params["classifier.weight"].shape[:2]
+        rows, cols = (height - 1) // 2 + 1, (width - 1) // 2 + 1  # conv3's output size
+        kernels = params["classifier.weight"].reshape(-1, 1, 3, 3)  # (C * K * channels, 1, 3, 3)
+        mean_map = torch.full((1, kernels.shape[0], rows, cols), 1.0 / (rows * cols), dtype=h.dtype, device=h.device)
+        m = F.conv_transpose2d(mean_map, kernels, None, 2, 1, (height - 2 * rows + 1, width - 2 * cols + 1),
+                               kernels.shape[0])  # (1, C * K * channels, H, W)
+        m = m.reshape(cells, k, -1)
+        return torch.baddbmm(params["classifier.bias"][:, None], cells_last(h, cells), m.transpose(1, 2))
 
 
-class MLP(nn.Module):
+class MLP(StackableModel):
     """Fully connected: flatten, then ``Linear -> ReLU`` for each width, then the classifier.
 
     >>> import torch
@@ -78,36 +178,45 @@ class MLP(nn.Module):
         if not widths or any(not isinstance(w, int) or w < 1 for w in widths):
             raise ValueError(f"widths must be a non-empty list of positive ints, got {widths!r}")
         sizes = [math.prod(in_shape), *widths]
-        self.hidden = nn.Sequential(nn.Flatten(), *[
-            layer for a, b in zip(sizes, sizes[1:]) for layer in (nn.Linear(a, b), nn.ReLU())])
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
         self.classifier = nn.Linear(sizes[-1], num_classes)
 
-    def penultimate(self, x: Tensor) -> Tensor:
-        return self.hidden(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.penultimate(x))
+    def stacked_features(self, params: Params, x: Tensor, counts: Sequence[int]) -> Tensor:
+        h = F.relu(input_linear(x.flatten(2), params["layers.0.weight"], params["layers.0.bias"], counts))
+        for i in range(1, len(self.layers)):
+            h = F.relu(grouped_linear(h, params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]))
+        return h
 
 
 class BasicBlock(nn.Module):
-    """``relu(x' + conv(relu(norm(conv(x)))))``-style residual block with GroupNorm."""
+    """``relu(norm(conv(relu(norm(conv(x))))) + shortcut(x))`` with GroupNorm."""
 
     def __init__(self, cin: int, cout: int, stride: int, groups: int) -> None:
         super().__init__()
+        self.stride, self.groups = stride, groups
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
         self.norm1 = nn.GroupNorm(groups, cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
         self.norm2 = nn.GroupNorm(groups, cout)
-        self.shortcut = (nn.Identity() if stride == 1 and cin == cout else
-                         nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
-                                       nn.GroupNorm(groups, cout)))
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+            self.shortcut_norm = nn.GroupNorm(groups, cout)
 
-    def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.norm1(self.conv1(x)))
-        return F.relu(self.norm2(self.conv2(out)) + self.shortcut(x))
+    def stacked(self, params: Params, prefix: str, h: Tensor) -> Tensor:
+        def norm(name: str, t: Tensor) -> Tensor:
+            return grouped_group_norm(t, params[f"{prefix}{name}.weight"], params[f"{prefix}{name}.bias"],
+                                      self.groups, self.norm1.eps)
+
+        out = F.relu(norm("norm1", grouped_conv2d(h, params[f"{prefix}conv1.weight"], None,
+                                                  stride=self.stride, padding=1)))
+        out = norm("norm2", grouped_conv2d(out, params[f"{prefix}conv2.weight"], None, padding=1))
+        if hasattr(self, "shortcut"):
+            h = norm("shortcut_norm", grouped_conv2d(h, params[f"{prefix}shortcut.weight"], None,
+                                                     stride=self.stride))
+        return F.relu(out + h)
 
 
-class ResNet(nn.Module):
+class ResNet(StackableModel):
     """A small ResNet for 28x28 (or 8x8) images: a 3x3 stem, three stages of ``blocks`` basic
     blocks with widths (w, 2w, 4w) and strides (1, 2, 2), GroupNorm, global average pooling.
 
@@ -123,32 +232,35 @@ class ResNet(nn.Module):
             raise ValueError(f"in_shape must be (channels, height, width) for resnet, got {tuple(in_shape)}")
         if width % groups:
             raise ValueError(f"width must be a multiple of groups={groups}, got {width}")
-        self.stem = nn.Sequential(nn.Conv2d(in_shape[0], width, 3, padding=1, bias=False),
-                                  nn.GroupNorm(groups, width), nn.ReLU())
+        self.groups = groups
+        self.stem = nn.Conv2d(in_shape[0], width, 3, padding=1, bias=False)
+        self.stem_norm = nn.GroupNorm(groups, width)
         layers, cin = [], width
         for stage, cout in enumerate((width, 2 * width, 4 * width)):
             for b in range(blocks):
                 layers.append(BasicBlock(cin, cout, 2 if stage and b == 0 else 1, groups))
                 cin = cout
-        self.stages = nn.Sequential(*layers)
+        self.blocks = nn.ModuleList(layers)
         self.classifier = nn.Linear(cin, num_classes)
 
-    def penultimate(self, x: Tensor) -> Tensor:
-        return self.stages(self.stem(x)).mean((2, 3))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.penultimate(x))
+    def stacked_features(self, params: Params, x: Tensor, counts: Sequence[int]) -> Tensor:
+        h = input_conv2d(x, params["stem.weight"], None, counts, padding=1)
+        h = F.relu(grouped_group_norm(h, params["stem_norm.weight"], params["stem_norm.bias"], self.groups,
+                                      self.stem_norm.eps))
+        for i, block in enumerate(self.blocks):
+            h = block.stacked(params, f"blocks.{i}.", h)
+        return cells_last(h.mean((2, 3)), params["stem.weight"].shape[0])
 
 
 # name -> constructor(num_classes, in_shape, **options)
-MODELS: dict[str, Callable[..., nn.Module]] = {
+MODELS: dict[str, Callable[..., StackableModel]] = {
     "seed-cnn": SeedCNN,
     "mlp": MLP,
     "resnet": ResNet,
 }
 
 
-def build_model(name: str, num_classes: int, in_shape: Sequence[int], **options) -> nn.Module:
+def build_model(name: str, num_classes: int, in_shape: Sequence[int], **options) -> StackableModel:
     """A fresh model from the registry, initialised from torch's global RNG.
 
     >>> build_model("seed-cnn", 10, (1, 28, 28)).classifier

@@ -31,6 +31,7 @@ import copy
 import csv
 import datetime
 import io
+import itertools
 import json
 import math
 import os
@@ -42,7 +43,6 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, stack_module_state, vmap
 
 from ..losses import cross_entropy
 from .data import Dataset, load_dataset
@@ -105,7 +105,7 @@ class SweepConfig:
     weight_decay: float = 0.0
     train_fraction: float = 1.0
     data_seed: int = 0
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 500
     device: str = "cpu"
     shard: str | None = None
 
@@ -233,8 +233,10 @@ def initial_model(config: SweepConfig, model: str, seed: int, dataset: Dataset) 
 class StackedCells(nn.Module):
     """``C`` copies of one architecture with stacked parameters; ``forward(x) -> (C, N, K)``.
 
-    ``x`` is (N, ...) shared by every cell, or (C, N, ...) with ``per_cell=True``. ``cell(i)``
-    returns an ordinary module holding cell ``i``'s weights (a copy).
+    ``x`` is (N, ...) shared by every cell; or (C, N, ...), one batch per cell, with
+    ``per_cell=True``; or (S, N, ...) read by ``counts[s]`` consecutive cells each. The
+    computation is the model's own ``stacked_forward`` (grouped convolutions, batched matmuls).
+    ``cell(i)`` returns an ordinary module holding cell ``i``'s weights (a copy).
 
     >>> import torch
     >>> models = [build_model("mlp", 3, (4,), widths=(5,)) for _ in range(2)]
@@ -246,11 +248,12 @@ class StackedCells(nn.Module):
 
     def __init__(self, models: Sequence[nn.Module]) -> None:
         super().__init__()
-        params, buffers = stack_module_state(list(models))
-        if buffers:
-            raise ValueError(f"models must hold no buffers to be stacked, got {sorted(buffers)}")
-        self.names = list(params)
-        self.stacked = nn.ParameterList([nn.Parameter(p.detach().clone()) for p in params.values()])
+        self.names = [name for name, _ in models[0].named_parameters()]
+        if list(models[0].buffers()):
+            raise ValueError("models must hold no buffers to be stacked")
+        self.stacked = nn.ParameterList([
+            nn.Parameter(torch.stack([dict(m.named_parameters())[name].detach() for m in models]))
+            for name in self.names])
         # The architecture without weights; kept out of the module tree (no parameters of its own).
         self.__dict__["template"] = copy.deepcopy(models[0]).to("meta")
 
@@ -258,21 +261,21 @@ class StackedCells(nn.Module):
     def num_cells(self) -> int:
         return self.stacked[0].shape[0]
 
-    def _call(self, params: dict, x: Tensor) -> Tensor:
-        return functional_call(self.template, params, (x,))
-
-    def forward(self, x: Tensor, per_cell: bool = False) -> Tensor:
-        params = dict(zip(self.names, self.stacked))
-        return vmap(self._call, in_dims=(0, 0 if per_cell else None))(params, x)
+    def forward(self, x: Tensor, per_cell: bool = False, counts: Sequence[int] | None = None) -> Tensor:
+        if counts is None:
+            counts = (1,) * self.num_cells if per_cell else (self.num_cells,)
+            x = x if per_cell else x.unsqueeze(0)
+        return self.template.stacked_forward(dict(zip(self.names, self.stacked)), x, counts)
 
     def cell_parameters(self, index: int) -> dict[str, Tensor]:
         return {name: p[index] for name, p in zip(self.names, self.stacked)}
 
     def cell_logits(self, index: int, x: Tensor, batch_size: int) -> Tensor:
         """Cell ``index``'s logits for ``x`` (N, ...), in chunks, without autograd: (N, K)."""
-        params = self.cell_parameters(index)
+        params = {name: p[index:index + 1] for name, p in zip(self.names, self.stacked)}
         with torch.inference_mode():
-            return torch.cat([self._call(params, x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+            return torch.cat([self.template.stacked_forward(params, x[i:i + batch_size].unsqueeze(0), (1,))[0]
+                              for i in range(0, len(x), batch_size)])
 
     def cell(self, index: int) -> nn.Module:
         module = copy.deepcopy(self.template).to_empty(device=self.stacked[0].device)
@@ -291,6 +294,7 @@ class CellGroup:
     stacked: StackedCells
     optimizer: torch.optim.Optimizer
     epochs_done: int = 0
+    loss_plan: list | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def create(cls, config: SweepConfig, cells: list[Cell], dataset: Dataset, device: torch.device) -> "CellGroup":
@@ -307,44 +311,55 @@ class CellGroup:
         self.stacked.load_state_dict(state["parameters"])
         self.optimizer.load_state_dict(state["optimizer"])
 
+    def _loss_plan(self, device: torch.device) -> list[tuple[str, list[int] | None, Tensor]]:
+        """Per distribution: its cells (None for all) and their eps as a (cells, 1) tensor."""
+        plan = []
+        for distribution in dict.fromkeys(c.distribution for c in self.cells):
+            index = [i for i, c in enumerate(self.cells) if c.distribution == distribution]
+            eps = torch.tensor([[self.cells[i].label_smoothing] for i in index], device=device)
+            plan.append((distribution, None if len(index) == len(self.cells) else index, eps))
+        return plan
+
     def _batch_loss(self, logits: Tensor, target: Tensor, *, return_parts: bool = False):
         """Per-row smoothed losses (C, N) of logits (C, N, K) against targets (C, N).
 
         With ``return_parts`` also the unsmoothed NLL rows. One call of the core loss per
         distribution, with eps given per row.
         """
-        cells_n, n, k = logits.shape
-        loss = torch.empty(cells_n, n, device=logits.device, dtype=torch.float32)
-        nll = torch.empty_like(loss)
-        for distribution in sorted({c.distribution for c in self.cells}):
-            index = [i for i, c in enumerate(self.cells) if c.distribution == distribution]
-            eps = torch.tensor([self.cells[i].label_smoothing for i in index], device=logits.device)
-            parts = cross_entropy(logits[index].reshape(-1, k), target[index].reshape(-1),
-                                  reduction="none", label_smoothing=eps.repeat_interleave(n),
-                                  distribution=distribution, return_parts=True, validate_args=False)
-            loss[index], nll[index] = parts.loss.view(len(index), n), parts.nll.view(len(index), n)
+        cells, n, k = logits.shape
+        if self.loss_plan is None:
+            self.loss_plan = self._loss_plan(logits.device)
+        loss, nll = logits.new_empty(cells, n), logits.new_empty(cells, n)
+        for distribution, index, eps in self.loss_plan:
+            part_logits, part_target = (logits, target) if index is None else (logits[index], target[index])
+            parts = cross_entropy(part_logits.reshape(-1, k), part_target.reshape(-1), reduction="none",
+                                  label_smoothing=eps.expand(-1, n).reshape(-1), distribution=distribution,
+                                  return_parts=True, validate_args=False)
+            if index is None:
+                loss, nll = parts.loss.view(cells, n), parts.nll.view(cells, n)
+            else:
+                loss[index], nll[index] = parts.loss.view(-1, n), parts.nll.view(-1, n)
         return (loss, nll) if return_parts else loss
 
     def train_epoch(self, config: SweepConfig, dataset: Dataset) -> Tensor:
-        """One epoch of every cell; returns each cell's mean training loss, (C,) on the device."""
+        """One epoch of every cell; returns each cell's mean training loss, (C,) on the device.
+
+        Consecutive cells of one seed read one batch (their model's first layer runs once per
+        batch), so a group whose cells are sorted by seed reads one batch per seed.
+        """
         x, y = dataset.x_train, dataset.y_train
-        seeds = sorted({c.seed for c in self.cells})
-        orders = torch.stack([epoch_order(len(x), s, self.epochs_done) for s in seeds]).to(x.device)
-        cell_seed = torch.tensor([seeds.index(c.seed) for c in self.cells], device=x.device)
+        runs = [(seed, len(list(cells))) for seed, cells in itertools.groupby(c.seed for c in self.cells)]
+        counts = [count for _, count in runs]
+        orders = torch.stack([epoch_order(len(x), seed, self.epochs_done) for seed, _ in runs]).to(x.device)
+        repeat = torch.tensor(counts, device=x.device)
         total = torch.zeros(len(self.cells), device=x.device)
         self.stacked.train()
         for start in range(0, len(x), config.batch_size):
             index = orders[:, start:start + config.batch_size]
-            n = index.shape[1]
-            if len(seeds) == 1:
-                logits = self.stacked(x[index[0]])
-                target = y[index[0]].expand(len(self.cells), n)
-            else:
-                logits = self.stacked(x[index[cell_seed]], per_cell=True)
-                target = y[index[cell_seed]]
-            rows = self._batch_loss(logits, target)
+            logits = self.stacked(x[index], counts=counts)
+            rows = self._batch_loss(logits, y[index].repeat_interleave(repeat, 0))
             # d(sum over cells of each cell's batch mean)/d(cell c's weights) = cell c's gradient
-            (rows.sum() / n).backward()
+            (rows.sum() / index.shape[1]).backward()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             total += rows.detach().sum(1)
@@ -504,7 +519,9 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike, *, progress: bool
         return finished
     checkpoint_path = out / "checkpoint.pt"
     cells = grid_cells(config)
-    groups = {m: [c for c in cells if c.model == m] for m in config.models}
+    # a model's cells, sorted by seed: the cells of a seed share one input batch
+    groups = {m: sorted((c for c in cells if c.model == m), key=lambda c: config.seeds.index(c.seed))
+              for m in config.models}
     groups = {m: g for m, g in groups.items() if g}
     progress_state, saved_group = Progress({}, {}), None
     if checkpoint_path.is_file():
