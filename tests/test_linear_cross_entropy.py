@@ -43,12 +43,11 @@ def make_target(shape, v=V, seed=0, ignore_every=None):
 
 
 def make_distribution(name, v=V, seed=0):
+    """A named distribution, or a random (v,) prior / (v, v) class-conditional table in float64."""
     g = torch.Generator().manual_seed(seed + 2)
-    if name == "prior":
-        return torch.rand(v, generator=g, dtype=torch.float64).softmax(0)
-    if name == "conditional":
-        return torch.randn(v, v, generator=g, dtype=torch.float64).softmax(1)
-    return name
+    random_tables = {"prior": lambda: torch.rand(v, generator=g, dtype=torch.float64).softmax(0),
+                     "conditional": lambda: torch.randn(v, v, generator=g, dtype=torch.float64).softmax(1)}
+    return random_tables[name]() if name in random_tables else name
 
 
 def class_weight(v=V, seed=0):

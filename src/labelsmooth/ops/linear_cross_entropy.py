@@ -70,7 +70,6 @@ from ..losses import LossParts, _reduce, accumulation_dtype, combine_row_statist
 from ..targets import (
     ContentChecks,
     Distribution,
-    Smoothing,
     check_class_indices,
     check_class_weight,
     check_label_smoothing,
@@ -556,6 +555,9 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias: T
             of the gradient (Cut Cross-Entropy); bounds in the module docstring; not with softcap.
         impl: ``"auto"`` or ``"chunked"`` (the torch tiles, CPU and GPU); ``"triton"`` is not
             implemented yet and raises.
+
+    A scalar loss over whole-vocabulary tiles forms its gradients during the forward pass (they
+    are held from then on, and a second backward through the same graph raises RuntimeError).
 
     Example:
         >>> import torch, torch.nn.functional as F, labelsmooth
