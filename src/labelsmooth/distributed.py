@@ -29,22 +29,20 @@ from torch import Tensor
 
 from .losses import (
     LossParts,
-    _reduce,
-    _to_rows,
     accumulation_dtype,
-    combine_row_statistics,
+    class_target_loss,
+    prepare_class_targets,
+    to_rows,
     torch_row_statistics,
 )
 from .targets import (
-    ContentChecks,
     Distribution,
     Smoothing,
-    check_class_indices,
     check_class_weight,
     check_label_smoothing,
+    check_logit_options,
     check_logits,
     check_reduction,
-    resolve_smoothing,
 )
 
 __all__ = ["vocab_parallel_cross_entropy"]
@@ -201,39 +199,25 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, label_smo
         raise ValueError(f"local_logits must have shape (N, K_local) or (N, K_local, d1, ...), "
                          f"got shape {tuple(local_logits.shape)}")
     _check_class_index_target(target, local_logits.shape)
-    if not isinstance(z_loss, (int, float)):
-        raise ValueError(f"z_loss must be a float, got {type(z_loss).__name__}")
+    check_logit_options(None, z_loss)
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("vocab_parallel_cross_entropy needs an initialized process group "
                            "(torch.distributed.init_process_group, e.g. under torchrun)")
-    checks = ContentChecks() if validate_args else None
-    eps = check_label_smoothing(label_smoothing, target.shape, checks)
+    # Argument checks every rank fails alike come before the collectives start.
+    check_label_smoothing(label_smoothing, target.shape, None)
     offset, sizes = _vocab_offset(local_logits, target, group, validate_args)
     num_classes, local_size = sum(sizes), local_logits.shape[1]
     check_class_weight(weight, num_classes)
-    check_class_indices(target, num_classes, ignore_index, checks)
-    acc = accumulation_dtype(local_logits.dtype)
-    smoothing = resolve_smoothing(distribution, num_classes, weight, acc, local_logits.device, checks)
-    if checks is not None:
-        checks.raise_if_failed()
-
-    flat_target = target.reshape(-1)
-    valid = flat_target != ignore_index
-    safe_target = torch.where(valid, flat_target, torch.zeros_like(flat_target)).long()
-    local_index = safe_target - offset
-    owned = valid & (local_index >= 0) & (local_index < local_size)
+    targets = prepare_class_targets(target, num_classes, ignore_index=ignore_index,
+                                    label_smoothing=label_smoothing, distribution=distribution,
+                                    weight=weight, dtype=accumulation_dtype(local_logits.dtype),
+                                    device=local_logits.device, validate_args=validate_args,
+                                    return_parts=return_parts)
+    local_index = targets.target - offset
+    owned = targets.valid & (local_index >= 0) & (local_index < local_size)
     local_target = torch.where(owned, local_index, torch.zeros_like(local_index))
-    needs_smoothing = return_parts or isinstance(eps, Tensor) or eps != 0.0
-    used_smoothing = smoothing if needs_smoothing else None
-    local_statistics = _local_row_statistics(_to_rows(local_logits, local_size), local_target,
-                                             safe_target, used_smoothing, offset)
+    local_statistics = _local_row_statistics(to_rows(local_logits, local_size), local_target,
+                                             targets.target, targets.smoothing, offset)
     lse, target_logit, dot = _AllReduceRowStatistics.apply(*local_statistics, owned, group)
-    rows = combine_row_statistics(
-        lse, target_logit, dot, target=safe_target, valid=valid, smoothing=used_smoothing,
-        weight=weight, label_smoothing=eps.reshape(-1) if isinstance(eps, Tensor) and eps.dim() else eps,
-        z_loss=z_loss)
-    w_y = weight.to(acc)[safe_target] if weight is not None else torch.ones_like(lse)
-    denominator = torch.where(valid, w_y, torch.zeros_like(w_y)).sum()
-    parts = LossParts(*(_reduce(r, reduction, denominator, target.shape).to(local_logits.dtype)
-                        for r in rows))
-    return parts if return_parts else parts.loss
+    return class_target_loss(lse, target_logit, dot, targets, weight=weight, z_loss=z_loss,
+                             reduction=reduction, dtype=local_logits.dtype, return_parts=return_parts)

@@ -35,6 +35,7 @@ from .targets import (
     check_class_indices,
     check_class_weight,
     check_label_smoothing,
+    check_logit_options,
     check_logits,
     check_reduction,
     resolve_smoothing,
@@ -196,7 +197,7 @@ def resolve_impl(impl: str, input: Tensor) -> Callable:
 # 2. From row statistics to the loss ---------------------------------------------------------------
 
 
-def _reduce(rows: Tensor, reduction: str, denominator: Tensor | None, shape: torch.Size) -> Tensor:
+def reduce_rows(rows: Tensor, reduction: str, denominator: Tensor | None, shape: torch.Size) -> Tensor:
     if reduction == "none":
         return rows.reshape(shape)
     total = rows.sum()
@@ -238,6 +239,7 @@ class ClassTargets(NamedTuple):
     label_smoothing: float | Tensor  # a float, a 0-dim tensor or one value per row (M,)
     smoothing: Smoothing | None      # None when the loss needs no smoothing term
     shape: torch.Size                # the target's own shape, for reduction="none"
+    denominator: Tensor              # 0-dim: summed w_y of valid rows, what "mean" divides by
 
 
 def prepare_class_targets(target: Tensor, num_classes: int, *, ignore_index: int,
@@ -260,7 +262,10 @@ def prepare_class_targets(target: Tensor, num_classes: int, *, ignore_index: int
     needs_smoothing = return_parts or isinstance(eps, Tensor) or eps != 0.0
     if isinstance(eps, Tensor) and eps.dim():
         eps = eps.reshape(-1)
-    return ClassTargets(safe_target, valid, eps, smoothing if needs_smoothing else None, target.shape)
+    w_y = weight.to(dtype)[safe_target] if weight is not None else torch.ones_like(safe_target, dtype=dtype)
+    denominator = torch.where(valid, w_y, torch.zeros_like(w_y)).sum()
+    return ClassTargets(safe_target, valid, eps, smoothing if needs_smoothing else None, target.shape,
+                        denominator)
 
 
 def class_target_loss(lse: Tensor, target_logit: Tensor, dot: Tensor, targets: ClassTargets, *,
@@ -270,19 +275,17 @@ def class_target_loss(lse: Tensor, target_logit: Tensor, dot: Tensor, targets: C
     rows = combine_row_statistics(lse, target_logit, dot, target=targets.target, valid=targets.valid,
                                   smoothing=targets.smoothing, weight=weight,
                                   label_smoothing=targets.label_smoothing, z_loss=z_loss)
-    w_y = weight.to(lse.dtype)[targets.target] if weight is not None else torch.ones_like(lse)
-    denominator = torch.where(targets.valid, w_y, torch.zeros_like(w_y)).sum()
-    return _reduce_parts(rows, reduction, denominator, targets.shape, dtype, return_parts)
+    return reduce_parts(rows, reduction, targets.denominator, targets.shape, dtype, return_parts)
 
 
-def _reduce_parts(rows: tuple[Tensor, Tensor, Tensor], reduction: str, denominator: Tensor,
+def reduce_parts(rows: tuple[Tensor, Tensor, Tensor], reduction: str, denominator: Tensor,
                   shape: torch.Size, dtype: torch.dtype, return_parts: bool) -> Tensor | LossParts:
     if not return_parts:
-        return _reduce(rows[0], reduction, denominator, shape).to(dtype)
-    return LossParts(*(_reduce(r, reduction, denominator, shape).to(dtype) for r in rows))
+        return reduce_rows(rows[0], reduction, denominator, shape).to(dtype)
+    return LossParts(*(reduce_rows(r, reduction, denominator, shape).to(dtype) for r in rows))
 
 
-def _to_rows(t: Tensor, num_classes: int) -> Tensor:
+def to_rows(t: Tensor, num_classes: int) -> Tensor:
     """(N, K, d1, ...) -> (N * d1 * ..., K); a view for 2-D input."""
     return t if t.dim() == 2 else t.movedim(1, -1).reshape(-1, num_classes)
 
@@ -354,17 +357,14 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, i
         raise ValueError("input must have a class dimension, got a 0-dim tensor")
     num_classes = input.shape[1]
     check_class_weight(weight, num_classes)
-    if softcap is not None and not (isinstance(softcap, (int, float)) and softcap > 0):
-        raise ValueError(f"softcap must be a positive float or None, got {softcap!r}")
-    if not isinstance(z_loss, (int, float)):
-        raise ValueError(f"z_loss must be a float, got {type(z_loss).__name__}")
+    check_logit_options(softcap, z_loss)
     acc = accumulation_dtype(input.dtype)
 
     if target.is_floating_point():
         rows = _soft_target_rows(input, target, weight, label_smoothing, distribution, z_loss,
                                  softcap, ContentChecks() if validate_args else None, acc)
         denominator = torch.tensor(float(rows[0].numel()), dtype=acc, device=input.device)
-        return _reduce_parts(rows, reduction, denominator, target.shape[:1] + target.shape[2:], input.dtype,
+        return reduce_parts(rows, reduction, denominator, target.shape[:1] + target.shape[2:], input.dtype,
                              return_parts)
     expected = input.shape[:1] + input.shape[2:]
     if target.shape != expected:
@@ -378,7 +378,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, i
                                     dtype=acc, device=input.device, validate_args=validate_args,
                                     return_parts=return_parts)
     provider = resolve_impl(impl, input)
-    lse, target_logit, dot = provider(_to_rows(input, num_classes), targets.target, targets.smoothing, softcap,
+    lse, target_logit, dot = provider(to_rows(input, num_classes), targets.target, targets.smoothing, softcap,
                                       inplace_backward)
     return class_target_loss(lse, target_logit, dot, targets, weight=weight, z_loss=z_loss, reduction=reduction,
                              dtype=input.dtype, return_parts=return_parts)
@@ -396,8 +396,8 @@ def _soft_target_rows(input: Tensor, target: Tensor, weight: Tensor | None,
     smoothing = resolve_smoothing(distribution, num_classes, weight, acc, input.device, checks)
     if checks is not None:
         checks.raise_if_failed()
-    x = _to_rows(input, num_classes).to(acc)
-    q = _to_rows(target, num_classes).to(acc)
+    x = to_rows(input, num_classes).to(acc)
+    q = to_rows(target, num_classes).to(acc)
     if softcap is not None:
         x = softcap * torch.tanh(x / softcap)
     lse = torch.logsumexp(x, dim=1, keepdim=True)

@@ -107,6 +107,14 @@ def check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
+def check_logit_options(softcap: float | None, z_loss: float) -> None:
+    """``softcap``: a positive float or None; ``z_loss``: a float."""
+    if softcap is not None and not (isinstance(softcap, (int, float)) and softcap > 0):
+        raise ValueError(f"softcap must be a positive float or None, got {softcap!r}")
+    if not isinstance(z_loss, (int, float)):
+        raise ValueError(f"z_loss must be a float, got {type(z_loss).__name__}")
+
+
 def check_label_smoothing(label_smoothing: float | Tensor, shape: torch.Size,
                           checks: ContentChecks | None) -> float | Tensor:
     """``label_smoothing``: a finite float at most 1, or a tensor of such values, one per sample.

@@ -49,17 +49,14 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..losses import _reduce, _to_rows, accumulation_dtype, combine_row_statistics
+from ..losses import accumulation_dtype, class_target_loss, prepare_class_targets, to_rows
 from ..targets import (
-    ContentChecks,
     Distribution,
     Smoothing,
-    check_class_indices,
     check_class_weight,
-    check_label_smoothing,
+    check_logit_options,
     check_logits,
     check_reduction,
-    resolve_smoothing,
 )
 from .utils import check_kernel_device, row_block_size, row_num_warps, triton_dtype
 
@@ -346,7 +343,7 @@ class _LossWithPrecomputedGradient(torch.autograd.Function):
 
 
 def _from_rows(rows: Tensor, shape: torch.Size) -> Tensor:
-    """Inverse of ``_to_rows``: (M, K) -> (N, K, d1, ...), a view."""
+    """Inverse of ``to_rows``: (M, K) -> (N, K, d1, ...), a view."""
     if len(shape) == 2:
         return rows
     return rows.reshape(shape[:1] + shape[2:] + shape[1:2]).movedim(-1, 1)
@@ -450,33 +447,25 @@ def fused_cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor 
     if target.shape != expected:
         raise ValueError(f"target must have shape {tuple(expected)}, got shape {tuple(target.shape)}")
     check_class_weight(weight, num_classes)
-    if softcap is not None and not (isinstance(softcap, (int, float)) and softcap > 0):
-        raise ValueError(f"softcap must be a positive float or None, got {softcap!r}")
-    if not isinstance(z_loss, (int, float)):
-        raise ValueError(f"z_loss must be a float, got {type(z_loss).__name__}")
+    check_logit_options(softcap, z_loss)
     check_kernel_device(input, "input")
-    checks = ContentChecks() if validate_args else None
-    eps = check_label_smoothing(label_smoothing, target.shape, checks)
-    check_class_indices(target, num_classes, ignore_index, checks)
     acc = accumulation_dtype(input.dtype)
-    smoothing = resolve_smoothing(distribution, num_classes, weight, acc, input.device, checks)
-    if checks is not None:
-        checks.raise_if_failed()
 
     # 1. per-row masks, weights and the mean's denominator, as in labelsmooth.cross_entropy
-    flat_target = target.reshape(-1)
-    valid = flat_target != ignore_index
-    safe_target = torch.where(valid, flat_target, torch.zeros_like(flat_target)).long()
-    eps = eps.reshape(-1).to(acc) if isinstance(eps, Tensor) and eps.dim() else eps
-    if not isinstance(eps, Tensor) and eps == 0.0:
-        smoothing = None
+    targets = prepare_class_targets(target, num_classes, ignore_index=ignore_index,
+                                    label_smoothing=label_smoothing, distribution=distribution, weight=weight,
+                                    dtype=acc, device=input.device, validate_args=validate_args,
+                                    return_parts=False)
+    safe_target, valid, smoothing, denominator = (targets.target, targets.valid, targets.smoothing,
+                                                  targets.denominator)
+    eps = targets.label_smoothing
+    eps = eps.to(acc) if isinstance(eps, Tensor) else eps
     w_y = weight.to(acc)[safe_target] if weight is not None else torch.ones_like(safe_target, dtype=acc)
-    denominator = torch.where(valid, w_y, torch.zeros_like(w_y)).sum()
     scale = (1 / torch.where(denominator == 0, torch.ones_like(denominator), denominator)
              if reduction == "mean" else 1.0)
 
     # 2. statistics, and the gradient when one is wanted, in one kernel
-    rows = _unit_column_stride(_to_rows(input.detach(), num_classes))
+    rows = _unit_column_stride(to_rows(input.detach(), num_classes))
     smoothing_tensor, class_conditional = _smoothing_operand(smoothing)
     wants_grad = input.requires_grad and torch.is_grad_enabled()
     if wants_grad:
@@ -489,10 +478,8 @@ def fused_cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor 
                                                  softcap)
 
     # 3. the loss from the statistics, exactly as labelsmooth.cross_entropy forms it
-    loss_rows, _, _ = combine_row_statistics(lse, target_logit, dot, target=safe_target, valid=valid,
-                                             smoothing=smoothing, weight=weight, label_smoothing=eps,
-                                             z_loss=z_loss)
-    loss = _reduce(loss_rows, reduction, denominator, target.shape).to(input.dtype)
+    loss = class_target_loss(lse, target_logit, dot, targets, weight=weight, z_loss=z_loss,
+                             reduction=reduction, dtype=input.dtype, return_parts=False)
     if not wants_grad:
         return loss
     return _LossWithPrecomputedGradient.apply(input, loss, grad_rows)

@@ -66,16 +66,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..losses import LossParts, _reduce, accumulation_dtype, combine_row_statistics
-from ..targets import (
-    ContentChecks,
-    Distribution,
-    check_class_indices,
-    check_class_weight,
-    check_label_smoothing,
-    check_reduction,
-    resolve_smoothing,
+from ..losses import (
+    LossParts,
+    accumulation_dtype,
+    combine_row_statistics,
+    prepare_class_targets,
+    reduce_parts,
+    reduce_rows,
 )
+from ..targets import Distribution, check_class_weight, check_logit_options, check_reduction
 
 __all__ = ["linear_cross_entropy", "plan_tiles"]
 
@@ -497,10 +496,7 @@ def _check_positive_int(name: str, value) -> None:
 
 
 def _check_options(softcap, z_loss, chunk_size, vocab_chunk_size, filter_eps) -> None:
-    if softcap is not None and not (isinstance(softcap, (int, float)) and softcap > 0):
-        raise ValueError(f"softcap must be a positive float or None, got {softcap!r}")
-    if not isinstance(z_loss, (int, float)):
-        raise ValueError(f"z_loss must be a float, got {type(z_loss).__name__}")
+    check_logit_options(softcap, z_loss)
     _check_positive_int("chunk_size", chunk_size)
     _check_positive_int("vocab_chunk_size", vocab_chunk_size)
     if filter_eps is None:
@@ -576,42 +572,34 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias: T
     check_class_weight(class_weight, vocab, "class_weight")
     _check_options(softcap, z_loss, chunk_size, vocab_chunk_size, filter_eps)
     _check_impl(impl)
-    checks = ContentChecks() if validate_args else None
-    acc = accumulation_dtype(hidden.dtype)
-    eps = check_label_smoothing(label_smoothing, target.shape, checks)
-    check_class_indices(target, vocab, ignore_index, checks)
-    smoothing = resolve_smoothing(distribution, vocab, class_weight, acc, hidden.device, checks)
-    if checks is not None:
-        checks.raise_if_failed()
-
-    flat_target = target.reshape(-1)
-    valid = flat_target != ignore_index
-    safe_target = torch.where(valid, flat_target, torch.zeros_like(flat_target)).long()
-    used_smoothing = smoothing if return_parts or isinstance(eps, Tensor) or eps != 0.0 else None
-    row_eps = eps.reshape(-1) if isinstance(eps, Tensor) and eps.dim() else eps
-    w_y = class_weight.to(acc)[safe_target] if class_weight is not None else torch.ones_like(safe_target, dtype=acc)
-    denominator = torch.where(valid, w_y, torch.zeros_like(w_y)).sum()
+    targets = prepare_class_targets(target, vocab, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                                    distribution=distribution, weight=class_weight,
+                                    dtype=accumulation_dtype(hidden.dtype), device=hidden.device,
+                                    validate_args=validate_args, return_parts=return_parts)
+    used_smoothing, row_eps = targets.smoothing, targets.label_smoothing
 
     def row_parts(lse, target_logit, dot, rows=slice(None)):
         return combine_row_statistics(
-            lse, target_logit, dot, target=safe_target[rows], valid=valid[rows], smoothing=used_smoothing,
-            weight=class_weight, label_smoothing=row_eps[rows] if isinstance(row_eps, Tensor) else row_eps,
+            lse, target_logit, dot, target=targets.target[rows], valid=targets.valid[rows],
+            smoothing=used_smoothing, weight=class_weight,
+            label_smoothing=row_eps[rows] if isinstance(row_eps, Tensor) and row_eps.dim() else row_eps,
             z_loss=z_loss)
 
     table = None
     if used_smoothing is not None:
         table = used_smoothing.matrix if used_smoothing.matrix is not None else used_smoothing.vector.unsqueeze(0)
     options = TileOptions(softcap, filter_eps,
-                          *plan_tiles(len(flat_target), vocab, hidden.shape[-1], hidden.dtype, hidden.device,
+                          *plan_tiles(len(targets.target), vocab, hidden.shape[-1], hidden.dtype, hidden.device,
                                       chunk_size, vocab_chunk_size))
     hidden_rows = hidden.reshape(-1, hidden.shape[-1])
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     if needs_grad and reduction != "none" and not return_parts and options.vocab_block == vocab:
         def chunk_loss(lse, target_logit, dot, n0, n1):
-            return _reduce(row_parts(lse, target_logit, dot, slice(n0, n1))[0], reduction, denominator, None)
+            return reduce_rows(row_parts(lse, target_logit, dot, slice(n0, n1))[0], reduction,
+                               targets.denominator, None)
 
-        loss = _GradientInForward.apply(hidden_rows, weight, bias, safe_target, table, options, chunk_loss)
+        loss = _GradientInForward.apply(hidden_rows, weight, bias, targets.target, table, options, chunk_loss)
         return loss.to(hidden.dtype)
-    statistics = _RecomputedStatistics.apply(hidden_rows, weight, bias, safe_target, table, options)
-    parts = (_reduce(r, reduction, denominator, target.shape).to(hidden.dtype) for r in row_parts(*statistics))
-    return LossParts(*parts) if return_parts else next(parts)
+    statistics = _RecomputedStatistics.apply(hidden_rows, weight, bias, targets.target, table, options)
+    return reduce_parts(row_parts(*statistics), reduction, targets.denominator, targets.shape, hidden.dtype,
+                        return_parts)
