@@ -16,6 +16,7 @@ convolution (or matmul) per input batch with the weights of the cells that read 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Sequence
 
@@ -124,8 +125,8 @@ class SeedCNN(StackableModel):
       seed's conv3's too (both draw from fan_in = 144).
     - ``forward``: ``logits_k = b_k + sum_{c,y,x} h[c, y, x] M[k, c, y, x]`` where M[k, c] adds up,
       over the L positions, conv3's kernel placed where it reads ``h``, divided by L: M is the
-      transposed convolution of a constant 1/L map with that kernel. One (c H W) x K matmul per
-      image instead of a K-channel convolution, and cheaper.
+      transposed convolution of a constant 1/L map with that kernel, ``W[k, c] @ tap_map``.
+      One (c H W) x K matmul per image instead of a K-channel convolution, and cheaper.
 
     >>> import torch
     >>> model = SeedCNN(10, (1, 28, 28))
@@ -154,15 +155,32 @@ class SeedCNN(StackableModel):
 
     def stacked_forward(self, params: Params, x: Tensor, counts: Sequence[int]) -> Tensor:
         h = self.stacked_conv_features(params, x, counts)
-        height, width = h.shape[2:]
         cells, k = params["classifier.weight"].shape[:2]
-        rows, cols = (height - 1) // 2 + 1, (width - 1) // 2 + 1  # conv3's output size
-        kernels = params["classifier.weight"].reshape(-1, 1, 3, 3)  # (C * K * channels, 1, 3, 3)
-        mean_map = torch.full((1, kernels.shape[0], rows, cols), 1.0 / (rows * cols), dtype=h.dtype, device=h.device)
-        m = F.conv_transpose2d(mean_map, kernels, None, 2, 1, (height - 2 * rows + 1, width - 2 * cols + 1),
-                               kernels.shape[0])  # (1, C * K * channels, H, W)
-        m = m.reshape(cells, k, -1)
+        taps = tap_map(*h.shape[2:], device=h.device, dtype=h.dtype)  # (9, H * W)
+        m = (params["classifier.weight"].reshape(-1, 9) @ taps).view(cells, k, -1)  # (C, K, channels * H * W)
         return torch.baddbmm(params["classifier.bias"][:, None], cells_last(h, cells), m.transpose(1, 2))
+
+
+@functools.lru_cache(maxsize=None)
+def tap_map(height: int, width: int, *, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(9, height * width): row t is where tap t = (i, j) of a 3x3, stride-2, padding-1 kernel
+    reads an H x W map, summed over the output positions and divided by their number L.
+
+    So for a kernel w (9,), ``w @ tap_map`` is the map M of :class:`SeedCNN`: the transposed
+    convolution of a constant 1/L map with w.
+
+    >>> tap_map(3, 3, device=torch.device("cpu"), dtype=torch.float32)[4].view(3, 3)  # the centre tap
+    tensor([[0.2500, 0.0000, 0.2500],
+            [0.0000, 0.0000, 0.0000],
+            [0.2500, 0.0000, 0.2500]])
+    """
+    rows, cols = (height - 1) // 2 + 1, (width - 1) // 2 + 1
+    with torch.inference_mode(False), torch.no_grad():  # a constant usable by autograd, wherever made
+        one_hot = torch.eye(9, dtype=dtype, device=device).view(9, 1, 3, 3)
+        mean_map = torch.full((1, 9, rows, cols), 1.0 / (rows * cols), dtype=dtype, device=device)
+        taps = F.conv_transpose2d(mean_map, one_hot, None, 2, 1,
+                                  (height - 2 * rows + 1, width - 2 * cols + 1), 9)
+    return taps.view(9, height * width)
 
 
 class MLP(StackableModel):
