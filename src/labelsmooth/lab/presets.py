@@ -41,25 +41,27 @@ PRESETS: dict[str, Preset] = {
         description="Seed 000's Fashion-MNIST experiment, defects fixed",
         rationale="The seed's protocol as written (6,000 training images, seed-cnn, SGD lr 1e-3 "
                   "momentum 0.9, batch 32, 200 epochs, eps 0 / 0.05 / 0.1), with a 10-class head, "
-                  "the full test set and three seeds for intervals. --quick keeps the data, model "
-                  "and optimizer but trains 20 epochs with two seeds: the curves' early shape and "
-                  "the ordering of the eps, in about two minutes on two CPU cores.",
+                  "the full test set every epoch and three seeds for intervals. --quick is the "
+                  "same protocol stopped after 15 epochs (about a minute of training on two idle "
+                  "CPU cores): the early part of the curves, with intervals over three seeds.",
         settings=dict(dataset="fashion-mnist", model=["seed-cnn"], label_smoothing=[0.0, 0.05, 0.1],
                       seeds=[0, 1, 2], epochs=200, batch_size=32, optimizer="sgd", lr=1e-3,
                       momentum=0.9, train_fraction=0.1),
-        quick=dict(epochs=20, seeds=[0, 1]),
+        quick=dict(epochs=15),
     ),
     "overfitting": Preset(
         description="A regime where the unsmoothed baseline over-fits, so claim 1 can apply",
-        rationale="An MLP with two 512-unit layers (about 670k parameters) trained with Adam "
-                  "(lr 1e-3) on 2% of Fashion-MNIST (1,200 images): it fits the training set "
-                  "within a few epochs, after which its validation NLL passes a minimum and "
-                  "rises while accuracy stalls: the over-fitting the seed describes. --quick "
-                  "trains fewer epochs with two seeds.",
-        settings=dict(dataset="fashion-mnist", model=["mlp"], mlp_widths=[512, 512], label_smoothing=[0.0, 0.05, 0.1],
-                      seeds=[0, 1, 2], epochs=60, batch_size=32, optimizer="adam", lr=1e-3,
-                      momentum=0.9, train_fraction=0.02),
-        quick=dict(epochs=30, seeds=[0, 1]),
+        rationale="An MLP with two hidden layers of 256 units (270k parameters, 50 times the seed "
+                  "CNN) trained with Adam (lr 1e-3, batch 32) on 2% of Fashion-MNIST (1,200 "
+                  "images): it fits its training set within a few epochs, after which the "
+                  "unsmoothed model keeps sharpening its predictions and its validation NLL "
+                  "rises. Measured with 3 seeds: the eps=0 validation NLL is lowest at epoch 5 "
+                  "(0.586) and reaches 0.75 at epoch 15 and 1.08 at epoch 30, while eps=0.05 and "
+                  "0.1 stay near 0.62-0.66. --quick stops at epoch 15, after the minimum.",
+        settings=dict(dataset="fashion-mnist", model=["mlp"], mlp_widths=[256, 256],
+                      label_smoothing=[0.0, 0.05, 0.1], seeds=[0, 1, 2], epochs=40, batch_size=32,
+                      optimizer="adam", lr=1e-3, train_fraction=0.02),
+        quick=dict(epochs=15),
     ),
 }
 
@@ -68,7 +70,7 @@ def preset_settings(name: str, *, quick: bool = False) -> dict:
     """The sweep settings of preset ``name`` (with its --quick overrides when ``quick``).
 
     >>> preset_settings("seed-fashion-mnist")["epochs"], preset_settings("seed-fashion-mnist", quick=True)["epochs"]
-    (200, 20)
+    (200, 15)
     """
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
@@ -117,7 +119,7 @@ def sweep_namespace(name: str, quick: bool, given: dict) -> argparse.Namespace:
 
     >>> args = sweep_namespace("seed-fashion-mnist", True, {"dataset": "digits"})
     >>> args.dataset, args.epochs, args.lr, args.out
-    ('digits', 20, 0.001, 'runs/seed-fashion-mnist-quick')
+    ('digits', 15, 0.001, 'runs/seed-fashion-mnist-quick')
     """
     from .sweep import add_sweep_arguments
 
@@ -157,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     given = {k: v for k, v in vars(args).items() if k not in REPRODUCE_ONLY_FLAGS}
+    print(f"Preset {args.preset}{' --quick' if args.quick else ''}: {PRESETS[args.preset].rationale}")
     try:
         out = reproduce(args.preset, quick=args.quick, progress=not args.no_progress, **given)
     except ValueError as error:  # bad settings, missing data, a run directory of another sweep
