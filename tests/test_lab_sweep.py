@@ -288,3 +288,15 @@ def test_fashion_mnist_end_to_end(tmp_path, no_report):
         assert run["test"]["accuracy"] > 0.4  # chance is 0.1
         final = np.load(tmp_path / "run" / "cells" / run["cell"] / "final.npz")
         assert final["test_logits"].shape == (10000, 10) and final["train_logits"].shape == (1200, 10)
+
+
+def test_bad_model_for_the_data_leaves_no_run_directory(tmp_path, capsys):
+    np.savez(tmp_path / "flat.npz", x=np.random.default_rng(0).normal(size=(60, 5)), y=np.arange(60) % 3)
+    out = tmp_path / "run"
+    args = ["sweep", "--dataset", str(tmp_path / "flat.npz"), "--epochs", "1", "--no-progress", "--out", str(out)]
+    assert main(args + ["--model", "seed-cnn"]) == 2
+    assert "in_shape must be (channels, height, width) for seed-cnn" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(args + ["--model", "mlp", "--mlp-widths", "8"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["complete"] and set(results["runs"][0]["test"]) == {"loss", "nll", "accuracy", "ece"}

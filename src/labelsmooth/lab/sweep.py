@@ -452,8 +452,9 @@ class Progress:
                 "complete": all(c.key in self.tests for c in cells)}
 
 
-def open_run_directory(out: Path, config: SweepConfig) -> dict | None:
-    """Check ``out`` against ``config``: None for a fresh or resumable run, else the finished results.
+def check_run_directory(out: Path, config: SweepConfig) -> dict | None:
+    """Check ``out`` against ``config`` without writing: the finished results, or None for a
+    directory to create or a sweep to resume.
 
     Raises :class:`RunDirectoryError` for a directory holding a different sweep, or non-empty
     and holding no sweep at all.
@@ -476,9 +477,16 @@ def open_run_directory(out: Path, config: SweepConfig) -> dict | None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RunDirectoryError(f"{out} exists and is not a sweep's run directory (no config.json); "
                                 f"refusing to write into it. Choose another --out.")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(config_path, config.to_dict())
     return None
+
+
+def open_run_directory(out: Path, config: SweepConfig) -> dict | None:
+    """:func:`check_run_directory`, then create the directory and its config.json when new."""
+    finished = check_run_directory(out, config)
+    if finished is None and not (out / "config.json").is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", config.to_dict())
+    return finished
 
 
 def save_checkpoint(path: Path, config: SweepConfig, progress: Progress, group: CellGroup | None) -> None:
@@ -521,10 +529,17 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike, *, progress: bool
     Ends by building the report (``labelsmooth.lab.report.build_report``).
     """
     out = Path(out_dir)
-    finished = open_run_directory(out, config)
+    finished = check_run_directory(out, config)
     if finished is not None:
         print(f"{out}: this sweep is already complete; nothing to do.")
         return finished
+    device = torch.device(config.device)
+    # Data and models are checked before the run directory is made, so a bad setting leaves nothing.
+    dataset = _to_device(load_dataset(config.dataset, data_dir=config.data_dir,
+                                      train_fraction=config.train_fraction, seed=config.data_seed), device)
+    for model in config.models:
+        initial_model(config, model, 0, dataset)
+    open_run_directory(out, config)
     checkpoint_path = out / "checkpoint.pt"
     cells = grid_cells(config)
     # a model's cells, sorted by seed: the cells of a seed share one input batch
@@ -538,10 +553,6 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike, *, progress: bool
         saved_group = (saved["group_model"], saved["group"]) if saved["group"] else None
         print(f"{out}: resuming an unfinished sweep ({len(progress_state.tests)} of {len(cells)} cells "
               f"finished, {sum(len(h) for h in progress_state.histories.values())} cell-epochs recorded).")
-    device = torch.device(config.device)
-    dataset = load_dataset(config.dataset, data_dir=config.data_dir, train_fraction=config.train_fraction,
-                           seed=config.data_seed)
-    dataset = _to_device(dataset, device)
 
     def record() -> dict:
         results = progress_state.results(config, cells)
@@ -677,5 +688,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:  # bad settings, DataError, RunDirectoryError
         print(f"labelsmooth sweep: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nInterrupted; the last finished epoch is saved. Run the same command to resume "
+              f"{out}.", file=sys.stderr)
+        return 130
     print(f"Results: {out / 'results.json'}\nReport: {out / 'report.html'}")
     return 0
