@@ -199,7 +199,8 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, no_report, capsys)
     assert resumed["complete"] and resumed == uninterrupted
     assert json.loads((interrupted / "results.json").read_text()) == uninterrupted
     for cell in resumed["runs"]:
-        x, y = (np.load(d / "cells" / cell["cell"] / "final.npz") for d in (interrupted, tmp_path / "uninterrupted"))
+        x, y = (np.load(d / "cells" / cell["cell"] / "final.npz")
+                for d in (interrupted, tmp_path / "uninterrupted"))
         for key in x.files:
             np.testing.assert_array_equal(x[key], y[key])
 
@@ -293,7 +294,8 @@ def test_fashion_mnist_end_to_end(tmp_path, no_report):
 def test_bad_model_for_the_data_leaves_no_run_directory(tmp_path, capsys):
     np.savez(tmp_path / "flat.npz", x=np.random.default_rng(0).normal(size=(60, 5)), y=np.arange(60) % 3)
     out = tmp_path / "run"
-    args = ["sweep", "--dataset", str(tmp_path / "flat.npz"), "--epochs", "1", "--no-progress", "--out", str(out)]
+    args = ["sweep", "--dataset", str(tmp_path / "flat.npz"), "--epochs", "1", "--no-progress",
+            "--out", str(out)]
     assert main(args + ["--model", "seed-cnn"]) == 2
     assert "in_shape must be (channels, height, width) for seed-cnn" in capsys.readouterr().err
     assert not out.exists()

@@ -215,7 +215,8 @@ def _npz(path: str | Path) -> RawData:
     except (OSError, ValueError) as exc:
         if isinstance(exc, DataError):
             raise
-        raise DataError(f"cannot read {path} as an .npz of plain arrays (allow_pickle=False): {exc}") from None
+        raise DataError(f"cannot read {path} as an .npz of plain arrays (allow_pickle=False): "
+                        f"{exc}") from None
     for split in ("", "_test", "_val"):
         xs, ys = loaded.get("x" + split), loaded.get("y" + split)
         if (xs is None) != (ys is None):

@@ -138,7 +138,8 @@ class SeedCNN(StackableModel):
     def __init__(self, num_classes: int, in_shape: Sequence[int], channels: int = 16) -> None:
         super().__init__()
         if len(in_shape) != 3:
-            raise ValueError(f"in_shape must be (channels, height, width) for seed-cnn, got {tuple(in_shape)}")
+            raise ValueError(f"in_shape must be (channels, height, width) for seed-cnn, "
+                             f"got {tuple(in_shape)}")
         self.conv1 = nn.Conv2d(in_shape[0], channels, 3, stride=2, padding=1)
         self.conv2 = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
         self.classifier = nn.Linear(channels * 9, num_classes)

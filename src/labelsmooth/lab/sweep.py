@@ -3,9 +3,10 @@
 A *cell* is one (model, distribution, eps, seed). All cells of one model train together in one
 process: their parameters are stacked along a leading cell axis and the model's
 ``stacked_forward`` runs them at once (grouped convolutions, batched matmuls; see
-:mod:`labelsmooth.lab.models`), so one step of the optimizer is one step of every cell. The loss is :func:`labelsmooth.cross_entropy` on the (cells x batch) rows
-with a per-row eps, summed over cells: cell ``c``'s parameters only reach its own rows, so the
-gradient of the sum with respect to them is exactly that cell's own gradient. The optimizer is
+:mod:`labelsmooth.lab.models`), so one step of the optimizer is one step of every cell. The loss
+is :func:`labelsmooth.cross_entropy` on the (cells x batch) rows with a per-row eps, summed over
+cells: cell ``c``'s parameters only reach its own rows, so the gradient of the sum with respect
+to them is exactly that cell's own gradient. The optimizer is
 ``torch.optim.SGD`` / ``Adam`` applied to the stacked tensors: both are elementwise (momentum,
 weight decay, moments), so each slice receives torch's own update for that cell.
 
@@ -297,8 +298,9 @@ class CellGroup:
     loss_plan: list | None = field(default=None, init=False, repr=False)
 
     @classmethod
-    def create(cls, config: SweepConfig, cells: list[Cell], dataset: Dataset, device: torch.device) -> "CellGroup":
-        initial = {s: initial_model(config, cells[0].model, s, dataset) for s in sorted({c.seed for c in cells})}
+    def create(cls, config: SweepConfig, cells: list[Cell], dataset: Dataset,
+               device: torch.device) -> "CellGroup":
+        initial = {s: initial_model(config, cells[0].model, s, dataset) for s in {c.seed for c in cells}}
         stacked = StackedCells([initial[c.seed] for c in cells]).to(device)
         return cls(cells, stacked, OPTIMIZERS[config.optimizer](list(stacked.parameters()), config))
 
@@ -311,13 +313,14 @@ class CellGroup:
         self.stacked.load_state_dict(state["parameters"])
         self.optimizer.load_state_dict(state["optimizer"])
 
-    def _loss_plan(self, device: torch.device) -> list[tuple[str, list[int] | None, Tensor]]:
-        """Per distribution: its cells (None for all) and their eps as a (cells, 1) tensor."""
+    def _loss_plan(self, device: torch.device) -> list[tuple[str, Tensor | None, Tensor]]:
+        """Per distribution: its cells' indices (None for all) and their eps as a (cells, 1) tensor."""
         plan = []
         for distribution in dict.fromkeys(c.distribution for c in self.cells):
             index = [i for i, c in enumerate(self.cells) if c.distribution == distribution]
             eps = torch.tensor([[self.cells[i].label_smoothing] for i in index], device=device)
-            plan.append((distribution, None if len(index) == len(self.cells) else index, eps))
+            cells = None if len(index) == len(self.cells) else torch.tensor(index, device=device)
+            plan.append((distribution, cells, eps))
         return plan
 
     def _batch_loss(self, logits: Tensor, target: Tensor, *, return_parts: bool = False):
@@ -351,13 +354,14 @@ class CellGroup:
         runs = [(seed, len(list(cells))) for seed, cells in itertools.groupby(c.seed for c in self.cells)]
         counts = [count for _, count in runs]
         orders = torch.stack([epoch_order(len(x), seed, self.epochs_done) for seed, _ in runs]).to(x.device)
-        repeat = torch.tensor(counts, device=x.device)
+        run_of_cell = torch.tensor([r for r, count in enumerate(counts) for _ in range(count)],
+                                   device=x.device)
         total = torch.zeros(len(self.cells), device=x.device)
         self.stacked.train()
         for start in range(0, len(x), config.batch_size):
             index = orders[:, start:start + config.batch_size]
             logits = self.stacked(x[index], counts=counts)
-            rows = self._batch_loss(logits, y[index].repeat_interleave(repeat, 0))
+            rows = self._batch_loss(logits, y[index][run_of_cell])
             # d(sum over cells of each cell's batch mean)/d(cell c's weights) = cell c's gradient
             (rows.sum() / index.shape[1]).backward()
             self.optimizer.step()
@@ -504,7 +508,8 @@ def write_cell_files(out: Path, cell: Cell, index: int, group: CellGroup, datase
     arrays = {}
     for split in ("test", "holdout", "train"):
         x, y = getattr(dataset, f"x_{split}"), getattr(dataset, f"y_{split}")
-        arrays[f"{split}_logits"] = group.stacked.cell_logits(index, x, config.eval_batch_size).float().cpu().numpy()
+        logits = group.stacked.cell_logits(index, x, config.eval_batch_size)
+        arrays[f"{split}_logits"] = logits.float().cpu().numpy()
         arrays[f"{split}_target"] = y.cpu().numpy().astype(np.int64)
     write_atomic(folder / "final.npz", lambda f: np.savez(f, **arrays))
     weights = {k: v.detach().cpu().clone() for k, v in group.stacked.cell(index).state_dict().items()}
@@ -581,7 +586,8 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike, *, progress: bool
                 record()
                 bar.update(1)
                 bar.set_postfix_str(f"{model} val_acc {np.mean([r[3] for r in values]):.3f}")
-            test = group.metrics(group.logits(dataset.x_test, config.eval_batch_size), dataset.y_test).tolist()
+            test_logits = group.logits(dataset.x_test, config.eval_batch_size)
+            test = group.metrics(test_logits, dataset.y_test).tolist()
             for index, (cell, row) in enumerate(zip(group_cells, test)):
                 write_cell_files(out, cell, index, group, dataset, config)
                 progress_state.tests[cell.key] = dict(zip(METRIC_NAMES, row))
@@ -599,8 +605,8 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike, *, progress: bool
 def _to_device(dataset: Dataset, device: torch.device) -> Dataset:
     if device.type == "cpu":
         return dataset
-    return Dataset(**{f.name: getattr(dataset, f.name).to(device) if isinstance(getattr(dataset, f.name), Tensor)
-                      else getattr(dataset, f.name) for f in fields(Dataset)})
+    values = {f.name: getattr(dataset, f.name) for f in fields(Dataset)}
+    return Dataset(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in values.items()})
 
 
 # 7. Command line -------------------------------------------------------------------------------------------
