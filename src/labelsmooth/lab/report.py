@@ -30,7 +30,6 @@ import io
 import json
 import os
 import sys
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -441,15 +440,10 @@ def curves_section(results: dict, run_dir: Path) -> tuple[str, list[dict]]:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temporary, "xb") as f:
-            f.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` atomically (the sweep's temporary-file-and-rename writer)."""
+    from .sweep import write_atomic as write_through_temporary
+
+    write_through_temporary(path, lambda f: f.write(data), durable=False)
 
 
 def resolve_section(dotted: str) -> Callable[[dict, Path], tuple[str, list[dict]]]:

@@ -1,0 +1,280 @@
+"""Seed 000's protocol timed end to end two ways in one run, and the protocol's floor here.
+
+The protocol (issue 3): Fashion-MNIST, 6,000 training images (``train_fraction=0.1``), the seed's
+CNN with a 10-class head, eps in {0, 0.05, 0.1}, 200 epochs, batch 32, SGD lr 1e-3 momentum
+0.9, and after every epoch an evaluation on the full 10,000-image test set.
+
+Providers:
+
+- ``seed-loop``: the seed document's loop re-implemented faithfully, defects fixed (10-class
+  head, full test set): for each eps in turn a fresh model, ``nn.CrossEntropyLoss(label_smoothing=
+  eps)``, SGD, a ``DataLoader`` of batch 32 over the training tensors, ``loss.item()`` after every
+  batch (the seed's ``loss_batch``), then the smoothed loss over a ``DataLoader`` of the test set
+  (batch 32, as the seed's ``valid_dl``). Two deliberate differences, both in the loop's favour:
+  the data are in-memory tensors (the seed decodes PIL images through ``ToTensor`` each epoch)
+  and ``num_workers=0`` (the seed's 8 workers with ``prefetch_factor=32`` only add processes for
+  a data set this small; on 2 cores they slow it down). To compare training statistics, every
+  model starts from the sweep's initial weights for the seed and sees the sweep's batch order
+  (``sweep.initial_model``, ``sweep.epoch_order``).
+- ``labelsmooth-sweep``: ``labelsmooth.lab.sweep.run_sweep`` end to end into a temporary run
+  directory (data loading, training all cells at once, per-epoch evaluation of loss, NLL,
+  accuracy and ECE, atomic checkpoints, results.json, the cells' final logits, the report).
+- ``floor``: the protocol's floating-point operations over this machine's fp32 matmul rate.
+  FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on the model as the lab
+  implements it, per image of a full batch: one training step (forward + backward of the loss,
+  about 3x a forward) per training image and epoch, one forward per test image and epoch, times
+  the cells. (The lab's seed-cnn computes conv3 + pooling as one small linear map, cheaper than
+  the K-channel convolution; with that convolution the protocol is about 3.6 + 2.0 TFLOP.) The rate is the best of several
+  2048 x 2048 ``torch.mm`` calls. ``fraction`` = floor seconds / measured seconds.
+
+``--epochs N`` times the first N epochs of both providers and extrapolates to the protocol's 200
+epochs: per-epoch time from the N measured epochs, plus the once-per-run costs measured apart
+(data loading; for the sweep also the final report). Rows name such figures
+``*_extrapolated``; only ``--epochs 200`` measures the whole protocol. The machine is shared:
+the 1-minute load average is recorded with each provider, and ``--repeats`` alternates the two
+providers several times and keeps each one's fastest run.
+
+    .venv/bin/python benchmarks/lab_seed_protocol.py --epochs 5          # ~1-2 minutes
+    .venv/bin/python benchmarks/lab_seed_protocol.py                     # the whole protocol
+
+Rows go to ``benchmarks/results/lab_seed_protocol.csv`` (see ``_record.py``); a markdown table is
+printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.flop_counter import FlopCounterMode
+
+from labelsmooth.lab.data import load_dataset
+from labelsmooth.lab.report import build_report
+from labelsmooth.lab.sweep import SweepConfig, epoch_order, initial_model, run_sweep
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import Recorder  # noqa: E402
+
+PROTOCOL_EPOCHS = 200
+# |seed-loop - sweep| / sweep of per-epoch train_loss and val_loss below this: the same statistics
+SAME_STATISTICS_RTOL = 1e-3
+
+
+def protocol_config(epochs: int, seeds: list[int], device: str) -> SweepConfig:
+    return SweepConfig(dataset="fashion-mnist", models=("seed-cnn",), label_smoothing=(0.0, 0.05, 0.1),
+                       seeds=tuple(seeds), epochs=epochs, batch_size=32, optimizer="sgd", lr=1e-3,
+                       momentum=0.9, train_fraction=0.1, device=device)
+
+
+# 1. The seed document's loop -------------------------------------------------------------------
+
+
+class SweepOrder(Sampler):
+    """Yields the sweep's batch order of ``seed`` for each successive epoch (``epoch_order``)."""
+
+    def __init__(self, num_samples: int, seed: int) -> None:
+        self.num_samples, self.seed, self.epoch = num_samples, seed, 0
+
+    def __iter__(self):
+        order = epoch_order(self.num_samples, self.seed, self.epoch)
+        self.epoch += 1
+        return iter(order.tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def seed_loop(config: SweepConfig, device: torch.device) -> tuple[float, float, dict]:
+    """(data-loading seconds, training+evaluation seconds, {(eps, seed): [(train_loss, val_loss)]})."""
+    start = time.perf_counter()
+    dataset = load_dataset(config.dataset, train_fraction=config.train_fraction, seed=config.data_seed)
+    loaded = time.perf_counter()
+    train_set = TensorDataset(dataset.x_train, dataset.y_train)
+    valid_dl = DataLoader(TensorDataset(dataset.x_eval, dataset.y_eval), batch_size=config.batch_size,
+                          shuffle=False)
+    histories = {}
+    for seed in config.seeds:
+        initial = initial_model(config, "seed-cnn", seed, dataset)
+        for eps in config.label_smoothing:
+            model = copy.deepcopy(initial).to(device)
+            loss_func = nn.CrossEntropyLoss(label_smoothing=eps)
+            optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+            train_dl = DataLoader(train_set, batch_size=config.batch_size,
+                                  sampler=SweepOrder(len(train_set), seed))
+            history = []
+            for _ in range(config.epochs):
+                model.train()
+                train_total = 0.0
+                for xb, yb in train_dl:
+                    loss = loss_func(model(xb.to(device)), yb.to(device))
+                    loss.backward()
+                    optimizer.step()
+                    optimizer.zero_grad()
+                    train_total += loss.item() * len(xb)
+                model.eval()
+                with torch.no_grad():
+                    losses, nums = zip(*[(loss_func(model(xb.to(device)), yb.to(device)).item(), len(xb))
+                                         for xb, yb in valid_dl])
+                history.append((train_total / len(train_set), sum(l * n for l, n in zip(losses, nums)) / sum(nums)))
+            histories[(eps, seed)] = history
+    return loaded - start, time.perf_counter() - loaded, histories
+
+
+# 2. labelsmooth's sweep --------------------------------------------------------------------------
+
+
+def sweep(config: SweepConfig) -> tuple[float, float, dict]:
+    """(whole-run seconds, of which once-per-run seconds, {(eps, seed): [(train_loss, val_loss)]})."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "run"
+        start = time.perf_counter()
+        results = run_sweep(config, out, progress=False)
+        total = time.perf_counter() - start
+        start = time.perf_counter()
+        load_dataset(config.dataset, train_fraction=config.train_fraction, seed=config.data_seed)
+        build_report(out)
+        once = time.perf_counter() - start
+    histories = {(run["label_smoothing"], run["seed"]): [(row["train_loss"], row["val_loss"])
+                                                         for row in run["history"]]
+                 for run in results["runs"]}
+    return total, once, histories
+
+
+# 3. The floor ----------------------------------------------------------------------------------
+
+
+def matmul_flops_per_second(device: torch.device, size: int = 2048, repeats: int = 7) -> float:
+    a, b = (torch.randn(size, size, device=device) for _ in range(2))
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+@dataclass
+class ProtocolFlops:
+    forward_per_image: float
+    train_step_per_image: float
+    train_total: float
+    eval_total: float
+
+
+def count_flops(config: SweepConfig, epochs: int) -> ProtocolFlops:
+    """FLOPs of the protocol for ``config``'s cells over ``epochs``, counted on the model's ops.
+
+    Counted per image on a batch of the protocol's size (training) and of the evaluation's, so
+    work done once per batch (the seed-cnn's head map) is shared as it is in the runs.
+    """
+    dataset = load_dataset(config.dataset, train_fraction=config.train_fraction, seed=config.data_seed)
+    model = initial_model(config, "seed-cnn", 0, dataset)
+    train_x, train_y = dataset.x_train[:config.batch_size], dataset.y_train[:config.batch_size]
+    eval_x = dataset.x_eval[:config.eval_batch_size]
+    with FlopCounterMode(display=False) as forward:
+        with torch.no_grad():
+            model(eval_x)
+    with FlopCounterMode(display=False) as step:
+        nn.functional.cross_entropy(model(train_x), train_y, label_smoothing=0.1).backward()
+    forward_per_image = forward.get_total_flops() / len(eval_x)
+    step_per_image = step.get_total_flops() / len(train_x)
+    cells = len(config.label_smoothing) * len(config.seeds)
+    return ProtocolFlops(forward_per_image, step_per_image,
+                         step_per_image * len(dataset.x_train) * epochs * cells,
+                         forward_per_image * len(dataset.x_eval) * epochs * cells)
+
+
+# 4. The run ------------------------------------------------------------------------------------
+
+
+def max_relative_difference(a: dict, b: dict, column: int) -> float:
+    """Largest |a - b| / |b| of one history column over every cell and epoch."""
+    return max(abs(x[column] - y[column]) / abs(y[column]) for key in b for x, y in zip(a[key], b[key]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=PROTOCOL_EPOCHS,
+                        help="epochs to time; fewer than 200 are extrapolated to 200 (default 200)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default: 0)")
+    parser.add_argument("--repeats", type=int, default=1, help="alternate runs of each provider; fastest kept")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    config = protocol_config(args.epochs, args.seeds, args.device)
+    cells = len(config.label_smoothing) * len(config.seeds)
+
+    seed_runs, sweep_runs = [], []
+    for _ in range(args.repeats):
+        seed_runs.append((*seed_loop(config, device), os.getloadavg()[0]))
+        sweep_runs.append((*sweep(config), os.getloadavg()[0]))
+    load_s, seed_train_s, seed_histories, seed_load = min(seed_runs, key=lambda r: r[0] + r[1])
+    sweep_s, sweep_once_s, sweep_histories, sweep_load = min(sweep_runs, key=lambda r: r[0])
+
+    extrapolate = PROTOCOL_EPOCHS / args.epochs
+    seconds = {"seed-loop": (load_s + seed_train_s, load_s + seed_train_s * extrapolate, seed_load),
+               "labelsmooth-sweep": (sweep_s, sweep_once_s + (sweep_s - sweep_once_s) * extrapolate,
+                                     sweep_load)}
+    flops = count_flops(config, PROTOCOL_EPOCHS)
+    rate = matmul_flops_per_second(device)
+    floor_s = (flops.train_total + flops.eval_total) / rate
+    differences = {name: max_relative_difference(sweep_histories, seed_histories, column)
+                   for column, name in enumerate(("train_loss", "val_loss"))}
+
+    recorder = Recorder("lab_seed_protocol")
+    size = f"{cells} cells x {PROTOCOL_EPOCHS} epochs, 6000 train, 10000 eval per epoch"
+    suffix = "" if args.epochs == PROTOCOL_EPOCHS else "_extrapolated"
+    for provider, (measured, protocol, load) in seconds.items():
+        recorder.add("seed-protocol", provider, size, "fp32", f"seconds_measured_{args.epochs}_epochs", measured)
+        recorder.add("seed-protocol", provider, size, "fp32", f"seconds_protocol{suffix}", protocol)
+        recorder.add("seed-protocol", provider, size, "fp32", f"floor_fraction{suffix}", floor_s / protocol)
+        recorder.add("seed-protocol", provider, size, "fp32", "load_average_1min", load)
+    speedup = seconds["seed-loop"][1] / seconds["labelsmooth-sweep"][1]
+    recorder.add("seed-protocol", "labelsmooth-sweep", size, "fp32", f"speedup_vs_seed_loop{suffix}", speedup)
+    for name, difference in differences.items():
+        recorder.add("seed-protocol", "labelsmooth-sweep", size, "fp32",
+                     f"{name}_max_rel_diff_{args.epochs}_epochs", difference)
+    for metric, value in (("train_tflop", flops.train_total / 1e12), ("eval_tflop", flops.eval_total / 1e12),
+                          ("matmul_gflops", rate / 1e9), ("seconds_floor", floor_s)):
+        recorder.add("seed-protocol", "floor", size, "fp32", metric, value)
+    path = recorder.save()
+
+    kind = "measured" if not suffix else f"extrapolated from {args.epochs} epochs"
+    print(f"Seed protocol, {size}; threads {torch.get_num_threads()}, {recorder.hardware}\n")
+    print(f"| provider | measured ({args.epochs} epochs) | protocol, {kind} | fraction of floor | load avg |")
+    print("|---|---|---|---|---|")
+    for provider, (measured, protocol, load) in seconds.items():
+        print(f"| {provider} | {measured:.1f} s | {protocol:.0f} s | {floor_s / protocol:.1%} | {load:.1f} |")
+    print(f"| floor | | {floor_s:.0f} s | 100% | |\n")
+    print(f"Speed-up of the sweep over the seed loop ({kind}): {speedup:.2f}x")
+    print(f"FLOPs per image: forward {flops.forward_per_image:,.0f}, training step "
+          f"{flops.train_step_per_image:,.0f} ({flops.train_step_per_image / flops.forward_per_image:.2f}x "
+          f"forward); protocol: {flops.train_total / 1e12:.2f} TFLOP training + "
+          f"{flops.eval_total / 1e12:.2f} TFLOP evaluation; fp32 matmul {rate / 1e9:.0f} GFLOP/s")
+    for name, difference in differences.items():
+        same = "same" if difference < SAME_STATISTICS_RTOL else "DIFFERENT"
+        print(f"Per-epoch {name} of every cell: at most {difference:.2e} apart (relative) between the "
+              f"two: {same} (tolerance {SAME_STATISTICS_RTOL:g})")
+    print(json.dumps({"rows": len(recorder.rows), "csv": str(path)}))
+
+
+if __name__ == "__main__":
+    main()
