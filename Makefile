@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test data clean bench
+.PHONY: demo test data clean bench bench-gpu
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,16 @@ demo: $(VENV)/.installed data
 test: $(VENV)/.installed data
 	$(BIN)/python -m pytest -n 2 -q
 
+# CPU benchmarks (minutes; results appended to benchmarks/results/*.csv). On a CUDA machine:
+# make bench-gpu.
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/loss_cpu.py
+	$(BIN)/python benchmarks/linear_cross_entropy.py
+	$(BIN)/python benchmarks/lab_seed_protocol.py
+
+bench-gpu: $(VENV)/.installed
+	$(BIN)/python benchmarks/cross_entropy_gpu.py
+	$(BIN)/python benchmarks/linear_cross_entropy.py --device cuda
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
