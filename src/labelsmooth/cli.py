@@ -21,6 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "distill": ("labelsmooth.analysis.distill_lab", "do smoothed teachers distil worse? (Müller et al. 2019)"),
 }
 
+# Experiments that are more than one sweep, reachable as `labelsmooth reproduce NAME` too.
+REPRODUCE_ALIASES = {"distillation": "distill"}
+
 
 def _top_level_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -36,6 +39,8 @@ def _top_level_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["reproduce"] and argv[1:2] and argv[1] in REPRODUCE_ALIASES:
+        argv = [REPRODUCE_ALIASES[argv[1]], *argv[2:]]
     if not argv or argv[0] not in COMMANDS:
         _top_level_parser().parse_args(argv[:1] or ["--help"])
     name, rest = argv[0], argv[1:]
