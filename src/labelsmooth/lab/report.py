@@ -490,7 +490,8 @@ def summary_text(results: dict, verdicts: list[dict]) -> str:
                  if (v := _per_seed(runs, final_metric(name)))]
         lines.append(f"  {condition_label(condition, groups):<12} {'; '.join(parts) or 'not finished'}")
     lines.append("Verdicts on the seed documents' claims:")
-    lines += [f"  claim {v['claim']} ({v['scope']}): {v['verdict'].upper()}" for v in verdicts]
+    lines += [f"  claim {v['claim']} ({v['scope']}): {v['verdict'].upper()} - {v['statement'].split(' (')[0]}"
+              for v in verdicts]
     if not verdicts:
         lines.append("  none testable on this run")
     return "\n".join(lines)
