@@ -241,13 +241,7 @@ TINY = ["--dataset", "digits", "--train-fraction", "0.15", "--epochs", "2", "--l
         "--label-smoothing", "0", "0.1", "--seeds", "0", "1", "--no-progress"]
 
 
-@pytest.mark.parametrize("model", [
-    "mlp",
-    pytest.param("seed-cnn", marks=pytest.mark.xfail(strict=True, reason=(
-        "sweep.CellGroup.train_epoch picks its shared-input path from the seeds of the cells it "
-        "trains (a shard here holds one seed), not from the sweep's seeds, so a shard's first "
-        "convolution runs another kernel than the unsharded sweep's and rounds differently"))),
-])
+@pytest.mark.parametrize("model", ["mlp", "seed-cnn"])
 def test_shards_merged_equal_the_unsharded_sweep(tmp_path, no_report, model):
     tiny = [*TINY, "--model", model]
     assert main(["sweep", *tiny, "--out", str(tmp_path / "whole")]) == 0
