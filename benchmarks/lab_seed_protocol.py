@@ -24,8 +24,9 @@ Providers:
   implements it, per image of a full batch: one training step (forward + backward of the loss,
   about 3x a forward) per training image and epoch, one forward per test image and epoch, times
   the cells. (The lab's seed-cnn computes conv3 + pooling as one small linear map, cheaper than
-  the K-channel convolution; with that convolution the protocol is about 3.6 + 2.0 TFLOP.) The rate is the best of several
-  2048 x 2048 ``torch.mm`` calls. ``fraction`` = floor seconds / measured seconds.
+  the K-channel convolution; with that convolution the protocol is about 3.6 + 2.0 TFLOP.) The
+  rate is the best of several 2048 x 2048 ``torch.mm`` calls. ``fraction`` = floor seconds /
+  measured seconds.
 
 ``--epochs N`` times the first N epochs of both providers and extrapolates to the protocol's 200
 epochs: per-epoch time from the N measured epochs, plus the once-per-run costs measured apart
@@ -125,7 +126,8 @@ def seed_loop(config: SweepConfig, device: torch.device) -> tuple[float, float, 
                 with torch.no_grad():
                     losses, nums = zip(*[(loss_func(model(xb.to(device)), yb.to(device)).item(), len(xb))
                                          for xb, yb in valid_dl])
-                history.append((train_total / len(train_set), sum(l * n for l, n in zip(losses, nums)) / sum(nums)))
+                val_loss = sum(l * n for l, n in zip(losses, nums)) / sum(nums)
+                history.append((train_total / len(train_set), val_loss))
             histories[(eps, seed)] = history
     return loaded - start, time.perf_counter() - loaded, histories
 
@@ -243,7 +245,8 @@ def main() -> None:
     size = f"{cells} cells x {PROTOCOL_EPOCHS} epochs, 6000 train, 10000 eval per epoch"
     suffix = "" if args.epochs == PROTOCOL_EPOCHS else "_extrapolated"
     for provider, (measured, protocol, load) in seconds.items():
-        recorder.add("seed-protocol", provider, size, "fp32", f"seconds_measured_{args.epochs}_epochs", measured)
+        recorder.add("seed-protocol", provider, size, "fp32", f"seconds_measured_{args.epochs}_epochs",
+                     measured)
         recorder.add("seed-protocol", provider, size, "fp32", f"seconds_protocol{suffix}", protocol)
         recorder.add("seed-protocol", provider, size, "fp32", f"floor_fraction{suffix}", floor_s / protocol)
         recorder.add("seed-protocol", provider, size, "fp32", "load_average_1min", load)

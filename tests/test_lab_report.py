@@ -122,6 +122,8 @@ def test_clear_reduction_of_overfitting_is_supported():
 def test_more_overfitting_with_smoothing_is_not_supported():
     results = synthetic_results({0.0: [0.30, 0.32, 0.29], 0.1: [0.40, 0.43, 0.41]})
     assert claim_verdicts(results, "1") == {"eps=0.1 vs eps=0": "not supported"}
+    verdict, = report.claim_verdicts(report.CLAIM_TESTS["overfitting"], report.group_runs(results))
+    assert "made it worse" in verdict["evidence"]
 
 
 def test_precisely_no_difference_is_not_supported_and_noisy_one_is_inconclusive():

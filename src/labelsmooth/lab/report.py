@@ -267,21 +267,25 @@ def claim_verdicts(test: ClaimTest, groups: dict) -> list[dict]:
             if extra is not None:
                 evidence += f" Final test {name}: paired difference {extra.format()}."
         verdict = "inconclusive" if reason else judge(difference, test.better, margin)
+        explanation = _explain(verdict, reason, difference, margin, test.better)
         verdicts.append(dict(claim=test.claim, statement=test.statement, scope=scope,
-                             verdict=verdict, evidence=_explain(verdict, reason, difference, margin)
-                             + " " + evidence))
+                             verdict=verdict, evidence=f"{explanation} {evidence}"))
     return verdicts
 
 
-def _explain(verdict: str, reason: str | None, difference: Estimate | None, margin: float) -> str:
+def _explain(verdict: str, reason: str | None, difference: Estimate | None, margin: float,
+             better: str) -> str:
     if reason:
         return f"Inconclusive: {reason}."
     if difference is None or not difference.has_interval:
         return "Inconclusive: one seed gives no confidence interval; run more seeds."
+    worse = difference.low > 0 if better == "lower" else difference.high < 0
     return {
         "supported": "Supported: the 95% interval of the paired difference excludes 0 on the "
                      "improving side.",
-        "not supported": f"Not supported: the interval rules out an improvement of {margin:.4g} "
+        "not supported": "Not supported: the 95% interval of the paired difference lies on the "
+                         "worsening side of 0, so smoothing made it worse." if worse else
+                         f"Not supported: the interval rules out an improvement of {margin:.4g} "
                          f"or more.",
         "inconclusive": f"Inconclusive: the interval contains both 0 and an improvement of "
                         f"{margin:.4g}; more seeds would narrow it.",
