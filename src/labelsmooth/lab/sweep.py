@@ -23,11 +23,22 @@ epoch; an interrupted sweep resumes from it and ends with the same numbers, bit 
 CPU, as one that was not interrupted. Training draws from no global RNG (initial weights come
 from a forked RNG seeded by the seed, batch orders from a generator seeded by (seed, epoch)),
 so there is no RNG state to carry across an interruption.
+
+Data parallel: under ``torchrun --nproc-per-node N -m labelsmooth sweep ...`` (or after any
+``torch.distributed.init_process_group``) the processes train every cell together with
+``DistributedDataParallel``. Each global batch is the single-process one; rank ``r`` takes its
+contiguous share of it (sizes differ by at most one) and backpropagates
+``sum of its rows' losses * N / batch size``, so DDP's average over the N ranks is exactly the
+gradient of the batch mean. Evaluation splits are shared out the same way and the logits
+gathered, so every metric and ``final.npz`` covers every image; the epoch's training loss is a
+SUM all-reduce. Rank 0 alone reads and writes the run directory and broadcasts its decisions
+(resume, complete, refuse) and the checkpoint, so every rank ends with the same outcome.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import datetime
@@ -43,7 +54,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..losses import cross_entropy
 from .data import Dataset, load_dataset
@@ -53,6 +66,7 @@ __all__ = [
     "DISTRIBUTIONS",
     "OPTIMIZERS",
     "Cell",
+    "Ranks",
     "RunDirectoryError",
     "StackedCells",
     "SweepConfig",
@@ -228,7 +242,126 @@ def initial_model(config: SweepConfig, model: str, seed: int, dataset: Dataset) 
                            **config.model_options.get(model, {}))
 
 
-# 3. Stacked cells: one module, C sets of weights ----------------------------------------------------------
+# 3. The processes that train together -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process alone (the default), or rank ``rank`` of a ``torch.distributed`` group of ``size``.
+
+    Rank ``r`` owns rows ``[r n // size, (r + 1) n // size)`` of any ``n`` rows (alone: all of them,
+    so the single-process path computes exactly what it always did).
+
+    >>> [Ranks(r, 3).rows(32) for r in range(3)]
+    [slice(0, 10, None), slice(10, 21, None), slice(21, 32, None)]
+    """
+
+    rank: int = 0
+    size: int = 1
+
+    @classmethod
+    def current(cls) -> "Ranks":
+        """The default process group's ranks if one is initialized, else this process alone."""
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls()
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process reads and writes the run directory (rank 0 only)."""
+        return self.rank == 0
+
+    def rows(self, n: int, rank: int | None = None) -> slice:
+        rank = self.rank if rank is None else rank
+        return slice(rank * n // self.size, (rank + 1) * n // self.size)
+
+    def device(self, name: str) -> torch.device:
+        """The configured device; on CUDA with several ranks, this rank's GPU (``torch.cuda.current_device()``)."""
+        device = torch.device(name)
+        if self.size > 1 and device.type == "cuda" and device.index is None:
+            return torch.device("cuda", torch.cuda.current_device())
+        return device
+
+    def check_splits(self, config: "SweepConfig", dataset: Dataset) -> None:
+        """ValueError unless every batch and evaluation split has at least one row per rank."""
+        last_batch = len(dataset.x_train) % config.batch_size or config.batch_size
+        if last_batch < self.size:
+            raise ValueError(f"batch_size must leave every batch at least one image per process "
+                             f"({self.size} processes), got {config.batch_size}: the last batch of "
+                             f"{len(dataset.x_train)} training images has {last_batch}")
+        for split in ("eval", "test", "holdout"):
+            if len(getattr(dataset, f"x_{split}")) < self.size:
+                raise ValueError(f"dataset: the {split} split must have at least one image per process "
+                                 f"({self.size}), got {len(getattr(dataset, f'x_{split}'))}")
+
+    def first(self, decide: Callable[[], object]):
+        """``decide()`` run on rank 0; its value (or the exception it raised) on every rank."""
+        if self.size == 1:
+            return decide()
+        outcome: list = [None]
+        if self.rank == 0:
+            try:
+                outcome[0] = (True, decide())
+            except Exception as error:  # re-raised on every rank below
+                outcome[0] = (False, error)
+        dist.broadcast_object_list(outcome, src=0)
+        succeeded, value = outcome[0]
+        if not succeeded:
+            raise value
+        return value
+
+    def sum(self, values: Tensor) -> Tensor:
+        """``values`` summed over the ranks (in place)."""
+        if self.size > 1:
+            dist.all_reduce(values)
+        return values
+
+    def gather_rows(self, part: Tensor, n: int, dim: int) -> Tensor:
+        """Every rank's ``part`` (its :meth:`rows` of ``n`` along ``dim``) concatenated in rank order.
+
+        ``all_gather`` needs equal shapes, so each part is padded to ``ceil(n / size)`` rows first.
+        """
+        if self.size == 1:
+            return part
+        most = -(-n // self.size)
+        padding = list(part.shape)
+        padding[dim] = most - part.shape[dim]
+        padded = torch.cat([part, part.new_zeros(padding)], dim)
+        pieces = [torch.empty_like(padded) for _ in range(self.size)]
+        dist.all_gather(pieces, padded)
+        return torch.cat([piece.narrow(dim, 0, len(range(n)[self.rows(n, r)]))
+                          for r, piece in enumerate(pieces)], dim)
+
+    def replicate(self, module: nn.Module) -> nn.Module:
+        """``module`` wrapped in DistributedDataParallel (gradients averaged over ranks), or itself alone."""
+        if self.size == 1:
+            return module
+        device = next(module.parameters()).device
+        return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
+
+
+@contextlib.contextmanager
+def torchrun_process_group(device: str):
+    """Under ``torchrun`` (RANK, WORLD_SIZE, LOCAL_RANK set): the default process group for the block.
+
+    nccl on CUDA (each rank on GPU ``LOCAL_RANK``), gloo on the CPU; destroyed at the end. Does
+    nothing outside torchrun or when a group is already initialized.
+    """
+    launched = {"RANK", "WORLD_SIZE", "LOCAL_RANK"} <= set(os.environ)
+    if not launched or dist.is_initialized():
+        yield
+        return
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+# 4. Stacked cells: one module, C sets of weights ----------------------------------------------------------
 
 
 class StackedCells(nn.Module):
@@ -284,25 +417,36 @@ class StackedCells(nn.Module):
         return module
 
 
-# 4. Training and evaluation of one group (the cells of one model) -----------------------------------------
+# 5. Training and evaluation of one group (the cells of one model) -----------------------------------------
 
 
 @dataclass
 class CellGroup:
-    """The cells of one model, trained together; ``epochs_done`` counts finished epochs."""
+    """The cells of one model, trained together; ``epochs_done`` counts finished epochs.
+
+    ``ranks`` are the processes that share every batch and evaluation split; ``replica`` is
+    ``stacked`` as trained (wrapped in DistributedDataParallel when there are several ranks).
+    """
 
     cells: list[Cell]
     stacked: StackedCells
     optimizer: torch.optim.Optimizer
     epochs_done: int = 0
+    ranks: Ranks = field(default_factory=Ranks)
+    replica: nn.Module | None = field(default=None, repr=False)
     loss_plan: list | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.replica is None:
+            self.replica = self.ranks.replicate(self.stacked)
 
     @classmethod
     def create(cls, config: SweepConfig, cells: list[Cell], dataset: Dataset,
-               device: torch.device) -> "CellGroup":
+               device: torch.device, ranks: Ranks = Ranks()) -> "CellGroup":
         initial = {s: initial_model(config, cells[0].model, s, dataset) for s in {c.seed for c in cells}}
         stacked = StackedCells([initial[c.seed] for c in cells]).to(device)
-        return cls(cells, stacked, OPTIMIZERS[config.optimizer](list(stacked.parameters()), config))
+        return cls(cells, stacked, OPTIMIZERS[config.optimizer](list(stacked.parameters()), config),
+                   ranks=ranks)
 
     def state_dict(self) -> dict:
         return {"epochs_done": self.epochs_done, "parameters": self.stacked.state_dict(),
@@ -348,7 +492,8 @@ class CellGroup:
         """One epoch of every cell; returns each cell's mean training loss, (C,) on the device.
 
         Consecutive cells of one seed read one batch (their model's first layer runs once per
-        batch), so a group whose cells are sorted by seed reads one batch per seed.
+        batch), so a group whose cells are sorted by seed reads one batch per seed. Each rank
+        trains on its rows of every batch (see the module docstring for the gradient's scale).
         """
         x, y = dataset.x_train, dataset.y_train
         runs = [(seed, len(list(cells))) for seed, cells in itertools.groupby(c.seed for c in self.cells)]
@@ -360,28 +505,39 @@ class CellGroup:
         self.stacked.train()
         for start in range(0, len(x), config.batch_size):
             index = orders[:, start:start + config.batch_size]
-            logits = self.stacked(x[index], counts=counts)
-            rows = self._batch_loss(logits, y[index][run_of_cell])
-            # d(sum over cells of each cell's batch mean)/d(cell c's weights) = cell c's gradient
-            (rows.sum() / index.shape[1]).backward()
+            mine = index[:, self.ranks.rows(index.shape[1])]
+            logits = self.replica(x[mine], counts=counts)
+            rows = self._batch_loss(logits, y[mine][run_of_cell])
+            # d(sum over cells of each cell's batch mean)/d(cell c's weights) = cell c's gradient;
+            # times the number of ranks, as DDP divides the sum of the ranks' gradients by it
+            (rows.sum() * self.ranks.size / index.shape[1]).backward()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             total += rows.detach().sum(1)
         self.epochs_done += 1
-        return total / len(x)
+        return self.ranks.sum(total) / len(x)
 
     def logits(self, x: Tensor, batch_size: int) -> Tensor:
-        """Every cell's logits for ``x``: (C, N, K), without autograd.
+        """Every cell's logits for ``x``: (C, N, K), without autograd; each rank computes its rows.
 
         On a GPU all cells at once per chunk of ``batch_size`` images (few, large kernels); on the
         CPU one cell at a time, whose chunks stay in the caches (measured faster there, and the
         same numbers bit for bit).
         """
         self.stacked.eval()
+        mine = x[self.ranks.rows(len(x))]
         if x.device.type == "cpu":
-            return torch.stack([self.stacked.cell_logits(i, x, batch_size) for i in range(len(self.cells))])
-        with torch.inference_mode():
-            return torch.cat([self.stacked(x[i:i + batch_size]) for i in range(0, len(x), batch_size)], 1)
+            logits = torch.stack([self.stacked.cell_logits(i, mine, batch_size) for i in range(len(self.cells))])
+        else:
+            with torch.inference_mode():
+                logits = torch.cat([self.stacked(mine[i:i + batch_size])
+                                    for i in range(0, len(mine), batch_size)], 1)
+        return self.ranks.gather_rows(logits, len(x), 1)
+
+    def cell_logits(self, index: int, x: Tensor, batch_size: int) -> Tensor:
+        """Cell ``index``'s logits for ``x``: (N, K), without autograd; each rank computes its rows."""
+        mine = self.stacked.cell_logits(index, x[self.ranks.rows(len(x))], batch_size)
+        return self.ranks.gather_rows(mine, len(x), 0)
 
     def metrics(self, logits: Tensor, target: Tensor) -> Tensor:
         """(C, 4): smoothed loss, NLL, accuracy, ECE of each cell's (N, K) logits."""
@@ -399,7 +555,7 @@ METRIC_NAMES = ("loss", "nll", "accuracy", "ece")
 HISTORY_COLUMNS = ("epoch", "train_loss") + tuple(f"val_{m}" for m in METRIC_NAMES)
 
 
-# 5. The run directory --------------------------------------------------------------------------------------
+# 6. The run directory --------------------------------------------------------------------------------------
 
 
 class RunDirectoryError(ValueError):
@@ -502,21 +658,26 @@ def save_checkpoint(path: Path, config: SweepConfig, progress: Progress, group: 
 
 def write_cell_files(out: Path, cell: Cell, index: int, group: CellGroup, dataset: Dataset,
                      config: SweepConfig) -> None:
-    """``cells/<key>/final.npz`` (test, hold-out and training logits and targets) and ``model.pt``."""
-    folder = out / "cells" / cell.key
-    folder.mkdir(parents=True, exist_ok=True)
+    """``cells/<key>/final.npz`` (test, hold-out and training logits and targets) and ``model.pt``.
+
+    Called on every rank (each computes its rows of the logits); rank 0 writes.
+    """
     arrays = {}
     for split in ("test", "holdout", "train"):
         x, y = getattr(dataset, f"x_{split}"), getattr(dataset, f"y_{split}")
-        logits = group.stacked.cell_logits(index, x, config.eval_batch_size)
+        logits = group.cell_logits(index, x, config.eval_batch_size)
         arrays[f"{split}_logits"] = logits.float().cpu().numpy()
         arrays[f"{split}_target"] = y.cpu().numpy().astype(np.int64)
+    if not group.ranks.writes:
+        return
+    folder = out / "cells" / cell.key
+    folder.mkdir(parents=True, exist_ok=True)
     write_atomic(folder / "final.npz", lambda f: np.savez(f, **arrays))
     weights = {k: v.detach().cpu().clone() for k, v in group.stacked.cell(index).state_dict().items()}
     write_atomic(folder / "model.pt", lambda f: torch.save(weights, f))
 
 
-# 6. The sweep ---------------------------------------------------------------------------------------------
+# 7. The sweep ---------------------------------------------------------------------------------------------
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):
@@ -531,20 +692,26 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike, *, progress: bool
 
     Returns the results dict (as in ``results.json``). A finished run directory with the same
     config is left untouched; one with a different config raises :class:`RunDirectoryError`.
-    Ends by building the report (``labelsmooth.lab.report.build_report``).
+    Ends by building the report (``labelsmooth.lab.report.build_report``). Inside an initialized
+    ``torch.distributed`` group every rank calls it and trains data-parallel; rank 0 alone
+    touches ``out_dir`` (see the module docstring), and every rank returns the results.
     """
     out = Path(out_dir)
-    finished = check_run_directory(out, config)
+    ranks = Ranks.current()
+    say = print if ranks.writes else (lambda *args, **kwargs: None)
+    finished = ranks.first(lambda: check_run_directory(out, config))
     if finished is not None:
-        print(f"{out}: this sweep is already complete; nothing to do.")
+        say(f"{out}: this sweep is already complete; nothing to do.")
         return finished
-    device = torch.device(config.device)
+    device = ranks.device(config.device)
     # Data and models are checked before the run directory is made, so a bad setting leaves nothing.
     dataset = _to_device(load_dataset(config.dataset, data_dir=config.data_dir,
                                       train_fraction=config.train_fraction, seed=config.data_seed), device)
     for model in config.models:
         initial_model(config, model, 0, dataset)
-    open_run_directory(out, config)
+    ranks.check_splits(config, dataset)
+    if ranks.writes:
+        open_run_directory(out, config)
     checkpoint_path = out / "checkpoint.pt"
     cells = grid_cells(config)
     # a model's cells, sorted by seed: the cells of a seed share one input batch
@@ -552,27 +719,29 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike, *, progress: bool
               for m in config.models}
     groups = {m: g for m, g in groups.items() if g}
     progress_state, saved_group = Progress({}, {}), None
-    if checkpoint_path.is_file():
-        saved = torch.load(checkpoint_path, weights_only=True)
+    saved = ranks.first(lambda: torch.load(checkpoint_path, weights_only=True, map_location="cpu")
+                        if checkpoint_path.is_file() else None)
+    if saved is not None:
         progress_state = Progress(saved["histories"], saved["tests"])
         saved_group = (saved["group_model"], saved["group"]) if saved["group"] else None
-        print(f"{out}: resuming an unfinished sweep ({len(progress_state.tests)} of {len(cells)} cells "
+        say(f"{out}: resuming an unfinished sweep ({len(progress_state.tests)} of {len(cells)} cells "
               f"finished, {sum(len(h) for h in progress_state.histories.values())} cell-epochs recorded).")
 
     def record() -> dict:
         results = progress_state.results(config, cells)
-        write_json(out / "results.json", results, durable=results["complete"])
-        write_metrics_csv(out / "metrics.csv", results["runs"])
+        if ranks.writes:
+            write_json(out / "results.json", results, durable=results["complete"])
+            write_metrics_csv(out / "metrics.csv", results["runs"])
         return results
 
     epochs_done = sum(config.epochs if all(c.key in progress_state.tests for c in g)
                       else len(progress_state.histories.get(g[0].key, [])) for g in groups.values())
-    bar = _progress_bar(len(groups) * config.epochs, epochs_done, progress)
+    bar = _progress_bar(len(groups) * config.epochs, epochs_done, progress and ranks.writes)
     try:
         for model, group_cells in groups.items():
             if all(c.key in progress_state.tests for c in group_cells):
                 continue
-            group = CellGroup.create(config, group_cells, dataset, device)
+            group = CellGroup.create(config, group_cells, dataset, device, ranks)
             if saved_group is not None and saved_group[0] == model:
                 group.load_state_dict(saved_group[1])
             while group.epochs_done < config.epochs:
@@ -582,7 +751,8 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike, *, progress: bool
                 for cell, row in zip(group_cells, values):
                     progress_state.histories.setdefault(cell.key, []).append(
                         dict(zip(HISTORY_COLUMNS, [group.epochs_done, *row])))
-                save_checkpoint(checkpoint_path, config, progress_state, group)
+                if ranks.writes:
+                    save_checkpoint(checkpoint_path, config, progress_state, group)
                 record()
                 bar.update(1)
                 bar.set_postfix_str(f"{model} val_acc {np.mean([r[3] for r in values]):.3f}")
@@ -591,14 +761,16 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike, *, progress: bool
             for index, (cell, row) in enumerate(zip(group_cells, test)):
                 write_cell_files(out, cell, index, group, dataset, config)
                 progress_state.tests[cell.key] = dict(zip(METRIC_NAMES, row))
-            save_checkpoint(checkpoint_path, config, progress_state, None)
+            if ranks.writes:
+                save_checkpoint(checkpoint_path, config, progress_state, None)
     finally:
         bar.close()
     results = record()
-    checkpoint_path.unlink(missing_ok=True)
-    from .report import build_report
+    if ranks.writes:
+        checkpoint_path.unlink(missing_ok=True)
+        from .report import build_report
 
-    build_report(out)
+        build_report(out)
     return results
 
 
@@ -609,7 +781,7 @@ def _to_device(dataset: Dataset, device: torch.device) -> Dataset:
     return Dataset(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in values.items()})
 
 
-# 7. Command line -------------------------------------------------------------------------------------------
+# 8. Command line -------------------------------------------------------------------------------------------
 
 
 def add_sweep_arguments(parser) -> None:
@@ -692,7 +864,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or Path("runs") / datetime.datetime.now().strftime("sweep-%Y%m%d-%H%M%S"))
     try:
         config = config_from_args(args)
-        run_sweep(config, out, progress=not args.no_progress)
+        with torchrun_process_group(config.device):
+            run_sweep(config, out, progress=not args.no_progress)
+            writes = Ranks.current().writes
     except ValueError as error:  # bad settings, DataError, RunDirectoryError
         print(f"labelsmooth sweep: error: {error}", file=sys.stderr)
         return 2
@@ -700,5 +874,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nInterrupted; the last finished epoch is saved. Run the same command to resume "
               f"{out}.", file=sys.stderr)
         return 130
-    print(f"Results: {out / 'results.json'}\nReport: {out / 'report.html'}")
+    if writes:
+        print(f"Results: {out / 'results.json'}\nReport: {out / 'report.html'}")
     return 0
