@@ -67,8 +67,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import Recorder  # noqa: E402
 
 PROTOCOL_EPOCHS = 200
-# |seed-loop - sweep| / sweep of per-epoch train_loss and val_loss below this: the same statistics
-SAME_STATISTICS_RTOL = 1e-3
+# The two providers compute the same functions in different fp32 summation orders (grouped vs
+# plain convolutions, labelsmooth's vs torch's loss), so their per-epoch statistics agree to
+# rounding at first and drift apart as training amplifies it: measured here, at most 1e-7
+# (relative) after 1 epoch, 1e-5 after 10, 1.3e-3 after 200. The effects the lab measures are far
+# larger (val_loss differs by more than 10% between eps=0 and 0.05), so the statistics count as the
+# same below 1%; the drift per epoch is printed so a real difference (a jump, not a slow drift)
+# shows.
+SAME_STATISTICS_RTOL = 1e-2
+DRIFT_EPOCHS = (1, 10, 50, 100, 200)
 
 
 def protocol_config(epochs: int, seeds: list[int], device: str) -> SweepConfig:
@@ -204,9 +211,10 @@ def count_flops(config: SweepConfig, epochs: int) -> ProtocolFlops:
 # 4. The run ------------------------------------------------------------------------------------
 
 
-def max_relative_difference(a: dict, b: dict, column: int) -> float:
-    """Largest |a - b| / |b| of one history column over every cell and epoch."""
-    return max(abs(x[column] - y[column]) / abs(y[column]) for key in b for x, y in zip(a[key], b[key]))
+def relative_drift(a: dict, b: dict, column: int) -> list[float]:
+    """Per epoch, the largest |a - b| / |b| over cells of one history column."""
+    return [max(abs(a[key][epoch][column] - b[key][epoch][column]) / abs(b[key][epoch][column])
+                for key in b) for epoch in range(len(next(iter(b.values()))))]
 
 
 def main() -> None:
@@ -238,8 +246,9 @@ def main() -> None:
     flops = count_flops(config, PROTOCOL_EPOCHS)
     rate = matmul_flops_per_second(device)
     floor_s = (flops.train_total + flops.eval_total) / rate
-    differences = {name: max_relative_difference(sweep_histories, seed_histories, column)
-                   for column, name in enumerate(("train_loss", "val_loss"))}
+    drifts = {name: relative_drift(sweep_histories, seed_histories, column)
+              for column, name in enumerate(("train_loss", "val_loss"))}
+    differences = {name: max(drift) for name, drift in drifts.items()}
 
     recorder = Recorder("lab_seed_protocol")
     size = f"{cells} cells x {PROTOCOL_EPOCHS} epochs, 6000 train, 10000 eval per epoch"
@@ -274,8 +283,9 @@ def main() -> None:
           f"{flops.eval_total / 1e12:.2f} TFLOP evaluation; fp32 matmul {rate / 1e9:.0f} GFLOP/s")
     for name, difference in differences.items():
         same = "same" if difference < SAME_STATISTICS_RTOL else "DIFFERENT"
+        drift = ", ".join(f"epoch {e}: {drifts[name][e - 1]:.1e}" for e in DRIFT_EPOCHS if e <= args.epochs)
         print(f"Per-epoch {name} of every cell: at most {difference:.2e} apart (relative) between the "
-              f"two: {same} (tolerance {SAME_STATISTICS_RTOL:g})")
+              f"two: {same} (tolerance {SAME_STATISTICS_RTOL:g}; drift {drift})")
     print(json.dumps({"rows": len(recorder.rows), "csv": str(path)}))
 
 
