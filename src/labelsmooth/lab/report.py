@@ -217,7 +217,7 @@ def _baseline_does_not_overfit(baseline_runs: list[dict]) -> str | None:
     relative = rise.mean / max(sum(minima) / len(minima), 1e-12)
     if relative < OVERFIT_MIN_RELATIVE_RISE or (rise.has_interval and rise.low <= 0):
         return (f"the eps=0 baseline does not over-fit here (its val NLL rises only {rise.format()} "
-                f"from its minimum, {100 * relative:.1f}% of it), so the claim cannot be tested "
+                f"from its minimum, {100 * relative:.1f}% of the minimum), so the claim cannot be tested "
                 f"on this run; try `labelsmooth reproduce overfitting`")
     return None
 
@@ -436,7 +436,9 @@ def curves_section(results: dict, run_dir: Path) -> tuple[str, list[dict]]:
                        f'</figcaption></figure>')
     return ("<h2>Curves per epoch</h2><p>Mean over seeds; the band spans the minimum and maximum "
             "over seeds; dots on the NLL plot mark the lowest mean validation NLL. val_* metrics "
-            "are on the evaluation split (by default the full official test set).</p>"
+            "are on the evaluation split (by default the full official test set). The val_loss "
+            "plot is the seed's figure, corrected (10-class head, full test set, several seeds); "
+            "its floor rises with eps, so compare eps on val_nll.</p>"
             f'<div class="figures">{"".join(figures)}</div>'), []
 
 
