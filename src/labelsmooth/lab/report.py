@@ -66,6 +66,8 @@ REPORT_SECTIONS: list[str] = [
     "labelsmooth.lab.report:summary_section",
     "labelsmooth.lab.report:overfitting_section",
     "labelsmooth.lab.report:curves_section",
+    "labelsmooth.calibration.lab:report_section",
+    "labelsmooth.analysis.lab:report_section",
 ]
 
 
