@@ -13,7 +13,7 @@ import sys
 # name -> (module that implements it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("labelsmooth.lab.sweep", "train a grid of eps x seed (x distribution, model) cells at once"),
-    "reproduce": ("labelsmooth.lab.presets", "run a named experiment (seed-fashion-mnist, overfitting) [--quick]"),
+    "reproduce": ("labelsmooth.lab.presets", "run a named experiment (seed-fashion-mnist, overfitting, distillation) [--quick]"),
     "report": ("labelsmooth.lab.report", "rebuild the plots and report.html of a run directory"),
     "demo": ("labelsmooth.demo", "the seed experiment, quick, on Fashion-MNIST (digits if absent), with its report"),
     "merge": ("labelsmooth.lab.merge", "combine the run directories of a sharded sweep into one"),
