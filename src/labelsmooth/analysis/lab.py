@@ -32,7 +32,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..lab.data import DataError, Dataset, load_dataset
+from ..lab.data import Dataset, load_dataset
 from ..lab.models import build_model
 from ..lab.report import Condition, _table, condition_label, group_runs, judge, write_atomic
 from ..lab.stats import Estimate, estimate, paired_difference
@@ -307,7 +307,7 @@ def penultimate_section(results: dict, sweep_dir: Path, figure_dir: Path, *,
     try:
         dataset = load_dataset(config.get("dataset", "digits"), data_dir=config.get("data_dir"),
                                train_fraction=config.get("train_fraction", 1.0), seed=config.get("data_seed", 0))
-    except DataError as error:
+    except ValueError as error:  # a DataError, or a data set name this installation does not know
         return heading + f"<p>The data set is not available here, so no activations: {_esc(error)}</p>", []
     samples = split_sample(dataset, max_points)
     triples = class_triples(config.get("dataset", ""), dataset.num_classes)
