@@ -239,6 +239,7 @@ class ClassTargets(NamedTuple):
     label_smoothing: float | Tensor  # a float, a 0-dim tensor or one value per row (M,)
     smoothing: Smoothing | None      # None when the loss needs no smoothing term
     shape: torch.Size                # the target's own shape, for reduction="none"
+    row_weight: Tensor               # (M,) w_y of each row's target (ones without class weights)
     denominator: Tensor              # 0-dim: summed w_y of valid rows, what "mean" divides by
 
 
@@ -265,7 +266,7 @@ def prepare_class_targets(target: Tensor, num_classes: int, *, ignore_index: int
     w_y = weight.to(dtype)[safe_target] if weight is not None else torch.ones_like(safe_target, dtype=dtype)
     denominator = torch.where(valid, w_y, torch.zeros_like(w_y)).sum()
     return ClassTargets(safe_target, valid, eps, smoothing if needs_smoothing else None, target.shape,
-                        denominator)
+                        w_y, denominator)
 
 
 def class_target_loss(lse: Tensor, target_logit: Tensor, dot: Tensor, targets: ClassTargets, *,

@@ -460,7 +460,7 @@ def fused_cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor 
                                                   targets.denominator)
     eps = targets.label_smoothing
     eps = eps.to(acc) if isinstance(eps, Tensor) else eps
-    w_y = weight.to(acc)[safe_target] if weight is not None else torch.ones_like(safe_target, dtype=acc)
+    w_y = targets.row_weight
     scale = (1 / torch.where(denominator == 0, torch.ones_like(denominator), denominator)
              if reduction == "mean" else 1.0)
 
