@@ -18,6 +18,7 @@ from .losses import (
     LossParts,
     binary_cross_entropy_with_logits,
     cross_entropy,
+    cross_entropy_with_grad,
 )
 from .online import OnlineLabelSmoothing
 from .targets import smooth_targets
@@ -35,6 +36,7 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "calibration",
     "cross_entropy",
+    "cross_entropy_with_grad",
     "distributed",
     "linear_cross_entropy",
     "smooth_targets",

@@ -51,6 +51,8 @@ __all__ = [
     "class_target_loss",
     "combine_row_statistics",
     "cross_entropy",
+    "cross_entropy_with_grad",
+    "loss_gradient_coefficients",
     "prepare_class_targets",
     "torch_row_statistics",
 ]
@@ -102,35 +104,58 @@ def block_statistics(x: Tensor, target: Tensor, vector: Tensor | None, matrix: T
     return lse, target_logit, dot
 
 
-class _TorchRowStatistics(torch.autograd.Function):
-    """(lse, x_y, dot) per row of 2-D logits, with a one-buffer backward.
+def row_statistics(logits: Tensor, target: Tensor, vector: Tensor | None, matrix: Tensor | None
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """(lse, x_y, dot) of 2-D logits in fp32 (fp64 for fp64), by :func:`block_statistics` on row
+    blocks of at most ``FORWARD_BLOCK_ELEMENTS`` (one block while compiling: inductor fuses the
+    reductions without a workspace)."""
+    acc = accumulation_dtype(logits.dtype)
+    rows, num_classes = logits.shape
+    block = rows if torch.compiler.is_compiling() else max(1, FORWARD_BLOCK_ELEMENTS // max(num_classes, 1))
+    if block >= rows:
+        return block_statistics(logits.to(acc), target, vector, matrix)
+    workspace = logits.new_empty(block, num_classes, dtype=acc)
+    parts = [block_statistics(logits[start:start + block].to(acc), target[start:start + block],
+                              vector, matrix, workspace[:min(block, rows - start)])
+             for start in range(0, rows, block)]
+    return tuple(torch.cat(stat) for stat in zip(*parts))
 
-    Forward: :func:`block_statistics` on blocks of at most ``FORWARD_BLOCK_ELEMENTS`` (one block
-    while compiling: inductor fuses the reductions without a workspace).
 
-    Gradient, for upstream gradients (g_lse, g_xy, g_dot) of the three outputs:
-        d lse / d x_k = softmax_k
-        d x_y / d x_k = [k == y]
-        d dot / d x_k = v_k (or V[y, k])
-    so dL/dx = g_lse * softmax + g_xy * onehot(y) + g_dot * v, built in place in one (N, K) buffer:
-    torch's softmax kernel writes it (or, with ``inplace_backward``, ``exp(x - lse)`` is written
-    into the logits' own storage).
+def row_statistics_gradient(logits: Tensor, target: Tensor, lse: Tensor, vector: Tensor | None,
+                            matrix: Tensor | None, grad_lse: Tensor, grad_target_logit: Tensor,
+                            grad_dot: Tensor | None, *, inplace: bool = False) -> Tensor:
+    """d/dx of ``sum(g_lse lse + g_xy x_y + g_dot dot)`` for 2-D logits x, in lse's dtype:
+
+        d lse / d x_k = softmax_k,   d x_y / d x_k = [k == y],   d dot / d x_k = v_k (or V[y, k])
+
+    so ``g_lse softmax + g_xy onehot(y) + g_dot v``, built in one (N, K) buffer: torch's softmax
+    kernel writes it, or with ``inplace`` ``exp(x - lse)`` overwrites the logits' own storage
+    (when they are already in lse's dtype).
     """
+    acc = lse.dtype
+    # 1. softmax into a fresh buffer (or the logits' own storage when allowed)
+    if inplace and logits.dtype == acc:
+        grad = logits.sub_(lse.unsqueeze(1)).exp_()
+    else:
+        grad = torch.softmax(logits, dim=1, dtype=acc)
+    grad.mul_(grad_lse.unsqueeze(1))
+    # 2. the smoothing term's dense part: rank one for a shared distribution
+    if grad_dot is not None and vector is not None:
+        grad.addr_(grad_dot, vector)
+    elif grad_dot is not None and matrix is not None:
+        grad.addcmul_(grad_dot.unsqueeze(1), matrix[target])
+    # 3. the target logit's sparse part
+    return grad.scatter_add_(1, target.unsqueeze(1), grad_target_logit.unsqueeze(1))
+
+
+class _TorchRowStatistics(torch.autograd.Function):
+    """(lse, x_y, dot) per row of 2-D logits (:func:`row_statistics`), with a one-buffer backward
+    (:func:`row_statistics_gradient`; with ``inplace_backward`` into the logits' storage)."""
 
     @staticmethod
     def forward(ctx, logits: Tensor, target: Tensor, vector: Tensor | None, matrix: Tensor | None,
                 inplace_backward: bool):
-        acc = accumulation_dtype(logits.dtype)
-        rows, num_classes = logits.shape
-        block = rows if torch.compiler.is_compiling() else max(1, FORWARD_BLOCK_ELEMENTS // max(num_classes, 1))
-        if block >= rows:
-            lse, target_logit, dot = block_statistics(logits.to(acc), target, vector, matrix)
-        else:
-            workspace = logits.new_empty(block, num_classes, dtype=acc)
-            parts = [block_statistics(logits[start:start + block].to(acc), target[start:start + block],
-                                      vector, matrix, workspace[:min(block, rows - start)])
-                     for start in range(0, rows, block)]
-            lse, target_logit, dot = (torch.cat(stat) for stat in zip(*parts))
+        lse, target_logit, dot = row_statistics(logits, target, vector, matrix)
         ctx.save_for_backward(logits, target, lse, vector, matrix)
         ctx.inplace_backward = inplace_backward
         return lse, target_logit, dot
@@ -138,20 +163,8 @@ class _TorchRowStatistics(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_lse: Tensor, grad_target_logit: Tensor, grad_dot: Tensor):
         logits, target, lse, vector, matrix = ctx.saved_tensors
-        acc = lse.dtype
-        # 1. softmax into a fresh fp32 buffer (or the logits' own storage when allowed)
-        if ctx.inplace_backward and logits.dtype == acc:
-            grad = logits.sub_(lse.unsqueeze(1)).exp_()
-        else:
-            grad = torch.softmax(logits, dim=1, dtype=acc)
-        grad.mul_(grad_lse.unsqueeze(1))
-        # 2. the smoothing term's dense part: rank one for a shared distribution
-        if vector is not None:
-            grad.addr_(grad_dot, vector)
-        elif matrix is not None:
-            grad.addcmul_(grad_dot.unsqueeze(1), matrix[target])
-        # 3. the target logit's sparse part
-        grad.scatter_add_(1, target.unsqueeze(1), grad_target_logit.unsqueeze(1))
+        grad = row_statistics_gradient(logits, target, lse, vector, matrix, grad_lse, grad_target_logit,
+                                       grad_dot, inplace=ctx.inplace_backward)
         if ctx.inplace_backward and grad.dtype != logits.dtype:
             grad = logits.copy_(grad)
         return grad.to(logits.dtype), None, None, None, None
@@ -291,6 +304,17 @@ def to_rows(t: Tensor, num_classes: int) -> Tensor:
     return t if t.dim() == 2 else t.movedim(1, -1).reshape(-1, num_classes)
 
 
+def check_class_index_target(input: Tensor, target: Tensor) -> None:
+    """ValueError unless ``target`` holds class indices shaped like ``input`` (N, K, d1, ...) without K."""
+    expected = input.shape[:1] + input.shape[2:]
+    if target.shape != expected:
+        raise ValueError(f"target must have shape {tuple(expected)} (input {tuple(input.shape)} "
+                         f"without its class dimension) or be probabilities of shape "
+                         f"{tuple(input.shape)}, got shape {tuple(target.shape)}")
+    if target.dtype == torch.bool or target.is_complex():
+        raise ValueError(f"target must hold integer class indices or probabilities, got dtype {target.dtype}")
+
+
 def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, ignore_index: int = -100,
                   reduction: str = "mean", label_smoothing: float | Tensor = 0.0, *,
                   distribution: Distribution = "uniform", z_loss: float = 0.0,
@@ -367,13 +391,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, i
         denominator = torch.tensor(float(rows[0].numel()), dtype=acc, device=input.device)
         return reduce_parts(rows, reduction, denominator, target.shape[:1] + target.shape[2:], input.dtype,
                              return_parts)
-    expected = input.shape[:1] + input.shape[2:]
-    if target.shape != expected:
-        raise ValueError(f"target must have shape {tuple(expected)} (input {tuple(input.shape)} "
-                         f"without its class dimension) or be probabilities of shape "
-                         f"{tuple(input.shape)}, got shape {tuple(target.shape)}")
-    if target.dtype == torch.bool or target.is_complex():
-        raise ValueError(f"target must hold integer class indices or probabilities, got dtype {target.dtype}")
+    check_class_index_target(input, target)
     targets = prepare_class_targets(target, num_classes, ignore_index=ignore_index,
                                     label_smoothing=label_smoothing, distribution=distribution, weight=weight,
                                     dtype=acc, device=input.device, validate_args=validate_args,
@@ -383,6 +401,95 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, i
                                       inplace_backward)
     return class_target_loss(lse, target_logit, dot, targets, weight=weight, z_loss=z_loss, reduction=reduction,
                              dtype=input.dtype, return_parts=return_parts)
+
+
+def loss_gradient_coefficients(valid: Tensor, w_y: Tensor, eps: float | Tensor, smoothing: Smoothing | None,
+                               target: Tensor, z_loss: float, scale: Tensor | float
+                               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-row (a, b, g_xy, g_dot) with g_lse = a + b lse: the derivative of the summed loss rows,
+    times ``scale``, with respect to the row statistics.
+
+    From :func:`combine_row_statistics`: ``nll = w_y (lse - x_y)``, ``smooth = m_y lse - dot
+    - c_y (lse - x_y)`` (``c_y = w_y / (K - 1)`` for non_target, else 0) and
+    ``loss = (1 - eps) nll + eps smooth + z_loss lse^2``, times ``s = valid * scale``.
+    """
+    s = valid.to(w_y.dtype) * scale
+    mass = 0.0 if smoothing is None else smoothing.row_mass(target)
+    non_target = (w_y / (smoothing.num_classes - 1)
+                  if smoothing is not None and smoothing.non_target else torch.zeros_like(w_y))
+    a = s * ((1 - eps) * w_y + eps * (mass - non_target))
+    b = 2 * z_loss * s
+    g_xy = -s * ((1 - eps) * w_y - eps * non_target)
+    g_dot = -s * eps
+    return tuple(c.contiguous() for c in torch.broadcast_tensors(a, b, g_xy, g_dot))
+
+
+def cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor | None = None, ignore_index: int = -100,
+                            reduction: str = "mean", label_smoothing: float | Tensor = 0.0, *,
+                            distribution: Distribution = "uniform", z_loss: float = 0.0,
+                            softcap: float | None = None, validate_args: bool = True) -> tuple[Tensor, Tensor]:
+    r"""The loss of :func:`cross_entropy` and its gradient, together, without autograd.
+
+    Returns ``(loss, grad)`` with ``grad = d loss.sum() / d input`` (for ``reduction="none"``,
+    each row's loss differentiated with respect to its own logits), shaped and typed like
+    ``input``. For training loops that apply gradients themselves (hand-written backward passes,
+    pipeline schedules, many small steps): it runs the same row statistics and the same formula
+    as :func:`cross_entropy`, and the gradient in closed form (see ``loss_gradient_coefficients``),
+    with no autograd graph to build or walk, which is most of the loss's cost on small batches.
+
+    Args: as :func:`cross_entropy`, with class-index targets and (N, K) or (N, K, d1, ...) logits.
+
+    Example:
+        >>> import torch
+        >>> from labelsmooth.losses import cross_entropy_with_grad
+        >>> logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 0.0]])
+        >>> loss, grad = cross_entropy_with_grad(logits, torch.tensor([0, 2]), label_smoothing=0.1)
+        >>> reference = logits.clone().requires_grad_()
+        >>> torch.nn.functional.cross_entropy(reference, torch.tensor([0, 2]), label_smoothing=0.1).backward()
+        >>> round(loss.item(), 4), torch.allclose(grad, reference.grad)
+        (0.9547, True)
+    """
+    check_logits(input)
+    check_reduction(reduction)
+    if input.dim() < 2 or not isinstance(target, Tensor) or target.is_floating_point():
+        raise ValueError(f"cross_entropy_with_grad takes (N, K, ...) logits and class-index targets; got input "
+                         f"of shape {tuple(input.shape)} and target "
+                         f"{target.dtype if isinstance(target, Tensor) else type(target).__name__}")
+    check_class_index_target(input, target)
+    num_classes = input.shape[1]
+    check_class_weight(weight, num_classes)
+    check_logit_options(softcap, z_loss)
+    acc = accumulation_dtype(input.dtype)
+    targets = prepare_class_targets(target, num_classes, ignore_index=ignore_index,
+                                    label_smoothing=label_smoothing, distribution=distribution, weight=weight,
+                                    dtype=acc, device=input.device, validate_args=validate_args,
+                                    return_parts=False)
+    vector = matrix = None
+    if targets.smoothing is not None:
+        vector, matrix = targets.smoothing.vector, targets.smoothing.matrix
+    with torch.no_grad():
+        # 1. the row statistics of the (capped) logits, and the loss from them
+        logits = to_rows(input, num_classes)
+        if softcap is not None:
+            logits = softcap * torch.tanh(logits.to(acc) / softcap)
+        lse, target_logit, dot = row_statistics(logits, targets.target, vector, matrix)
+        loss = class_target_loss(lse, target_logit, dot, targets, weight=weight, z_loss=z_loss,
+                                 reduction=reduction, dtype=input.dtype, return_parts=False)
+        # 2. d(sum of the loss)/d(statistics), then d/dx of the statistics
+        denominator = targets.denominator
+        scale = (1 / torch.where(denominator == 0, torch.ones_like(denominator), denominator)
+                 if reduction == "mean" else 1.0)
+        eps = targets.label_smoothing
+        a, b, g_xy, g_dot = loss_gradient_coefficients(targets.valid, targets.row_weight,
+                                                       eps.to(acc) if isinstance(eps, Tensor) else eps,
+                                                       targets.smoothing, targets.target, z_loss, scale)
+        grad = row_statistics_gradient(logits, targets.target, lse, vector, matrix, torch.addcmul(a, b, lse),
+                                       g_xy, g_dot if targets.smoothing is not None else None)
+        if softcap is not None:  # d(c tanh(x / c))/dx = 1 - tanh^2
+            grad.mul_(1 - (logits / softcap).square())
+        if input.dim() > 2:
+            grad = grad.view(input.shape[0], *input.shape[2:], num_classes).movedim(-1, 1)
+    return loss, grad.to(input.dtype)
 
 
 def _soft_target_rows(input: Tensor, target: Tensor, weight: Tensor | None,

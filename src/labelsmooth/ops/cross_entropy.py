@@ -49,7 +49,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..losses import accumulation_dtype, class_target_loss, prepare_class_targets, to_rows
+from ..losses import (accumulation_dtype, class_target_loss, loss_gradient_coefficients, prepare_class_targets,
+                      to_rows)
 from ..targets import (
     Distribution,
     Smoothing,
@@ -378,26 +379,6 @@ def row_statistics(logits: Tensor, target: Tensor, smoothing: Smoothing | None,
                                 class_conditional, softcap, inplace_backward)
 
 
-def _gradient_coefficients(valid: Tensor, w_y: Tensor, eps: float | Tensor, smoothing: Smoothing | None,
-                           target: Tensor, z_loss: float, scale: Tensor | float
-                           ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per-row (a, b, g_xy, g_dot) with g_lse = a + b lse: the derivative of the reduced loss.
-
-    From ``combine_row_statistics``: ``nll = w_y (lse - x_y)``, ``smooth = m_y lse - dot
-    - c_y (lse - x_y)`` (``c_y = w_y / (K - 1)`` for non_target, else 0) and
-    ``loss = (1 - eps) nll + eps smooth + z_loss lse^2``, times ``s = valid * scale``.
-    """
-    s = valid.to(w_y.dtype) * scale
-    mass = 0.0 if smoothing is None else smoothing.row_mass(target)
-    non_target = (w_y / (smoothing.num_classes - 1)
-                  if smoothing is not None and smoothing.non_target else torch.zeros_like(w_y))
-    a = s * ((1 - eps) * w_y + eps * (mass - non_target))
-    b = 2 * z_loss * s
-    g_xy = -s * ((1 - eps) * w_y - eps * non_target)
-    g_dot = -s * eps
-    return tuple(c.contiguous() for c in torch.broadcast_tensors(a, b, g_xy, g_dot))
-
-
 def fused_cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor | None = None,
                                   ignore_index: int = -100, reduction: str = "mean",
                                   label_smoothing: float | Tensor = 0.0, *,
@@ -470,7 +451,7 @@ def fused_cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor 
     wants_grad = input.requires_grad and torch.is_grad_enabled()
     if wants_grad:
         grad_rows = rows if inplace_backward else torch.empty_like(rows)
-        coefficients = _gradient_coefficients(valid, w_y, eps, smoothing, safe_target, z_loss, scale)
+        coefficients = loss_gradient_coefficients(valid, w_y, eps, smoothing, safe_target, z_loss, scale)
         lse, target_logit, dot = _launch_forward_with_grad(rows, grad_rows, safe_target, smoothing_tensor,
                                                            class_conditional, softcap, coefficients)
     else:
