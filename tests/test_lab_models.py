@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labelsmooth.lab.models import MODELS, build_model
+from labelsmooth.lab.models import (MODELS, SEED_CNN_PARAMETERS, StackableModel, build_model, seed_cnn_backward,
+                                    seed_cnn_forward)
 
 SHAPES = [(1, 28, 28), (1, 8, 8)]
 
@@ -80,3 +81,59 @@ def test_options_and_errors():
         build_model("mlp", 3, (4,), widths=[])
     with pytest.raises(ValueError, match=r"in_shape must be \(channels, height, width\)"):
         build_model("seed-cnn", 3, (64,))
+
+
+def seed_network_reference(params: dict, x: torch.Tensor, cell: int) -> torch.Tensor:
+    """One cell of the seed's network from torch's own layers: conv, conv, K-channel conv, mean."""
+    p = {name: value[cell] for name, value in params.items()}
+    h = F.relu(F.conv2d(x, p["conv1.weight"], p["conv1.bias"], 2, 1))
+    h = F.relu(F.conv2d(h, p["conv2.weight"], p["conv2.bias"], 2, 1))
+    k = p["classifier.weight"].shape[0]
+    head = p["classifier.weight"].view(k, h.shape[1], 3, 3)
+    return F.conv2d(h, head, p["classifier.bias"], 2, 1).mean((2, 3))
+
+
+@pytest.mark.parametrize("in_shape", [(1, 28, 28), (2, 9, 7), (3, 8, 8)])
+def test_seed_cnn_hand_written_backward_equals_autograd_through_torch_layers(in_shape):
+    """seed_cnn_forward / seed_cnn_backward == autograd through F.conv2d, in float64.
+
+    Four cells reading two input batches (3 cells, then 1); odd and even image sizes (the
+    padding below the image differs); several input channels; the gradient for x as well.
+    """
+    torch.manual_seed(3)
+    models = [build_model("seed-cnn", 5, in_shape, channels=4).double() for _ in range(4)]
+    params = {n: torch.stack([dict(m.named_parameters())[n] for m in models]).detach().requires_grad_()
+              for n in SEED_CNN_PARAMETERS}
+    x = torch.randn(2, 6, *in_shape, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(4, 6, 5, dtype=torch.float64)  # dL/dlogits: every logit weighed differently
+    logits, saved = seed_cnn_forward(x.detach(), *(p.detach() for p in params.values()), (3, 1))
+    got = seed_cnn_backward(saved, upstream, [True] * 7)
+    reference = torch.stack([seed_network_reference(params, x[0 if c < 3 else 1], c) for c in range(4)])
+    want = torch.autograd.grad(reference, [x, *params.values()], upstream)
+    torch.testing.assert_close(logits, reference, rtol=1e-12, atol=1e-12)
+    for name, g, w in zip(["x", *SEED_CNN_PARAMETERS], got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_stacked_vjp_equals_autograd_of_stacked_forward(name):
+    """The training step's interface, for every model: logits and parameter gradients as autograd's
+    through the features and the classifier (for seed-cnn: F.unfold and F.conv2d, not the
+    hand-written path); a frozen parameter gets None."""
+    torch.manual_seed(5)
+    models = [build_model(name, 4, (1, 8, 8)).double() for _ in range(3)]
+    params = {n: torch.stack([dict(m.named_parameters())[n] for m in models]).detach().requires_grad_()
+              for n, _ in models[0].named_parameters()}
+    frozen = next(iter(params))
+    params[frozen].requires_grad_(False)
+    x = torch.randn(2, 5, 1, 8, 8, dtype=torch.float64)
+    upstream = torch.randn(3, 5, 4, dtype=torch.float64)
+    logits, vjp = models[0].stacked_vjp(params, x, (2, 1))
+    grads = vjp(upstream)
+    reference = StackableModel.stacked_forward(models[0], params, x, (2, 1))
+    trained = [n for n, p in params.items() if p.requires_grad]
+    want = dict(zip(trained, torch.autograd.grad(reference, [params[n] for n in trained], upstream)))
+    assert not logits.requires_grad and grads[frozen] is None
+    torch.testing.assert_close(logits, reference.detach(), rtol=1e-12, atol=1e-12)
+    for n in trained:
+        torch.testing.assert_close(grads[n], want[n], rtol=1e-10, atol=1e-12, msg=n)

@@ -4,9 +4,10 @@ A *cell* is one (model, distribution, eps, seed). All cells of one model train t
 process: their parameters are stacked along a leading cell axis and the model's
 ``stacked_forward`` runs them at once (grouped convolutions, batched matmuls; see
 :mod:`labelsmooth.lab.models`), so one step of the optimizer is one step of every cell. The loss
-is :func:`labelsmooth.cross_entropy` on the (cells x batch) rows with a per-row eps, summed over
-cells: cell ``c``'s parameters only reach its own rows, so the gradient of the sum with respect
-to them is exactly that cell's own gradient. The optimizer is
+is :func:`labelsmooth.cross_entropy` on the (cells x batch) rows with a per-row eps (in training
+``cross_entropy_with_grad``, which also gives its gradient), summed over cells: cell ``c``'s
+parameters only reach its own rows, so the gradient of the sum with respect to them is exactly
+that cell's own gradient. The optimizer is
 ``torch.optim.SGD`` / ``Adam`` applied to the stacked tensors: both are elementwise (momentum,
 weight decay, moments), so each slice receives torch's own update for that cell.
 
@@ -25,11 +26,11 @@ from a forked RNG seeded by the seed, batch orders from a generator seeded by (s
 so there is no RNG state to carry across an interruption.
 
 Data parallel: under ``torchrun --nproc-per-node N -m labelsmooth sweep ...`` (or after any
-``torch.distributed.init_process_group``) the processes train every cell together with
-``DistributedDataParallel``. Each global batch is the single-process one; rank ``r`` takes its
-contiguous share of it (sizes differ by at most one) and backpropagates
-``sum of its rows' losses * N / batch size``, so DDP's average over the N ranks is exactly the
-gradient of the batch mean. Evaluation splits are shared out the same way and the logits
+``torch.distributed.init_process_group``) the processes train every cell together, data
+parallel. Each global batch is the single-process one; rank ``r`` takes its contiguous share of
+it (sizes differ by at most one) and computes the gradient of ``sum of its rows' losses / batch
+size``; one SUM all-reduce of the flattened gradients per step makes it exactly the gradient of
+the batch mean on every rank, before every rank takes the same optimizer step. Evaluation splits are shared out the same way and the logits
 gathered, so every metric and ``final.npz`` covers every image; the epoch's training loss is a
 SUM all-reduce. Rank 0 alone reads and writes the run directory and broadcasts its decisions
 (resume, complete, refuse) and the checkpoint, so every rank ends with the same outcome.
@@ -56,9 +57,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 
-from ..losses import cross_entropy
+from ..losses import cross_entropy, cross_entropy_with_grad
 from .data import Dataset, load_dataset
 from .models import MODELS, build_model
 
@@ -332,12 +332,15 @@ class Ranks:
         return torch.cat([piece.narrow(dim, 0, len(range(n)[self.rows(n, r)]))
                           for r, piece in enumerate(pieces)], dim)
 
-    def replicate(self, module: nn.Module) -> nn.Module:
-        """``module`` wrapped in DistributedDataParallel (gradients averaged over ranks), or itself alone."""
+    def sum_gradients(self, grads: list[Tensor | None]) -> list[Tensor | None]:
+        """Each gradient summed over the ranks: one SUM all-reduce of them all, flattened (alone: as is)."""
         if self.size == 1:
-            return module
-        device = next(module.parameters()).device
-        return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
+            return grads
+        present = [g for g in grads if g is not None]
+        flat = torch.cat([g.reshape(-1) for g in present])
+        dist.all_reduce(flat)
+        summed = iter(flat.split([g.numel() for g in present]))
+        return [None if g is None else next(summed).view_as(g) for g in grads]
 
 
 @contextlib.contextmanager
@@ -399,7 +402,11 @@ class StackedCells(nn.Module):
         if counts is None:
             counts = (1,) * self.num_cells if per_cell else (self.num_cells,)
             x = x if per_cell else x.unsqueeze(0)
-        return self.template.stacked_forward(dict(zip(self.names, self.stacked)), x, counts)
+        return self.template.stacked_forward(self.parameters_by_name(), x, counts)
+
+    def parameters_by_name(self) -> dict[str, nn.Parameter]:
+        """The stacked parameters, (C, *shape) each, by the model's parameter names."""
+        return dict(zip(self.names, self.stacked))
 
     def cell_parameters(self, index: int) -> dict[str, Tensor]:
         return {name: p[index] for name, p in zip(self.names, self.stacked)}
@@ -424,8 +431,7 @@ class StackedCells(nn.Module):
 class CellGroup:
     """The cells of one model, trained together; ``epochs_done`` counts finished epochs.
 
-    ``ranks`` are the processes that share every batch and evaluation split; ``replica`` is
-    ``stacked`` as trained (wrapped in DistributedDataParallel when there are several ranks).
+    ``ranks`` are the processes that share every batch and evaluation split.
     """
 
     cells: list[Cell]
@@ -433,12 +439,7 @@ class CellGroup:
     optimizer: torch.optim.Optimizer
     epochs_done: int = 0
     ranks: Ranks = field(default_factory=Ranks)
-    replica: nn.Module | None = field(default=None, repr=False)
     loss_plan: list | None = field(default=None, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.replica is None:
-            self.replica = self.ranks.replicate(self.stacked)
 
     @classmethod
     def create(cls, config: SweepConfig, cells: list[Cell], dataset: Dataset,
@@ -467,33 +468,36 @@ class CellGroup:
             plan.append((distribution, cells, eps))
         return plan
 
-    def _batch_loss(self, logits: Tensor, target: Tensor, *, return_parts: bool = False):
-        """Per-row smoothed losses (C, N) of logits (C, N, K) against targets (C, N).
-
-        With ``return_parts`` also the unsmoothed NLL rows. One call of the core loss per
-        distribution, with eps given per row.
-        """
+    def _by_distribution(self, logits: Tensor, target: Tensor, compute: Callable) -> list[Tensor]:
+        """``compute(logits (M, K), target (M,), eps (M,), distribution)`` -> per-row tensors (M, ...),
+        called once per distribution on its cells' rows of logits (C, N, K) and targets (C, N);
+        returns each output reassembled as (C, N, ...)."""
         cells, n, k = logits.shape
         if self.loss_plan is None:
             self.loss_plan = self._loss_plan(logits.device)
-        loss, nll = logits.new_empty(cells, n), logits.new_empty(cells, n)
+        outputs = None
         for distribution, index, eps in self.loss_plan:
             part_logits, part_target = (logits, target) if index is None else (logits[index], target[index])
-            parts = cross_entropy(part_logits.reshape(-1, k), part_target.reshape(-1), reduction="none",
-                                  label_smoothing=eps.expand(-1, n).reshape(-1), distribution=distribution,
-                                  return_parts=True, validate_args=False)
+            parts = compute(part_logits.reshape(-1, k), part_target.reshape(-1), eps.expand(-1, n).reshape(-1),
+                            distribution)
+            parts = [part.view(-1, n, *part.shape[1:]) for part in parts]
             if index is None:
-                loss, nll = parts.loss.view(cells, n), parts.nll.view(cells, n)
-            else:
-                loss[index], nll[index] = parts.loss.view(-1, n), parts.nll.view(-1, n)
-        return (loss, nll) if return_parts else loss
+                return parts
+            if outputs is None:
+                outputs = [part.new_empty(cells, *part.shape[1:]) for part in parts]
+            for output, part in zip(outputs, parts):
+                output[index] = part
+        return outputs
 
     def train_epoch(self, config: SweepConfig, dataset: Dataset) -> Tensor:
         """One epoch of every cell; returns each cell's mean training loss, (C,) on the device.
 
         Consecutive cells of one seed read one batch (their model's first layer runs once per
-        batch), so a group whose cells are sorted by seed reads one batch per seed. Each rank
-        trains on its rows of every batch (see the module docstring for the gradient's scale).
+        batch), so a group whose cells are sorted by seed reads one batch per seed. A step: the
+        model's ``stacked_vjp`` gives the logits, the core package's ``cross_entropy_with_grad``
+        the loss rows and their gradient with respect to the logits, the vjp turns that into the
+        parameters' gradients, and the optimizer steps. Each rank trains on its rows of every batch and the
+        ranks' gradients are summed (see the module docstring).
         """
         x, y = dataset.x_train, dataset.y_train
         runs = [(seed, len(list(cells))) for seed, cells in itertools.groupby(c.seed for c in self.cells)]
@@ -502,18 +506,19 @@ class CellGroup:
         run_of_cell = torch.tensor([r for r, count in enumerate(counts) for _ in range(count)],
                                    device=x.device)
         total = torch.zeros(len(self.cells), device=x.device)
-        self.stacked.train()
+        params = self.stacked.parameters_by_name()
         for start in range(0, len(x), config.batch_size):
             index = orders[:, start:start + config.batch_size]
             mine = index[:, self.ranks.rows(index.shape[1])]
-            logits = self.replica(x[mine], counts=counts)
-            rows = self._batch_loss(logits, y[mine][run_of_cell])
-            # d(sum over cells of each cell's batch mean)/d(cell c's weights) = cell c's gradient;
-            # times the number of ranks, as DDP divides the sum of the ranks' gradients by it
-            (rows.sum() * self.ranks.size / index.shape[1]).backward()
+            logits, vjp = self.stacked.template.stacked_vjp(params, x[mine], counts)
+            rows, grad = self._by_distribution(logits, y[mine][run_of_cell], _loss_and_grad)
+            # d(sum over cells of each cell's batch mean)/d(cell c's weights) = cell c's gradient
+            grads = vjp(grad.div_(index.shape[1]))
+            for p, g in zip(params.values(), self.ranks.sum_gradients([grads[name] for name in params])):
+                p.grad = g
             self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
             total += rows.detach().sum(1)
+        self.optimizer.zero_grad(set_to_none=True)
         self.epochs_done += 1
         return self.ranks.sum(total) / len(x)
 
@@ -521,12 +526,12 @@ class CellGroup:
         """Every cell's logits for ``x``: (C, N, K), without autograd; each rank computes its rows.
 
         On a GPU all cells at once per chunk of ``batch_size`` images (few, large kernels); on the
-        CPU one cell at a time, whose chunks stay in the caches (measured faster there, and the
-        same numbers bit for bit).
+        CPU too for models that say so (``evaluates_cells_together``), else one cell at a time,
+        whose chunks stay in the caches (the same numbers bit for bit either way).
         """
         self.stacked.eval()
         mine = x[self.ranks.rows(len(x))]
-        if x.device.type == "cpu":
+        if x.device.type == "cpu" and not self.stacked.template.evaluates_cells_together:
             logits = torch.stack([self.stacked.cell_logits(i, mine, batch_size) for i in range(len(self.cells))])
         else:
             with torch.inference_mode():
@@ -543,12 +548,23 @@ class CellGroup:
         """(C, 4): smoothed loss, NLL, accuracy, ECE of each cell's (N, K) logits."""
         from ..calibration.metrics import expected_calibration_error
 
-        loss, nll = self._batch_loss(logits, target.expand(logits.shape[:2]), return_parts=True)
+        loss, nll = self._by_distribution(logits, target.expand(logits.shape[:2]), _loss_and_nll)
         accuracy = (logits.argmax(2) == target).float().mean(1)
         ece = torch.stack([expected_calibration_error(cell_logits, target, n_bins=ECE_BINS,
                                                       from_logits=True, validate_args=False)
                            for cell_logits in logits]).to(loss.dtype)
         return torch.stack([loss.mean(1), nll.mean(1), accuracy, ece], 1)
+
+
+def _loss_and_grad(logits: Tensor, target: Tensor, eps: Tensor, distribution: str) -> tuple[Tensor, Tensor]:
+    return cross_entropy_with_grad(logits, target, reduction="none", label_smoothing=eps,
+                                   distribution=distribution, validate_args=False)
+
+
+def _loss_and_nll(logits: Tensor, target: Tensor, eps: Tensor, distribution: str) -> tuple[Tensor, Tensor]:
+    parts = cross_entropy(logits, target, reduction="none", label_smoothing=eps, distribution=distribution,
+                          return_parts=True, validate_args=False)
+    return parts.loss, parts.nll
 
 
 METRIC_NAMES = ("loss", "nll", "accuracy", "ece")
