@@ -222,26 +222,31 @@ def reduce_rows(rows: Tensor, reduction: str, denominator: Tensor | None, shape:
 
 def combine_row_statistics(lse: Tensor, target_logit: Tensor, dot: Tensor, *, target: Tensor,
                            valid: Tensor, smoothing: Smoothing | None, weight: Tensor | None,
-                           label_smoothing: float | Tensor, z_loss: float) -> tuple[Tensor, Tensor, Tensor]:
+                           label_smoothing: float | Tensor, z_loss: float, parts: bool = True
+                           ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Per-row (loss, nll, smooth) from (lse, x_y, dot); ignored rows are exactly 0.
 
     ``target`` (M,) int64 in range (ignored rows hold any valid index), ``valid`` (M,) bool,
-    ``label_smoothing`` a float or (M,) tensor.
+    ``label_smoothing`` a float or (M,) tensor. Without ``parts`` only the loss is returned
+    (nll and smooth are None), a few operations fewer.
     """
-    w_y = weight.to(lse.dtype)[target] if weight is not None else 1.0
-    nll = w_y * (lse - target_logit)
+    nll = lse - target_logit
+    if weight is not None:
+        nll = weight.to(lse.dtype)[target] * nll
     if smoothing is None:
-        smooth = torch.zeros_like(nll)
+        smooth = torch.zeros_like(nll) if parts else None
+        loss = nll
     else:
         smooth = smoothing.row_mass(target) * lse - dot
         if smoothing.non_target:
             smooth = smooth - nll / (smoothing.num_classes - 1)
-    eps = label_smoothing.to(lse.dtype) if isinstance(label_smoothing, Tensor) else label_smoothing
-    loss = (1 - eps) * nll + eps * smooth
+        eps = label_smoothing.to(lse.dtype) if isinstance(label_smoothing, Tensor) else label_smoothing
+        loss = nll + eps * (smooth - nll)  # (1 - eps) nll + eps smooth
     if z_loss:
         loss = loss + z_loss * lse.square()
-    zero = torch.zeros((), dtype=lse.dtype, device=lse.device)
-    return tuple(torch.where(valid, part, zero) for part in (loss, nll, smooth))
+    if not parts:
+        return torch.where(valid, loss, 0.0), None, None
+    return tuple(torch.where(valid, part, 0.0) for part in (loss, nll, smooth))
 
 
 class ClassTargets(NamedTuple):
@@ -252,7 +257,7 @@ class ClassTargets(NamedTuple):
     label_smoothing: float | Tensor  # a float, a 0-dim tensor or one value per row (M,)
     smoothing: Smoothing | None      # None when the loss needs no smoothing term
     shape: torch.Size                # the target's own shape, for reduction="none"
-    row_weight: Tensor               # (M,) w_y of each row's target (ones without class weights)
+    row_weight: Tensor | None        # (M,) w_y of each row's target (None without class weights: ones)
     denominator: Tensor              # 0-dim: summed w_y of valid rows, what "mean" divides by
 
 
@@ -272,12 +277,17 @@ def prepare_class_targets(target: Tensor, num_classes: int, *, ignore_index: int
         checks.raise_if_failed()
     flat_target = target.reshape(-1)
     valid = flat_target != ignore_index
-    safe_target = torch.where(valid, flat_target, torch.zeros_like(flat_target)).long()
+    safe_target = torch.where(valid, flat_target, 0)
+    if safe_target.dtype != torch.int64:
+        safe_target = safe_target.long()
     needs_smoothing = return_parts or isinstance(eps, Tensor) or eps != 0.0
     if isinstance(eps, Tensor) and eps.dim():
         eps = eps.reshape(-1)
-    w_y = weight.to(dtype)[safe_target] if weight is not None else torch.ones_like(safe_target, dtype=dtype)
-    denominator = torch.where(valid, w_y, torch.zeros_like(w_y)).sum()
+    if weight is None:
+        w_y, denominator = None, valid.sum().to(dtype)
+    else:
+        w_y = weight.to(dtype)[safe_target]
+        denominator = torch.where(valid, w_y, 0.0).sum()
     return ClassTargets(safe_target, valid, eps, smoothing if needs_smoothing else None, target.shape,
                         w_y, denominator)
 
@@ -288,7 +298,7 @@ def class_target_loss(lse: Tensor, target_logit: Tensor, dot: Tensor, targets: C
     """The reduced loss (or parts) from row statistics; ``mean`` divides by the summed ``w_y`` of valid rows."""
     rows = combine_row_statistics(lse, target_logit, dot, target=targets.target, valid=targets.valid,
                                   smoothing=targets.smoothing, weight=weight,
-                                  label_smoothing=targets.label_smoothing, z_loss=z_loss)
+                                  label_smoothing=targets.label_smoothing, z_loss=z_loss, parts=return_parts)
     return reduce_parts(rows, reduction, targets.denominator, targets.shape, dtype, return_parts)
 
 
@@ -403,25 +413,32 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, i
                              dtype=input.dtype, return_parts=return_parts)
 
 
-def loss_gradient_coefficients(valid: Tensor, w_y: Tensor, eps: float | Tensor, smoothing: Smoothing | None,
-                               target: Tensor, z_loss: float, scale: Tensor | float
-                               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per-row (a, b, g_xy, g_dot) with g_lse = a + b lse: the derivative of the summed loss rows,
-    times ``scale``, with respect to the row statistics.
+def loss_gradient_coefficients(valid: Tensor, w_y: Tensor | None, eps: float | Tensor,
+                               smoothing: Smoothing | None, target: Tensor, z_loss: float, scale: Tensor | float,
+                               dtype: torch.dtype) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+    """Per-row (a, b, g_xy, g_dot) with g_lse = a + b lse (b None without z-loss): the derivative
+    of the summed loss rows, times ``scale``, with respect to the row statistics.
 
     From :func:`combine_row_statistics`: ``nll = w_y (lse - x_y)``, ``smooth = m_y lse - dot
     - c_y (lse - x_y)`` (``c_y = w_y / (K - 1)`` for non_target, else 0) and
-    ``loss = (1 - eps) nll + eps smooth + z_loss lse^2``, times ``s = valid * scale``.
+    ``loss = (1 - eps) nll + eps smooth + z_loss lse^2``, times ``s = valid * scale``; ``w_y``
+    None means 1.
     """
-    s = valid.to(w_y.dtype) * scale
-    mass = 0.0 if smoothing is None else smoothing.row_mass(target)
-    non_target = (w_y / (smoothing.num_classes - 1)
-                  if smoothing is not None and smoothing.non_target else torch.zeros_like(w_y))
-    a = s * ((1 - eps) * w_y + eps * (mass - non_target))
-    b = 2 * z_loss * s
-    g_xy = -s * ((1 - eps) * w_y - eps * non_target)
-    g_dot = -s * eps
-    return tuple(c.contiguous() for c in torch.broadcast_tensors(a, b, g_xy, g_dot))
+    s = valid.to(dtype)
+    if not (isinstance(scale, float) and scale == 1.0):
+        s = s * scale
+    own = 1 - eps if w_y is None else (1 - eps) * w_y  # what multiplies lse - x_y, before non_target
+    if smoothing is None:
+        a = s * own
+    else:
+        mass = smoothing.row_mass(target)
+        if smoothing.non_target:
+            own = own - eps * (w_y if w_y is not None else 1.0) / (smoothing.num_classes - 1)
+        a = s * (own + eps * mass)
+    b = 2 * z_loss * s if z_loss else None
+    g_xy = (s * own).neg_()
+    g_dot = s * (-eps) if smoothing is not None else torch.zeros_like(s)
+    return a, b, g_xy, g_dot
 
 
 def cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor | None = None, ignore_index: int = -100,
@@ -482,9 +499,10 @@ def cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor | None
         eps = targets.label_smoothing
         a, b, g_xy, g_dot = loss_gradient_coefficients(targets.valid, targets.row_weight,
                                                        eps.to(acc) if isinstance(eps, Tensor) else eps,
-                                                       targets.smoothing, targets.target, z_loss, scale)
-        grad = row_statistics_gradient(logits, targets.target, lse, vector, matrix, torch.addcmul(a, b, lse),
-                                       g_xy, g_dot if targets.smoothing is not None else None)
+                                                       targets.smoothing, targets.target, z_loss, scale, acc)
+        grad = row_statistics_gradient(logits, targets.target, lse, vector, matrix,
+                                       a if b is None else torch.addcmul(a, b, lse), g_xy,
+                                       g_dot if targets.smoothing is not None else None)
         if softcap is not None:  # d(c tanh(x / c))/dx = 1 - tanh^2
             grad.mul_(1 - (logits / softcap).square())
         if input.dim() > 2:

@@ -451,7 +451,9 @@ def fused_cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor 
     wants_grad = input.requires_grad and torch.is_grad_enabled()
     if wants_grad:
         grad_rows = rows if inplace_backward else torch.empty_like(rows)
-        coefficients = loss_gradient_coefficients(valid, w_y, eps, smoothing, safe_target, z_loss, scale)
+        a, b, g_xy, g_dot = loss_gradient_coefficients(valid, w_y, eps, smoothing, safe_target, z_loss, scale, acc)
+        coefficients = tuple(c.contiguous() for c in torch.broadcast_tensors(
+            a, torch.zeros_like(a) if b is None else b, g_xy, g_dot))
         lse, target_logit, dot = _launch_forward_with_grad(rows, grad_rows, safe_target, smoothing_tensor,
                                                            class_conditional, softcap, coefficients)
     else:
