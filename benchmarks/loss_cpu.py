@@ -6,7 +6,9 @@ Providers (all with label_smoothing=0.1, reduction="mean", fp32 logits):
 - ``torch_compiled``: the same under ``torch.compile`` (inductor);
 - ``labelsmooth``: ``labelsmooth.cross_entropy`` eager (``impl="torch"``, the reference path);
 - ``labelsmooth_compiled``: ``torch.compile(fullgraph=True)`` of it with ``validate_args=False``;
-- ``labelsmooth_inplace``: eager with ``inplace_backward=True`` (the gradient overwrites the logits).
+- ``labelsmooth_inplace``: eager with ``inplace_backward=True`` (the gradient overwrites the logits);
+- ``labelsmooth_with_grad``: ``labelsmooth.cross_entropy_with_grad``, the loss and its gradient in
+  closed form, without autograd.
 
 Method:
 
@@ -71,6 +73,7 @@ class Provider:
     make: Callable[[], Callable]  # builds loss(logits, target), e.g. compiling it
     warmup: int
     overwrites_logits: bool = False
+    returns_grad: bool = False  # loss(logits, target) returns (loss, grad) itself
 
 
 def _compiled(fn: Callable, **compile_args) -> Callable[[], Callable]:
@@ -93,12 +96,17 @@ def _labelsmooth_inplace_loss(logits, target):
     return ls.cross_entropy(logits, target, label_smoothing=EPS, inplace_backward=True)
 
 
+def _labelsmooth_with_grad(logits, target):
+    return ls.cross_entropy_with_grad(logits, target, label_smoothing=EPS)
+
+
 PROVIDERS = {
     "torch": Provider(lambda: _torch_loss, warmup=1),
     "torch_compiled": Provider(_compiled(_torch_loss), warmup=2),
     "labelsmooth": Provider(lambda: _labelsmooth_loss, warmup=1),
     "labelsmooth_compiled": Provider(_compiled(_labelsmooth_unchecked_loss, fullgraph=True), warmup=2),
     "labelsmooth_inplace": Provider(lambda: _labelsmooth_inplace_loss, warmup=1, overwrites_logits=True),
+    "labelsmooth_with_grad": Provider(lambda: _labelsmooth_with_grad, warmup=1, returns_grad=True),
 }
 
 
@@ -128,7 +136,10 @@ def measure(provider_name: str, size: str) -> dict:
                 logits.copy_(original)
 
     def forward_backward() -> None:
-        torch.autograd.grad(loss_fn(logits, target), logits)
+        if provider.returns_grad:
+            loss_fn(logits, target)
+        else:
+            torch.autograd.grad(loss_fn(logits, target), logits)
 
     for _ in range(provider.warmup):
         step()
