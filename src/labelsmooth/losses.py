@@ -325,6 +325,22 @@ def check_class_index_target(input: Tensor, target: Tensor) -> None:
         raise ValueError(f"target must hold integer class indices or probabilities, got dtype {target.dtype}")
 
 
+def check_class_index_call(caller: str, input: Tensor, target: Tensor, weight: Tensor | None, reduction: str,
+                           softcap: float | None, z_loss: float) -> None:
+    """ValueError unless ``input`` is (N, K, ...) logits, ``target`` class indices to match and the
+    options valid, for the entry points that take nothing else (``caller`` names the function)."""
+    check_reduction(reduction)
+    check_logit_options(softcap, z_loss)
+    check_logits(input)
+    if input.dim() < 2 or not isinstance(target, Tensor) or target.is_floating_point():
+        raise ValueError(f"{caller} takes (N, K, ...) logits and class-index targets; got input of shape "
+                         f"{tuple(input.shape)} and target "
+                         f"{target.dtype if isinstance(target, Tensor) else type(target).__name__} "
+                         f"(use labelsmooth.cross_entropy for these)")
+    check_class_index_target(input, target)
+    check_class_weight(weight, input.shape[1])
+
+
 def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, ignore_index: int = -100,
                   reduction: str = "mean", label_smoothing: float | Tensor = 0.0, *,
                   distribution: Distribution = "uniform", z_loss: float = 0.0,
@@ -466,16 +482,8 @@ def cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor | None
         >>> round(loss.item(), 4), torch.allclose(grad, reference.grad)
         (0.9547, True)
     """
-    check_logits(input)
-    check_reduction(reduction)
-    if input.dim() < 2 or not isinstance(target, Tensor) or target.is_floating_point():
-        raise ValueError(f"cross_entropy_with_grad takes (N, K, ...) logits and class-index targets; got input "
-                         f"of shape {tuple(input.shape)} and target "
-                         f"{target.dtype if isinstance(target, Tensor) else type(target).__name__}")
-    check_class_index_target(input, target)
+    check_class_index_call("cross_entropy_with_grad", input, target, weight, reduction, softcap, z_loss)
     num_classes = input.shape[1]
-    check_class_weight(weight, num_classes)
-    check_logit_options(softcap, z_loss)
     acc = accumulation_dtype(input.dtype)
     targets = prepare_class_targets(target, num_classes, ignore_index=ignore_index,
                                     label_smoothing=label_smoothing, distribution=distribution, weight=weight,

@@ -49,16 +49,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..losses import (accumulation_dtype, class_target_loss, loss_gradient_coefficients, prepare_class_targets,
-                      to_rows)
-from ..targets import (
-    Distribution,
-    Smoothing,
-    check_class_weight,
-    check_logit_options,
-    check_logits,
-    check_reduction,
-)
+from ..losses import (accumulation_dtype, check_class_index_call, class_target_loss, loss_gradient_coefficients,
+                      prepare_class_targets, to_rows)
+from ..targets import Distribution, Smoothing
 from .utils import check_kernel_device, row_block_size, row_num_warps, triton_dtype
 
 import triton  # noqa: E402,I001  (after .utils, which may switch the interpreter on)
@@ -416,19 +409,8 @@ def fused_cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor 
         >>> round(loss.item(), 4), torch.allclose(logits.grad, reference.grad)
         (0.9547, True)
     """
-    check_logits(input)
-    check_reduction(reduction)
-    if input.dim() < 2 or not isinstance(target, Tensor) or target.is_floating_point():
-        raise ValueError(f"fused_cross_entropy_with_grad takes (N, K, ...) logits and class-index targets; "
-                         f"got input of shape {tuple(input.shape)} and target "
-                         f"{target.dtype if isinstance(target, Tensor) else type(target).__name__} "
-                         f"(use labelsmooth.cross_entropy for these)")
+    check_class_index_call("fused_cross_entropy_with_grad", input, target, weight, reduction, softcap, z_loss)
     num_classes = input.shape[1]
-    expected = input.shape[:1] + input.shape[2:]
-    if target.shape != expected:
-        raise ValueError(f"target must have shape {tuple(expected)}, got shape {tuple(target.shape)}")
-    check_class_weight(weight, num_classes)
-    check_logit_options(softcap, z_loss)
     check_kernel_device(input, "input")
     acc = accumulation_dtype(input.dtype)
 
