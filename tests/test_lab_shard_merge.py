@@ -15,7 +15,7 @@ from labelsmooth.cli import main
 from labelsmooth.lab import report
 from labelsmooth.lab.merge import merge_shards
 from labelsmooth.lab.shard import format_shard, parse_shard, select_cells
-from labelsmooth.lab.sweep import SweepConfig, run_sweep
+from labelsmooth.lab.sweep import SweepConfig
 
 
 # Shard spec and selection ----------------------------------------------------------------------
