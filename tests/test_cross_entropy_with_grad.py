@@ -108,3 +108,13 @@ def test_bad_input_names_the_argument():
         ls.cross_entropy_with_grad(logits_of((4, K)), torch.tensor([0, 1, 2, K]))
     with pytest.raises(ValueError, match="reduction"):
         ls.cross_entropy_with_grad(logits_of((4, K)), target_of((4, K)), reduction="avg")
+
+
+def test_a_masked_target_logit_gives_an_infinite_loss_as_torch():
+    """x_y = -inf: nll and smooth are both +inf; their combination must stay inf, not inf - inf."""
+    logits = torch.tensor([[float("-inf"), 0.0, 1.0], [0.5, 0.0, 1.0]])
+    target = torch.tensor([0, 2])
+    want = torch.nn.functional.cross_entropy(logits, target, label_smoothing=0.1, reduction="none")
+    loss, _ = ls.cross_entropy_with_grad(logits, target, label_smoothing=0.1, reduction="none")
+    torch.testing.assert_close(loss, want)
+    torch.testing.assert_close(ls.cross_entropy(logits, target, label_smoothing=0.1, reduction="none"), want)

@@ -241,7 +241,7 @@ def combine_row_statistics(lse: Tensor, target_logit: Tensor, dot: Tensor, *, ta
         if smoothing.non_target:
             smooth = smooth - nll / (smoothing.num_classes - 1)
         eps = label_smoothing.to(lse.dtype) if isinstance(label_smoothing, Tensor) else label_smoothing
-        loss = nll + eps * (smooth - nll)  # (1 - eps) nll + eps smooth
+        loss = (1 - eps) * nll + eps * smooth  # not nll + eps (smooth - nll): inf - inf where x_y = -inf
     if z_loss:
         loss = loss + z_loss * lse.square()
     if not parts:
