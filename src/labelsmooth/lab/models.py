@@ -268,7 +268,7 @@ class SeedCNNSaved(NamedTuple):
     patches: list[Tensor]        # per input batch, (N * L1, cin * 9 + 1): patch_rows
     w1: Tensor                   # (C, c1, cin, 3, 3)
     h1: Tensor                   # (N, C * c1, H1, W1) after the ReLU, channels-last
-    w2: Tensor                   # (C, c2, c1, 3, 3)
+    kernels2: Tensor             # (C * c2, c1, 3, 3), conv2's kernels as convolved, channels-last
     h2: Tensor                   # (N, C * c2, H2, W2) after the ReLU, channels-last
     features: Tensor             # (C, N, L2 * c2): h2 per cell, (position, channel) order
     head: Tensor                 # (C, K, L2 * c2), the head's map M in the same order
@@ -305,14 +305,15 @@ def seed_cnn_forward(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, 
         start += count
     h1 = (parts[0] if len(parts) == 1 else torch.cat(parts, 1)).relu_()  # (N L1, C c1)
     h1 = h1.view(n, rows1, cols1, cells * c1).permute(0, 3, 1, 2)
-    h2 = F.conv2d(h1, w2.flatten(0, 1).contiguous(memory_format=torch.channels_last), b2.flatten(), 2, 1,
-                  groups=cells).relu_()
+    kernels2 = w2.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+    h2 = F.conv2d(h1, kernels2, b2.flatten(), 2, 1, groups=cells).relu_()
     positions = h2.shape[2] * h2.shape[3]
     features = h2.permute(0, 2, 3, 1).reshape(n, positions, cells, c2).permute(2, 0, 1, 3).reshape(cells, n, -1)
     taps = tap_map(*h2.shape[2:], device=h2.device, dtype=h2.dtype)
     head = torch.matmul(taps.t(), w3.reshape(cells * k, c2, 9).transpose(1, 2)).view(cells, k, -1)
     logits = torch.baddbmm(b3.unsqueeze(1), features, head.transpose(1, 2))
-    return logits, SeedCNNSaved(patches, w1, h1, w2, h2, features, head, taps, tuple(counts), (height, width))
+    return logits, SeedCNNSaved(patches, w1, h1, kernels2, h2, features, head, taps, tuple(counts),
+                                (height, width))
 
 
 def seed_cnn_backward(saved: SeedCNNSaved, grad: Tensor, needs: Sequence[bool]) -> list[Tensor | None]:
@@ -328,9 +329,9 @@ def seed_cnn_backward(saved: SeedCNNSaved, grad: Tensor, needs: Sequence[bool]) 
        trailing 1 of P sums dh1 over rows for the bias), and dx folds dh1 W1 back onto the
        image (the transpose of the patch rows).
     """
-    patches, w1, h1, w2, h2, features, head, taps, counts, input_shape = saved
+    patches, w1, h1, kernels2, h2, features, head, taps, counts, input_shape = saved
     cells, n, k = grad.shape
-    c1, cin, c2 = w1.shape[1], w1.shape[2], w2.shape[1]
+    c1, cin, c2 = w1.shape[1], w1.shape[2], kernels2.shape[0] // cells
     positions = taps.shape[1]
     grads: list[Tensor | None] = [None] * 7
     # 3. the head
@@ -346,9 +347,9 @@ def seed_cnn_backward(saved: SeedCNNSaved, grad: Tensor, needs: Sequence[bool]) 
     dh2 = torch.ops.aten.threshold_backward(dh2, h2, 0)
     # 2. conv2
     dh1, dw2, db2 = torch.ops.aten.convolution_backward(
-        dh2, h1, w2.flatten(0, 1).contiguous(memory_format=torch.channels_last), [cells * c2], [2, 2], [1, 1],
-        [1, 1], False, [0, 0], cells, [any(needs[:3]), needs[3], needs[4]])
-    grads[3] = None if dw2 is None else dw2.reshape(w2.shape)
+        dh2, h1, kernels2, [cells * c2], [2, 2], [1, 1], [1, 1], False, [0, 0], cells,
+        [any(needs[:3]), needs[3], needs[4]])
+    grads[3] = None if dw2 is None else dw2.reshape(cells, c2, *kernels2.shape[1:])
     grads[4] = None if db2 is None else db2.view(cells, c2)
     if not any(needs[:3]):
         return grads

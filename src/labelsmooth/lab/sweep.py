@@ -30,9 +30,9 @@ Data parallel: under ``torchrun --nproc-per-node N -m labelsmooth sweep ...`` (o
 parallel. Each global batch is the single-process one; rank ``r`` takes its contiguous share of
 it (sizes differ by at most one) and computes the gradient of ``sum of its rows' losses / batch
 size``; one SUM all-reduce of the flattened gradients per step makes it exactly the gradient of
-the batch mean on every rank, before every rank takes the same optimizer step. Evaluation splits are shared out the same way and the logits
-gathered, so every metric and ``final.npz`` covers every image; the epoch's training loss is a
-SUM all-reduce. Rank 0 alone reads and writes the run directory and broadcasts its decisions
+the batch mean on every rank, before every rank takes the same optimizer step. Evaluation
+splits are shared out the same way and the logits gathered, so every metric and ``final.npz``
+covers every image; the epoch's training loss is a SUM all-reduce. Rank 0 alone reads and writes the run directory and broadcasts its decisions
 (resume, complete, refuse) and the checkpoint, so every rank ends with the same outcome.
 """
 
@@ -496,8 +496,8 @@ class CellGroup:
         batch), so a group whose cells are sorted by seed reads one batch per seed. A step: the
         model's ``stacked_vjp`` gives the logits, the core package's ``cross_entropy_with_grad``
         the loss rows and their gradient with respect to the logits, the vjp turns that into the
-        parameters' gradients, and the optimizer steps. Each rank trains on its rows of every batch and the
-        ranks' gradients are summed (see the module docstring).
+        parameters' gradients, and the optimizer steps. Each rank trains on its rows of every
+        batch and the ranks' gradients are summed (see the module docstring).
         """
         x, y = dataset.x_train, dataset.y_train
         runs = [(seed, len(list(cells))) for seed, cells in itertools.groupby(c.seed for c in self.cells)]
