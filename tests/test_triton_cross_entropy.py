@@ -25,7 +25,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported
 
 import labelsmooth as ls  # noqa: E402
-from labelsmooth.losses import torch_row_statistics  # noqa: E402
+from labelsmooth.engine import torch_row_statistics  # noqa: E402
 from labelsmooth.ops.cross_entropy import fused_cross_entropy_with_grad, row_statistics  # noqa: E402
 from labelsmooth.ops.utils import MAX_ROW_BLOCK, interpreter_active  # noqa: E402
 from labelsmooth.targets import resolve_smoothing  # noqa: E402
