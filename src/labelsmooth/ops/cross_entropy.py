@@ -41,11 +41,24 @@ but the stored gradient is used up: the loss may be backpropagated once.
 
 Layout: 1. constants, 2. kernels, 3. host functions, 4. autograd Functions, 5. entry points.
 Offsets are int64 (``row * stride``), so N x K above 2^31 elements is fine.
+
+Without a GPU. The kernels take CUDA tensors. On a machine without one they can still run, on
+CPU tensors and slowly, through Triton's interpreter (this is how they are tested). Triton decides
+when it is first imported, so switch the interpreter on in the environment before the process
+imports ``labelsmooth`` or ``triton``::
+
+    TRITON_INTERPRET=1 python train.py
+
+(or ``os.environ["TRITON_INTERPRET"] = "1"`` at the very top of the script). labelsmooth itself
+never changes the environment; without the interpreter, a CPU tensor given to ``impl="triton"``
+raises a ``ValueError`` that says this.
 """
 
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -53,9 +66,6 @@ from ..engine import (accumulation_dtype, check_class_index_call, class_target_l
                       prepare_class_targets, to_rows)
 from ..targets import Distribution, Smoothing
 from .utils import check_kernel_device, row_block_size, row_num_warps, triton_dtype
-
-import triton  # noqa: E402,I001  (after .utils, which may switch the interpreter on)
-import triton.language as tl  # noqa: E402
 
 __all__ = ["fused_cross_entropy_with_grad", "row_statistics"]
 
