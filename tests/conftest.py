@@ -1,15 +1,26 @@
-"""Shared test fixtures: a float64 reference for smoothed cross-entropy, written from the definition.
+"""Test configuration: Triton's interpreter on machines without CUDA, and a float64 reference for
+smoothed cross-entropy written from the definition.
+
+Without a CUDA device the Triton kernels run only through Triton's interpreter, which Triton
+switches on when it is first imported with ``TRITON_INTERPRET=1`` in the environment. pytest loads
+this file before it imports any test module or doctest, so the switch is set here (unless the
+environment already says otherwise); the library itself never touches the environment.
 
 The reference builds the dense smoothed target ``q' = (1 - eps) onehot(y) + eps u(. | y)`` and
-returns ``-sum_c w_c q'_c log p_c`` per row, which is DESIGN.md's weight rule
+returns ``-sum_c w_c q'_c log p_c`` per row, which is the weight rule
 ``(1 - eps) w_y (-log p_y) + eps sum_c w_c u(c | y) (-log p_c)`` written as one sum. It shares no
 code with ``labelsmooth``.
 """
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def reference_smoothing_rows(target: torch.Tensor, num_classes: int, distribution) -> torch.Tensor:

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import labelsmooth as ls
+from labelsmooth import engine
 
 K = 5
 SHAPES = [(6, K), (4, K, 3), (3, K, 2, 2), (K,)]
@@ -427,8 +428,8 @@ def test_compile_fullgraph_without_validation(reference_ce):
 
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 def test_forward_in_row_blocks_matches_formula(distribution, monkeypatch, reference_ce):
-    """Large inputs run the forward in row blocks; 3 rows per block leaves a ragged last block."""
-    monkeypatch.setattr(ls.losses, "FORWARD_BLOCK_ELEMENTS", 3 * K)
+    """Large inputs run the engine's forward in row blocks; 3 rows per block leaves a ragged last block."""
+    monkeypatch.setattr(engine, "FORWARD_BLOCK_ELEMENTS", 3 * K)
     dist = make_distribution(distribution)
     weight = class_weight("random")
     target = make_target((4, K, 5), ignore_every=3)

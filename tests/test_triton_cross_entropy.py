@@ -3,8 +3,9 @@
 Reference: the torch path (``impl="torch"`` and ``torch_row_statistics``, themselves tested against
 ``F.cross_entropy`` and a float64 formula in test_losses.py). Values and gradients are compared
 for every argument of the contract. Without CUDA the kernels run on CPU through Triton's
-interpreter, which must be on before ``triton`` is first imported: this module switches it on;
-if another module imported ``triton`` earlier without it, the cases run in a fresh process.
+interpreter, which must be on before ``triton`` is first imported: conftest.py switches it on;
+if ``triton`` was imported without it all the same (``TRITON_INTERPRET=0`` in the environment),
+the cases run in a fresh process that has it.
 Sizes are small because the interpreter runs each program in Python.
 """
 
@@ -21,11 +22,9 @@ import torch
 
 if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed (pip install 'labelsmooth[gpu]')", allow_module_level=True)
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is first imported
 
 import labelsmooth as ls  # noqa: E402
-from labelsmooth.losses import torch_row_statistics  # noqa: E402
+from labelsmooth.engine import torch_row_statistics  # noqa: E402
 from labelsmooth.ops.cross_entropy import fused_cross_entropy_with_grad, row_statistics  # noqa: E402
 from labelsmooth.ops.utils import MAX_ROW_BLOCK, interpreter_active  # noqa: E402
 from labelsmooth.targets import resolve_smoothing  # noqa: E402

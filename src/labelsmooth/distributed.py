@@ -6,7 +6,7 @@ Each rank of a process group holds a contiguous slice of the vocabulary, in rank
 and however uneven the slices. (Megatron-LM's vocab-parallel loss instead smooths with the local
 K and the local mean, so its result changes with the tensor-parallel degree.)
 
-The loss needs three per-row statistics (see :mod:`labelsmooth.losses`), and each is a sum over
+The loss needs three per-row statistics (see :mod:`labelsmooth.engine`), and each is a sum over
 the vocabulary, so each rank computes them on its slice with the ordinary row-statistics
 provider and two all-reduces combine them::
 
@@ -15,7 +15,7 @@ provider and two all-reduces combine them::
     x_y = sum_r [rank r owns y] x_y                    )  one SUM all-reduce of a (3, M) tensor
     dot = sum_r sum_{c in slice r} w_c u(c | y) x_c    )
 
-after which :func:`labelsmooth.losses.combine_row_statistics` and the usual reduction run,
+after which :func:`labelsmooth.engine.combine_row_statistics` and the usual reduction run,
 replicated, on every rank. Backward needs no communication: every rank holds the same loss, and
 its gradient ``g_lse exp(x - lse) + g_xy onehot(y) + g_dot w u(. | y)`` on its own slice uses
 the global ``lse``.
@@ -27,7 +27,15 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .losses import (
+from ._checks import (
+    check_class_weight,
+    check_index_target,
+    check_label_smoothing,
+    check_logit_options,
+    check_logits,
+    check_reduction,
+)
+from .engine import (
     LossParts,
     accumulation_dtype,
     class_target_loss,
@@ -35,15 +43,7 @@ from .losses import (
     to_rows,
     torch_row_statistics,
 )
-from .targets import (
-    Distribution,
-    Smoothing,
-    check_class_weight,
-    check_label_smoothing,
-    check_logit_options,
-    check_logits,
-    check_reduction,
-)
+from .targets import Distribution, Smoothing
 
 __all__ = ["vocab_parallel_cross_entropy"]
 
@@ -118,7 +118,8 @@ def _local_row_statistics(rows: Tensor, local_target: Tensor, target: Tensor,
 
     A class-conditional distribution's row is chosen by the *global* target, so its dot product
     is taken here rather than in the provider. The provider is the hook for a fused kernel: the
-    Triton provider of ``losses.ROW_STATISTICS`` computes the same statistics on CUDA.
+    Triton provider (``labelsmooth.ops.cross_entropy.row_statistics``) computes the same
+    statistics on CUDA.
     """
     columns = slice(offset, offset + rows.shape[1])
     if smoothing is not None and smoothing.matrix is not None:
@@ -127,18 +128,6 @@ def _local_row_statistics(rows: Tensor, local_target: Tensor, target: Tensor,
         return lse, target_logit, dot
     local = _slice_smoothing(smoothing, columns) if smoothing is not None else None
     return torch_row_statistics(rows, local_target, local, None)
-
-
-def _check_class_index_target(target: Tensor, input_shape: torch.Size) -> None:
-    if not isinstance(target, Tensor):
-        raise ValueError(f"target must be a tensor of class indices, got {type(target).__name__}")
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise ValueError(f"target must hold integer class indices (probability targets are not "
-                         f"supported by the vocab-parallel loss), got dtype {target.dtype}")
-    expected = input_shape[:1] + input_shape[2:]
-    if target.shape != expected:
-        raise ValueError(f"target must have shape {tuple(expected)} (local_logits {tuple(input_shape)} "
-                         f"without its class dimension), got shape {tuple(target.shape)}")
 
 
 def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, label_smoothing: float | Tensor = 0.0,
@@ -198,7 +187,9 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, label_smo
     if local_logits.dim() < 2:
         raise ValueError(f"local_logits must have shape (N, K_local) or (N, K_local, d1, ...), "
                          f"got shape {tuple(local_logits.shape)}")
-    _check_class_index_target(target, local_logits.shape)
+    check_index_target(target, local_logits.shape[:1] + local_logits.shape[2:],
+                       unsupported_by="by the vocab-parallel loss",
+                       shape_source=f"local_logits {tuple(local_logits.shape)} without its class dimension")
     check_logit_options(None, z_loss)
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("vocab_parallel_cross_entropy needs an initialized process group "

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .losses import cross_entropy
-from .targets import check_label_smoothing, check_reduction
+from ._checks import check_label_smoothing, check_reduction
 
 __all__ = ["OnlineLabelSmoothing"]
 

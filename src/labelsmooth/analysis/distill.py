@@ -1,6 +1,6 @@
 """Knowledge distillation (Hinton et al. 2015) and how smooth a teacher's predictions are.
 
-Seed 004 / Müller, Kornblith & Hinton (2019, Section 4) claim a teacher trained with label
+Müller, Kornblith & Hinton (2019, Section 4) claim a teacher trained with label
 smoothing is a worse teacher: its logits keep less information about which classes resemble
 each other. :func:`distillation_loss` is the student's objective and :func:`smoothness_index`
 puts a teacher (at any temperature) on the same scale as a label-smoothing factor, so a smoothed
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..losses import cross_entropy
-from ..targets import ContentChecks, check_class_indices, check_logits, check_reduction
+from .._checks import ContentChecks, check_class_indices, check_logits, check_reduction
 
 __all__ = ["distillation_loss", "smoothness_index"]
 

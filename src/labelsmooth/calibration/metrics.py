@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..targets import _SUM_TOLERANCE, ContentChecks, check_class_indices
+from .._checks import SUM_TOLERANCE, ContentChecks, check_class_indices
 
 __all__ = [
     "BINNINGS",
@@ -113,7 +113,7 @@ def check_inputs(probs: ArrayLike, target: ArrayLike, *, from_logits: bool,
             checks.add((low >= 0) & (high <= 1),
                        lambda lo, hi: f"probs must lie in [0, 1] (pass from_logits=True for logits), "
                                       f"got values in [{lo:.4g}, {hi:.4g}]", low, high)
-            tolerance = _SUM_TOLERANCE[probs.dtype] * max(1.0, probs.shape[1] / 100)
+            tolerance = SUM_TOLERANCE[probs.dtype] * max(1.0, probs.shape[1] / 100)
             off = (probs.sum(1) - 1).abs().max()
             checks.add(off <= tolerance, lambda v: f"each row of probs must sum to 1 (within "
                                                    f"{tolerance:g}), off by {v:.3g}", off)

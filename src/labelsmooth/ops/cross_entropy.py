@@ -1,7 +1,7 @@
 """Fused Triton label-smoothed cross-entropy: the ``impl="triton"`` row-statistics provider.
 
 :func:`labelsmooth.cross_entropy` reduces every loss to three statistics per row of logits x
-(see :mod:`labelsmooth.losses`), with ``v = w * u`` for a shared smoothing distribution or
+(see :mod:`labelsmooth.engine`), with ``v = w * u`` for a shared smoothing distribution or
 ``v = w * U[y]`` for a class-conditional one::
 
     lse = log sum_c exp(x_c),    x_y = x[y],    dot = sum_c v_c x_c
@@ -41,21 +41,31 @@ but the stored gradient is used up: the loss may be backpropagated once.
 
 Layout: 1. constants, 2. kernels, 3. host functions, 4. autograd Functions, 5. entry points.
 Offsets are int64 (``row * stride``), so N x K above 2^31 elements is fine.
+
+Without a GPU. The kernels take CUDA tensors. On a machine without one they can still run, on
+CPU tensors and slowly, through Triton's interpreter (this is how they are tested). Triton decides
+when it is first imported, so switch the interpreter on in the environment before the process
+imports ``labelsmooth`` or ``triton``::
+
+    TRITON_INTERPRET=1 python train.py
+
+(or ``os.environ["TRITON_INTERPRET"] = "1"`` at the very top of the script). labelsmooth itself
+never changes the environment; without the interpreter, a CPU tensor given to ``impl="triton"``
+raises a ``ValueError`` that says this.
 """
 
 from __future__ import annotations
 
 import torch
+import triton
+import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..losses import (accumulation_dtype, check_class_index_call, class_target_loss, loss_gradient_coefficients,
+from ..engine import (accumulation_dtype, check_class_index_call, class_target_loss, loss_gradient_coefficients,
                       prepare_class_targets, to_rows)
 from ..targets import Distribution, Smoothing
 from .utils import check_kernel_device, row_block_size, row_num_warps, triton_dtype
-
-import triton  # noqa: E402,I001  (after .utils, which may switch the interpreter on)
-import triton.language as tl  # noqa: E402
 
 __all__ = ["fused_cross_entropy_with_grad", "row_statistics"]
 
@@ -350,7 +360,7 @@ def row_statistics(logits: Tensor, target: Tensor, smoothing: Smoothing | None,
                    softcap: float | None, inplace_backward: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """The Triton row-statistics provider: ``(lse, x_y, dot)`` per row, differentiable in logits.
 
-    Same contract as :func:`labelsmooth.losses.torch_row_statistics`: ``logits`` (M, K) on CUDA
+    Same contract as :func:`labelsmooth.engine.torch_row_statistics`: ``logits`` (M, K) on CUDA
     (or on CPU under ``TRITON_INTERPRET=1``), ``target`` (M,) int64 class indices in range,
     ``smoothing`` the resolved distribution (``None`` when no smoothing term is needed), and
     ``dot = sum_c v_c x_c`` with ``v = smoothing.vector`` or ``smoothing.matrix[y]``. Outputs are
@@ -419,27 +429,20 @@ def fused_cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor 
                                     label_smoothing=label_smoothing, distribution=distribution, weight=weight,
                                     dtype=acc, device=input.device, validate_args=validate_args,
                                     return_parts=False)
-    safe_target, valid, smoothing, denominator = (targets.target, targets.valid, targets.smoothing,
-                                                  targets.denominator)
-    eps = targets.label_smoothing
-    eps = eps.to(acc) if isinstance(eps, Tensor) else eps
-    w_y = targets.row_weight
-    scale = (1 / torch.where(denominator == 0, torch.ones_like(denominator), denominator)
-             if reduction == "mean" else 1.0)
 
     # 2. statistics, and the gradient when one is wanted, in one kernel
     rows = _unit_column_stride(to_rows(input.detach(), num_classes))
-    smoothing_tensor, class_conditional = _smoothing_operand(smoothing)
+    smoothing_tensor, class_conditional = _smoothing_operand(targets.smoothing)
     wants_grad = input.requires_grad and torch.is_grad_enabled()
     if wants_grad:
         grad_rows = rows if inplace_backward else torch.empty_like(rows)
-        a, b, g_xy, g_dot = loss_gradient_coefficients(valid, w_y, eps, smoothing, safe_target, z_loss, scale, acc)
+        a, b, g_xy, g_dot = loss_gradient_coefficients(targets, z_loss=z_loss, reduction=reduction, dtype=acc)
         coefficients = tuple(c.contiguous() for c in torch.broadcast_tensors(
             a, torch.zeros_like(a) if b is None else b, g_xy, g_dot))
-        lse, target_logit, dot = _launch_forward_with_grad(rows, grad_rows, safe_target, smoothing_tensor,
+        lse, target_logit, dot = _launch_forward_with_grad(rows, grad_rows, targets.target, smoothing_tensor,
                                                            class_conditional, softcap, coefficients)
     else:
-        lse, target_logit, dot = _launch_forward(rows, safe_target, smoothing_tensor, class_conditional,
+        lse, target_logit, dot = _launch_forward(rows, targets.target, smoothing_tensor, class_conditional,
                                                  softcap)
 
     # 3. the loss from the statistics, exactly as labelsmooth.cross_entropy forms it

@@ -3,7 +3,7 @@
 An LM head computes ``z = h W^T + b`` (N tokens x V vocabulary) and then the loss; at N = 32k,
 V = 128k the logits alone take 8-16 GB. Here the logits exist one *tile* at a time (a chunk of
 tokens x a block of the vocabulary). The loss itself is the core's: this module computes the row
-statistics ``(lse, x_y, dot)`` of :mod:`labelsmooth.losses` tile by tile and hands them to
+statistics ``(lse, x_y, dot)`` of :mod:`labelsmooth.engine` tile by tile and hands them to
 ``combine_row_statistics``, so class weights, every distribution, per-sample eps, z-loss,
 ignore_index and the reductions are exactly those of :func:`labelsmooth.cross_entropy`.
 
@@ -66,7 +66,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..losses import (
+from .._checks import check_class_weight, check_index_target, check_logit_options, check_reduction
+from ..engine import (
     LossParts,
     accumulation_dtype,
     combine_row_statistics,
@@ -74,7 +75,7 @@ from ..losses import (
     reduce_parts,
     reduce_rows,
 )
-from ..targets import Distribution, check_class_weight, check_logit_options, check_reduction
+from ..targets import Distribution
 
 __all__ = ["linear_cross_entropy", "plan_tiles"]
 
@@ -479,17 +480,6 @@ def _check_linear_head(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> N
                          f"got shape {tuple(bias.shape)}")
 
 
-def _check_target(target: Tensor, hidden: Tensor) -> None:
-    if not isinstance(target, Tensor):
-        raise ValueError(f"target must be a tensor of class indices, got {type(target).__name__}")
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise ValueError(f"target must hold integer class indices (probability targets are not supported "
-                         f"here), got dtype {target.dtype}")
-    if target.shape != hidden.shape[:-1]:
-        raise ValueError(f"target must have shape {tuple(hidden.shape[:-1])} (hidden {tuple(hidden.shape)} "
-                         f"without its last dimension), got shape {tuple(target.shape)}")
-
-
 def _check_positive_int(name: str, value) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ValueError(f"{name} must be a positive int or None, got {value!r}")
@@ -510,8 +500,8 @@ def _check_options(softcap, z_loss, chunk_size, vocab_chunk_size, filter_eps) ->
 
 def _check_impl(impl: str) -> None:
     if impl == "triton":
-        raise ValueError("impl='triton' is not implemented for linear_cross_entropy yet (issue 7 leaves the "
-                         "Triton path optional); use impl='chunked' or 'auto', which run on CPU and GPU")
+        raise ValueError("impl='triton' is not implemented for linear_cross_entropy yet; use impl='chunked' "
+                         "or 'auto', which run on CPU and GPU")
     if impl not in ("auto", "chunked"):
         raise ValueError(f"impl must be 'auto', 'chunked' or 'triton', got {impl!r}")
 
@@ -566,7 +556,8 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias: T
         tensor(4.1537)
     """
     _check_linear_head(hidden, weight, bias)
-    _check_target(target, hidden)
+    check_index_target(target, hidden.shape[:-1], unsupported_by="here",
+                       shape_source=f"hidden {tuple(hidden.shape)} without its last dimension")
     check_reduction(reduction)
     vocab = weight.shape[0]
     check_class_weight(class_weight, vocab, "class_weight")

@@ -1,25 +1,17 @@
 """Shared helpers of the Triton kernels in ``labelsmooth.ops``: block sizes, warps, dtypes, devices.
 
-Importing this module on a machine without CUDA switches Triton's interpreter on
-(``TRITON_INTERPRET=1``, unless the variable is already set) before ``triton`` is imported:
-there, the interpreter is the only way a Triton kernel runs at all, and it runs them on CPU
-tensors (slowly; this is how the kernels are tested without a GPU). Triton reads the variable
-when it is first imported, so a process that imported ``triton`` earlier without it keeps
-compiled kernels, and :func:`check_kernel_device` then says so instead of failing obscurely.
+Importing this module imports ``triton`` and leaves the environment alone. Triton runs kernels on
+CPU tensors only through its interpreter, which it switches on when it is first imported with
+``TRITON_INTERPRET=1`` in the environment (see :mod:`labelsmooth.ops.cross_entropy`);
+:func:`interpreter_active` says whether it did, and :func:`check_kernel_device` turns a CPU
+tensor without it into a ``ValueError`` that says how to switch it on.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-
 import torch
-
-if not torch.cuda.is_available() and "triton" not in sys.modules:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import triton  # noqa: E402  (after the interpreter switch above)
-import triton.language as tl  # noqa: E402
+import triton
+import triton.language as tl
 
 __all__ = [
     "MAX_ROW_BLOCK",
@@ -82,5 +74,6 @@ def check_kernel_device(tensor: torch.Tensor, name: str) -> None:
     if tensor.is_cuda or interpreter_active():
         return
     raise ValueError(f"{name} must be a CUDA tensor for the Triton kernels, got a tensor on "
-                     f"{tensor.device}; on CPU they run through Triton's interpreter, which needs "
-                     f"TRITON_INTERPRET=1 set before triton is first imported")
+                     f"{tensor.device}; to run them on CPU through Triton's interpreter (slow), set "
+                     f"TRITON_INTERPRET=1 in the environment before importing labelsmooth or triton "
+                     f"(e.g. TRITON_INTERPRET=1 python script.py)")

@@ -1,0 +1,257 @@
+"""Argument and content checks shared by every entry point, one helper per concern.
+
+Checks of *arguments* (types, shapes, names) always run and raise a ``ValueError`` that names the
+argument, what was expected and what came. Checks of tensor *contents* (target range, sums of
+priors, per-sample eps) are gathered by :class:`ContentChecks` and resolved with a single host
+synchronisation, so they can be switched off (``validate_args=False``) for speed and for
+``torch.compile(fullgraph=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "REDUCTIONS",
+    "SUM_TOLERANCE",
+    "ContentChecks",
+    "check_class_index_target",
+    "check_class_index_tensor",
+    "check_class_indices",
+    "check_class_weight",
+    "check_distribution_tensor",
+    "check_floating_dtype",
+    "check_index_target",
+    "check_label_smoothing",
+    "check_logit_options",
+    "check_logits",
+    "check_num_classes",
+    "check_reduction",
+    "check_soft_target",
+    "first_offender",
+]
+
+REDUCTIONS = ("none", "mean", "sum")
+# Tolerance for "sums to 1" of user-supplied probabilities, relative to their dtype's precision.
+SUM_TOLERANCE = {torch.float16: 1e-2, torch.bfloat16: 2e-2, torch.float32: 1e-4, torch.float64: 1e-8}
+
+
+# 1. Content checks: collected as tensors, resolved with one host sync --------------------------
+
+
+class ContentChecks:
+    """Collects checks of tensor contents and raises the first failure with one host sync.
+
+    Each check is a 0-dim boolean tensor that is True when the contents are valid, plus a message
+    built from 0-dim "evidence" tensors (for example the offending minimum), which are fetched
+    together with the flags.
+
+    Example:
+        >>> checks = ContentChecks()
+        >>> x = torch.tensor([0.5, -2.0])
+        >>> checks.add((x >= 0).all(), lambda v: f"x must be non-negative, got {v}", x.min())
+        >>> checks.raise_if_failed()
+        Traceback (most recent call last):
+        ValueError: x must be non-negative, got -2.0
+    """
+
+    def __init__(self) -> None:
+        self._flags: list[Tensor] = []
+        self._evidence: list[Tensor] = []
+        self._messages: list[Callable[..., str]] = []
+
+    def add(self, ok: Tensor, message: Callable[..., str], *evidence: Tensor) -> None:
+        self._flags.append(ok.reshape(()))
+        self._evidence.append(torch.stack([e.detach().reshape(()).double() for e in evidence])
+                              if evidence else ok.new_zeros(0, dtype=torch.float64))
+        self._messages.append(message)
+
+    def raise_if_failed(self) -> None:
+        if not self._flags:
+            return
+        flags = torch.stack([f.to(torch.bool) for f in self._flags])
+        evidence = torch.cat([e.to(flags.device) for e in self._evidence])
+        # One transfer: every flag and every evidence value come back together.
+        values = torch.cat([flags.double(), evidence]).tolist()
+        flag_values, rest = values[: len(self._flags)], values[len(self._flags):]
+        for ok, message, ev in zip(flag_values, self._messages, self._evidence):
+            n = ev.numel()
+            args, rest = rest[:n], rest[n:]
+            if not ok:
+                raise ValueError(message(*args))
+
+
+def first_offender(values: Tensor, bad: Tensor) -> Tensor:
+    """The first element of ``values`` where ``bad`` is True, as 0-dim evidence for a message.
+
+    Any element (or 0 for an empty tensor) when nothing is bad; the flag decides whether it is shown.
+    """
+    if values.numel() == 0:
+        return values.new_zeros(())
+    return values.reshape(-1)[bad.reshape(-1).to(torch.int64).argmax()]
+
+
+# 2. Logits and options ---------------------------------------------------------------------------
+
+
+def check_logits(input: Tensor, name: str = "input") -> None:
+    """``input`` must be a floating tensor with a class dimension."""
+    if not isinstance(input, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of logits, got {type(input).__name__}")
+    if not input.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor of logits, got dtype {input.dtype}")
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def check_logit_options(softcap: float | None, z_loss: float) -> None:
+    """``softcap``: a positive float or None; ``z_loss``: a float."""
+    if softcap is not None and not (isinstance(softcap, (int, float)) and softcap > 0):
+        raise ValueError(f"softcap must be a positive float or None, got {softcap!r}")
+    if not isinstance(z_loss, (int, float)):
+        raise ValueError(f"z_loss must be a float, got {type(z_loss).__name__}")
+
+
+def check_num_classes(num_classes: int) -> None:
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+
+
+def check_floating_dtype(dtype: torch.dtype) -> None:
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+
+
+# 3. Smoothing: eps, class weights, distributions -------------------------------------------------
+
+
+def check_label_smoothing(label_smoothing: float | Tensor, shape: torch.Size,
+                          checks: ContentChecks | None) -> float | Tensor:
+    """``label_smoothing``: a finite float at most 1, or a tensor of such values, one per sample.
+
+    ``shape`` is the shape of one value per sample (the target's shape for class indices). A
+    tensor of that shape, a 0-dim tensor, or a float is accepted. Negative values are negative
+    label smoothing and are kept as written.
+    """
+    if isinstance(label_smoothing, Tensor):
+        if not label_smoothing.is_floating_point():
+            raise ValueError(f"label_smoothing must be a floating tensor, got dtype {label_smoothing.dtype}")
+        if label_smoothing.dim() != 0 and label_smoothing.shape != shape:
+            raise ValueError(f"label_smoothing as a tensor must be 0-dim or have one value per sample, "
+                             f"shape {tuple(shape)}; got shape {tuple(label_smoothing.shape)}")
+        if checks is not None:
+            eps = label_smoothing.detach()
+            bad = ~(torch.isfinite(eps) & (eps <= 1))
+            checks.add(~bad.any(), lambda v: f"label_smoothing must be finite and at most 1 for every "
+                                             f"sample, got {v:.6g}", first_offender(eps, bad))
+        return label_smoothing
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
+        raise ValueError(f"label_smoothing must be a float or a tensor, got {type(label_smoothing).__name__}")
+    eps = float(label_smoothing)
+    if not math.isfinite(eps) or eps > 1.0:
+        raise ValueError(f"label_smoothing must be finite and at most 1, got {label_smoothing}")
+    return eps
+
+
+def check_class_weight(weight: Tensor | None, num_classes: int, name: str = "weight") -> None:
+    if weight is None:
+        return
+    if not isinstance(weight, Tensor) or not weight.is_floating_point():
+        raise ValueError(f"{name} must be a floating tensor of {num_classes} class weights, got "
+                         f"{weight.dtype if isinstance(weight, Tensor) else type(weight).__name__}")
+    if weight.shape != (num_classes,):
+        raise ValueError(f"{name} must have shape ({num_classes},), one weight per class, "
+                         f"got shape {tuple(weight.shape)}")
+
+
+def check_distribution_tensor(dist: Tensor, num_classes: int, checks: ContentChecks | None) -> None:
+    """A (K,) prior or a (K, K) class-conditional table of finite, non-negative rows summing to 1."""
+    if not dist.is_floating_point():
+        raise ValueError(f"distribution as a tensor must be floating, got dtype {dist.dtype}")
+    if dist.shape not in ((num_classes,), (num_classes, num_classes)):
+        raise ValueError(f"distribution as a tensor must have shape ({num_classes},) (a prior) or "
+                         f"({num_classes}, {num_classes}) (class-conditional), got shape {tuple(dist.shape)}")
+    if checks is None:
+        return
+    d = dist.detach()
+    tol = SUM_TOLERANCE.get(d.dtype, 1e-4)
+    probability = torch.isfinite(d) & (d >= 0)
+    checks.add(probability.all(),
+               lambda v: f"distribution must hold finite, non-negative probabilities, got {v:.6g}",
+               first_offender(d, ~probability))
+    sums = d.sum(-1)
+    err = (sums - 1).abs().max()
+    what = "each row of distribution" if d.dim() == 2 else "distribution"
+    checks.add(err <= tol, lambda v: f"{what} must sum to 1 (within {tol:g}), off by {v:.3g}", err)
+
+
+# 4. Targets --------------------------------------------------------------------------------------
+
+
+def check_class_indices(target: Tensor, num_classes: int, ignore_index: int | None,
+                        checks: ContentChecks | None, name: str = "target") -> None:
+    """Class-index targets must lie in [0, num_classes) or equal ``ignore_index``.
+
+    The test is vectorised (no device-side assert on CUDA); it is resolved with the other
+    content checks.
+    """
+    if checks is None or target.numel() == 0:
+        return
+    valid = (target >= 0) & (target < num_classes)
+    if ignore_index is not None:
+        valid |= target == ignore_index
+    allowed = f"in [0, {num_classes})" + (f" or equal to ignore_index={ignore_index}"
+                                          if ignore_index is not None else "")
+    checks.add(valid.all(), lambda v: f"{name} must hold class indices {allowed}, got {int(v)}",
+               first_offender(target, ~valid))
+
+
+def check_class_index_tensor(target: Tensor) -> None:
+    """``target`` must be an integer tensor (of class indices; any shape)."""
+    if not isinstance(target, Tensor) or target.is_floating_point() or target.is_complex() \
+            or target.dtype == torch.bool:
+        raise ValueError(f"target must be an integer tensor of class indices, got "
+                         f"{target.dtype if isinstance(target, Tensor) else type(target).__name__}")
+
+
+def check_class_index_target(input: Tensor, target: Tensor) -> None:
+    """ValueError unless ``target`` holds class indices shaped like ``input`` (N, K, d1, ...) without K."""
+    expected = input.shape[:1] + input.shape[2:]
+    if target.shape != expected:
+        raise ValueError(f"target must have shape {tuple(expected)} (input {tuple(input.shape)} "
+                         f"without its class dimension) or be probabilities of shape "
+                         f"{tuple(input.shape)}, got shape {tuple(target.shape)}")
+    if target.dtype == torch.bool or target.is_complex():
+        raise ValueError(f"target must hold integer class indices or probabilities, got dtype {target.dtype}")
+
+
+def check_soft_target(input: Tensor, target: Tensor) -> None:
+    """Probability targets must have the shape of ``input``."""
+    if target.shape != input.shape:
+        raise ValueError(f"target as probabilities must have the shape of input {tuple(input.shape)}, "
+                         f"got shape {tuple(target.shape)}")
+
+
+def check_index_target(target: Tensor, expected_shape: torch.Size, *, shape_source: str,
+                       unsupported_by: str) -> None:
+    """``target``: a tensor of integer class indices of ``expected_shape``, for entry points that
+    take no probability targets.
+
+    ``shape_source`` says where the expected shape comes from (``"hidden (4, 8) without its last
+    dimension"``); ``unsupported_by`` who refuses probability targets (``"by the vocab-parallel loss"``).
+    """
+    if not isinstance(target, Tensor):
+        raise ValueError(f"target must be a tensor of class indices, got {type(target).__name__}")
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise ValueError(f"target must hold integer class indices (probability targets are not "
+                         f"supported {unsupported_by}), got dtype {target.dtype}")
+    if target.shape != expected_shape:
+        raise ValueError(f"target must have shape {tuple(expected_shape)} ({shape_source}), "
+                         f"got shape {tuple(target.shape)}")
