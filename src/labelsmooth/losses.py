@@ -155,7 +155,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, i
     check_class_weight(weight, num_classes)
     check_logit_options(softcap, z_loss)
     if target.is_floating_point():
-        check_soft_target(input, target)
+        check_soft_target(input, target, ignore_index)
         return soft_target_loss(input, target, weight=weight, label_smoothing=label_smoothing,
                                 distribution=distribution, z_loss=z_loss, softcap=softcap, reduction=reduction,
                                 return_parts=return_parts, validate_args=validate_args)
@@ -163,12 +163,13 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, i
     targets = prepare_class_targets(target, num_classes, ignore_index=ignore_index,
                                     label_smoothing=label_smoothing, distribution=distribution, weight=weight,
                                     dtype=accumulation_dtype(input.dtype), device=input.device,
-                                    validate_args=validate_args, return_parts=return_parts)
+                                    validate_args=validate_args, return_parts=return_parts, reduction=reduction)
     provider = resolve_impl(impl, input)
-    lse, target_logit, dot = provider(to_rows(input, num_classes), targets.target, targets.smoothing, softcap,
-                                      inplace_backward)
+    lse, target_logit, dot, *prediction = provider(to_rows(input, num_classes), targets.target, targets.smoothing,
+                                                   softcap, inplace_backward, predictions=return_parts)
     return class_target_loss(lse, target_logit, dot, targets, weight=weight, z_loss=z_loss, reduction=reduction,
-                             dtype=input.dtype, return_parts=return_parts)
+                             dtype=input.dtype, return_parts=return_parts,
+                             prediction=prediction[0] if prediction else None)
 
 
 def cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor | None = None, ignore_index: int = -100,
@@ -200,7 +201,7 @@ def cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor | None
     targets = prepare_class_targets(target, input.shape[1], ignore_index=ignore_index,
                                     label_smoothing=label_smoothing, distribution=distribution, weight=weight,
                                     dtype=accumulation_dtype(input.dtype), device=input.device,
-                                    validate_args=validate_args, return_parts=False)
+                                    validate_args=validate_args, return_parts=False, reduction=reduction)
     return loss_and_gradient(input, targets, weight=weight, z_loss=z_loss, softcap=softcap, reduction=reduction)
 
 
