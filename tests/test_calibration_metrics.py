@@ -12,20 +12,18 @@ import torch.nn.functional as F
 from sklearn.metrics import log_loss
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from labelsmooth.calibration import metrics as metrics_module
+from labelsmooth.calibration import bootstrap as bootstrap_module
+from labelsmooth.calibration.bootstrap import SUMMARY_METRICS, bootstrap_ci, calibration_summary
 from labelsmooth.calibration.metrics import (
-    SUMMARY_METRICS,
-    CalibrationError,
     bin_statistics,
-    bootstrap_ci,
     brier_score,
-    calibration_summary,
     classwise_calibration_error,
     confidence_gap,
     debiased_l2_calibration_error,
     expected_calibration_error,
     negative_log_likelihood,
 )
+from labelsmooth.calibration.streaming import CalibrationError
 
 
 def random_predictions(n: int, k: int, seed: int, scale: float = 3.0, dtype=torch.float32):
@@ -297,7 +295,7 @@ def test_bootstrap_ci_forwards_keywords_and_checks_arguments():
 @pytest.mark.parametrize("from_logits", [False, True])
 def test_summary_equals_one_bootstrap_per_metric(monkeypatch, from_logits):
     """The counts-matrix bootstrap draws the same rows as bootstrap_ci and gets the same values."""
-    monkeypatch.setattr(metrics_module, "_COUNTS_PER_CHUNK", 900)  # 3 resamples per chunk
+    monkeypatch.setattr(bootstrap_module, "_COUNTS_PER_CHUNK", 900)  # 3 resamples per chunk
     logits, target = random_predictions(300, 4, seed=17, dtype=torch.float64)
     values = logits if from_logits else logits.softmax(1)
     summary = calibration_summary(values, target, n_bins=10, n_resamples=25, seed=5, from_logits=from_logits)
