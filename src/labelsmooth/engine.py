@@ -25,10 +25,12 @@ vocab-parallel loss provide the same statistics and share everything else here:
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ._checks import (
     ContentChecks,
@@ -61,6 +63,7 @@ __all__ = [
     "row_statistics",
     "row_correct",
     "row_statistics_gradient",
+    "single_backward",
     "soft_target_loss",
     "softcapped",
     "to_rows",
@@ -260,6 +263,37 @@ def torch_row_statistics(logits: Tensor, target: Tensor, smoothing: Smoothing | 
     if smoothing is not None:
         vector, matrix = smoothing.vector, smoothing.matrix
     return _TorchRowStatistics.apply(logits, target, vector, matrix, softcap, inplace_backward, predictions)
+
+
+def single_backward(what: str) -> Callable[[Callable], Callable]:
+    """Decorator for an ``autograd.Function.backward`` that is not itself differentiable (a kernel,
+    or gradients formed in forward): it raises under ``create_graph=True``, where torch's
+    ``once_differentiable`` alone would return a gradient cut off from the inputs, so that a
+    gradient penalty built on it would silently contribute nothing.
+
+    Example (``what`` names the fast path in the message):
+        >>> class Twice(torch.autograd.Function):
+        ...     forward = staticmethod(lambda ctx, x: 2 * x)
+        ...     backward = staticmethod(single_backward("Twice")(lambda ctx, g: 2 * g))
+        >>> x = torch.ones(2, requires_grad=True)
+        >>> torch.autograd.grad(Twice.apply(x).sum(), x, create_graph=True)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        RuntimeError: Twice is differentiable once only: backward with create_graph=True ...
+    """
+    def decorate(backward: Callable) -> Callable:
+        once = once_differentiable(backward)
+
+        @functools.wraps(backward)
+        def checked(ctx, *grads):
+            if torch.is_grad_enabled():
+                raise RuntimeError(f"{what} is differentiable once only: backward with create_graph=True "
+                                   f"(double backward, gradient penalties) needs impl=\"torch\" of "
+                                   f"labelsmooth.cross_entropy")
+            return once(ctx, *grads)
+
+        return checked
+
+    return decorate
 
 
 # 2. From row statistics to the loss ---------------------------------------------------------------

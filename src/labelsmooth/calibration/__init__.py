@@ -6,8 +6,9 @@
     probs = TemperatureScaling().fit(val_logits, val_target).transform(test_logits)
 
 ``metrics`` (the ECE family, Brier score, NLL), ``bootstrap`` (intervals) and ``streaming`` (the
-``CalibrationError`` module) need only torch and load eagerly; ``scaling`` (post-hoc calibrators; NumPy, scikit-learn) and ``diagrams`` (reliability
-diagrams; matplotlib) load on first use of one of their names. ``lab`` and ``cli`` connect the
+``CalibrationError`` module) need only torch and load eagerly; ``scaling`` (post-hoc calibrators;
+NumPy, scikit-learn) and ``diagrams`` (reliability diagrams; matplotlib) load on first use of one
+of their names. ``lab`` and ``cli`` connect the
 package to the lab report and the ``labelsmooth calibrate`` command.
 """
 

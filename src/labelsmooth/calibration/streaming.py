@@ -30,8 +30,8 @@ class CalibrationError(nn.Module):
     """Streaming top-label calibration error over equal-width bins, memory O(n_bins).
 
     ``update(probs, target)`` adds each batch to per-bin sums (count, confidence, accuracy) kept
-    as float64 non-persistent buffers (not in ``state_dict()``); ``compute()`` returns the error of everything seen so far with ``norm``
-    (``"l1"`` ECE, ``"l2"``, ``"max"`` MCE). Equal-mass bins need every confidence at once, so they
+    as float64 non-persistent buffers (not in ``state_dict()``); ``compute()`` returns the error
+    of everything seen so far with ``norm`` (``"l1"`` ECE, ``"l2"``, ``"max"`` MCE). Equal-mass bins need every confidence at once, so they
     are not offered here: use :func:`expected_calibration_error` with ``binning="mass"``.
 
     When ``torch.distributed`` is initialised, ``sync()`` and ``compute()`` all-reduce the sums

@@ -60,10 +60,9 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..engine import (accumulation_dtype, check_class_index_call, class_target_loss, loss_gradient_coefficients,
-                      prepare_class_targets, to_rows)
+                      prepare_class_targets, single_backward, to_rows)
 from ..targets import Distribution, Smoothing
 from .utils import check_kernel_device, row_block_size, row_num_warps, triton_dtype
 
@@ -320,7 +319,7 @@ class _RowStatistics(torch.autograd.Function):
         return lse, target_logit, dot
 
     @staticmethod
-    @once_differentiable
+    @single_backward("The Triton cross-entropy")
     def backward(ctx, grad_lse: Tensor, grad_target_logit: Tensor, grad_dot: Tensor):
         logits, target, smoothing, lse = ctx.saved_tensors
         grad = logits if ctx.inplace_backward else torch.empty_like(logits)
@@ -339,7 +338,7 @@ class _LossWithPrecomputedGradient(torch.autograd.Function):
         return loss.clone()
 
     @staticmethod
-    @once_differentiable
+    @single_backward("fused_cross_entropy_with_grad")
     def backward(ctx, grad_loss: Tensor):
         (grad_rows,) = ctx.saved_tensors
         _launch_scale_rows(grad_rows, grad_loss)

@@ -64,7 +64,6 @@ from typing import Callable, Iterator, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .._checks import check_class_weight, check_index_target, check_logit_options, check_reduction
 from ..engine import (
@@ -75,6 +74,7 @@ from ..engine import (
     reduce_parts,
     reduce_rows,
     row_correct,
+    single_backward,
 )
 from ..targets import Distribution
 
@@ -418,7 +418,7 @@ class _RecomputedStatistics(torch.autograd.Function):
         return lse, target_logit, dot, prediction
 
     @staticmethod
-    @once_differentiable
+    @single_backward("linear_cross_entropy")
     def backward(ctx, grad_lse: Tensor, grad_target_logit: Tensor, grad_dot: Tensor, *unused):
         hidden, weight, bias, target, rows, lse, projection = ctx.saved_tensors
         head = _Head(hidden, weight, bias, target, rows, ctx.options)
@@ -462,7 +462,7 @@ class _GradientInForward(torch.autograd.Function):
         return total
 
     @staticmethod
-    @once_differentiable
+    @single_backward("linear_cross_entropy")
     def backward(ctx, grad_loss: Tensor):
         if ctx.grads is None:
             raise RuntimeError("linear_cross_entropy: backward through the same loss twice is not "
