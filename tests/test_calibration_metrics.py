@@ -316,6 +316,21 @@ def test_summary_rejects_bad_arguments():
         calibration_summary(torch.tensor([[0.5, 0.6]]), torch.tensor([0]))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_probabilities_are_checked_at_their_own_tolerance(dtype):
+    """Softmax outputs rounded to fp16 / bf16 are valid probabilities, although their rows sum to 1
+    only within the dtype's precision (beyond fp32's tolerance, into which they are cast)."""
+    logits, target = random_predictions(2000, 10, seed=21)
+    probs = logits.softmax(1).to(dtype)
+    assert (probs.float().sum(1) - 1).abs().max() > 1e-4
+    expected = multiclass_calibration_error(probs.float(), target, 10, n_bins=15)
+    assert expected_calibration_error(probs, target).item() == pytest.approx(expected.item(), abs=2e-6)
+    for metric in (brier_score, negative_log_likelihood, confidence_gap):
+        metric(probs, target)  # accepted
+    with pytest.raises(ValueError, match="sum to 1 .*off by 0.0[56]"):
+        expected_calibration_error((probs.float() * 1.05).clamp(max=1).to(dtype), target)
+
+
 # Streaming module ----------------------------------------------------------------------------------
 
 
@@ -365,3 +380,18 @@ def test_module_all_reduces_across_processes(monkeypatch, tmp_path):
         assert this_rank.count.sum().item() == 300  # local buffers untouched
     finally:
         dist.destroy_process_group()
+
+
+def test_module_state_stays_out_of_checkpoints():
+    """Non-persistent buffers, as torchmetrics' states: a checkpoint of a model saved without the
+    metric loads strictly into one that holds it, and back; .to() still moves the state."""
+    plain = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    with_metric = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    with_metric.add_module("ece", CalibrationError(n_bins=5))
+    with_metric.ece.update(torch.tensor([[0.9, 0.1]]), torch.tensor([0]))
+    assert set(with_metric.state_dict()) == set(plain.state_dict()) == {"0.weight", "0.bias"}
+    with_metric.load_state_dict(plain.state_dict(), strict=True)
+    plain.load_state_dict(with_metric.state_dict(), strict=True)
+    assert with_metric.ece.count.sum().item() == 1  # loading a checkpoint leaves the state alone
+    moved = with_metric.ece.to(torch.float64)
+    assert {name for name, _ in moved.named_buffers()} == {"count", "confidence_sum", "accuracy_sum"}

@@ -50,7 +50,8 @@ def sum_tolerance(dtype: torch.dtype, num_classes: int) -> float:
     """How far a sum of ``num_classes`` probabilities stored in ``dtype`` may be from 1.
 
     ``SUM_TOLERANCE`` of the dtype the values were *given* in (pass it before any cast to fp32),
-    growing linearly beyond 100 classes (rounding errors of a sum add up).
+    growing linearly beyond 100 classes (rounding errors of a sum add up): the rule of the
+    calibration metrics, whose probabilities may come out of any post-processing.
 
     >>> sum_tolerance(torch.float16, 10), sum_tolerance(torch.float32, 1000)
     (0.01, 0.001)
@@ -217,24 +218,25 @@ def check_class_weight(weight: Tensor | None, num_classes: int, name: str = "wei
                          f"got shape {tuple(weight.shape)}")
 
 
-def check_distribution_tensor(dist: Tensor, num_classes: int, checks: ContentChecks | None) -> None:
+def check_distribution_tensor(dist: Tensor, num_classes: int, checks: ContentChecks | None,
+                              name: str = "distribution") -> None:
     """A (K,) prior or a (K, K) class-conditional table of finite, non-negative rows summing to 1."""
     if not dist.is_floating_point():
-        raise ValueError(f"distribution as a tensor must be floating, got dtype {dist.dtype}")
+        raise ValueError(f"{name} as a tensor must be floating, got dtype {dist.dtype}")
     if dist.shape not in ((num_classes,), (num_classes, num_classes)):
-        raise ValueError(f"distribution as a tensor must have shape ({num_classes},) (a prior) or "
+        raise ValueError(f"{name} as a tensor must have shape ({num_classes},) (a prior) or "
                          f"({num_classes}, {num_classes}) (class-conditional), got shape {tuple(dist.shape)}")
     if checks is None:
         return
     d = dist.detach()
-    tol = SUM_TOLERANCE.get(d.dtype, 1e-4)
+    tol = SUM_TOLERANCE.get(d.dtype, SUM_TOLERANCE[torch.float32])
     probability = torch.isfinite(d) & (d >= 0)
     checks.add(probability.all(),
-               lambda v: f"distribution must hold finite, non-negative probabilities, got {v:.6g}",
+               lambda v: f"{name} must hold finite, non-negative probabilities, got {v:.6g}",
                first_offender(d, ~probability))
     sums = d.sum(-1)
     err = (sums - 1).abs().max()
-    what = "each row of distribution" if d.dim() == 2 else "distribution"
+    what = f"each row of {name}" if d.dim() == 2 else name
     checks.add(err <= tol, lambda v: f"{what} must sum to 1 (within {tol:g}), off by {v:.3g}", err)
 
 
@@ -262,7 +264,7 @@ def check_class_indices(target: Tensor, num_classes: int, ignore_index: int | No
 def check_probabilities(values: Tensor, name: str, checks: ContentChecks | None, *,
                         sum_dim: int | None = None) -> None:
     """``values`` must be finite probabilities in [0, 1]; with ``sum_dim``, summing to 1 along it
-    (within :func:`sum_tolerance` of ``values``' own dtype)."""
+    (within ``SUM_TOLERANCE`` of ``values``' own dtype, as distributions)."""
     if checks is None or values.numel() == 0:
         return
     v = values.detach()
@@ -271,7 +273,7 @@ def check_probabilities(values: Tensor, name: str, checks: ContentChecks | None,
                first_offender(v, ~probability))
     if sum_dim is None:
         return
-    tolerance = sum_tolerance(v.dtype, v.shape[sum_dim])
+    tolerance = SUM_TOLERANCE.get(v.dtype, SUM_TOLERANCE[torch.float32])
     off = (v.sum(sum_dim, dtype=torch.float64 if v.dtype == torch.float64 else torch.float32) - 1).abs().max()
     checks.add(off <= tolerance, lambda x: f"{name} as probabilities must sum to 1 over the class dimension "
                                            f"{sum_dim} (within {tolerance:g}), off by {x:.3g}", off)

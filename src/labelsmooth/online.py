@@ -72,7 +72,7 @@ class OnlineLabelSmoothing(nn.Module):
                              f"{tuple(initial.shape) if isinstance(initial, Tensor) else type(initial).__name__}")
         elif validate_args:
             checks = ContentChecks()
-            check_distribution_tensor(initial, num_classes, checks)
+            check_distribution_tensor(initial, num_classes, checks, "initial")
             checks.raise_if_failed()
         self.num_classes, self.reduction, self.ignore_index = num_classes, reduction, ignore_index
         self.auto_update, self.validate_args = auto_update, validate_args
