@@ -68,6 +68,7 @@ __all__ = [
     "softcapped",
     "to_rows",
     "torch_row_statistics",
+    "update_running_argmax",
 ]
 
 
@@ -182,6 +183,16 @@ def row_statistics(logits: Tensor, target: Tensor, vector: Tensor | None, matrix
                               vector, matrix, workspace[:min(block, rows - start)], predictions)
              for start in range(0, rows, block)]
     return tuple(torch.cat(stat) for stat in zip(*parts))
+
+
+def update_running_argmax(best: Tensor, index: Tensor, block: Tensor, offset: int) -> None:
+    """Arg-max over column blocks of the same rows, one block at a time: the block's row maximum
+    replaces ``best`` (and ``index``, its column plus ``offset``) only where strictly larger, so the
+    first index wins ties, as in ``argmax``. ``best`` (M,), ``index`` (M,) int64, ``block`` (M, B)."""
+    block_max, block_argmax = block.max(1)
+    better = block_max > best
+    best.copy_(torch.where(better, block_max, best))
+    index.copy_(torch.where(better, block_argmax + offset, index))
 
 
 def row_statistics_gradient(logits: Tensor, target: Tensor, lse: Tensor, vector: Tensor | None,

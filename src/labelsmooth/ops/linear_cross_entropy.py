@@ -75,6 +75,7 @@ from ..engine import (
     reduce_rows,
     row_correct,
     single_backward,
+    update_running_argmax,
 )
 from ..targets import Distribution
 
@@ -142,15 +143,6 @@ def _softmax_(logits: Tensor) -> Tensor:
     sums = logits.sub_(row_max).exp_().sum(1, keepdim=True)
     logits.div_(sums)
     return sums.log_().add_(row_max).squeeze(1)
-
-
-def _update_prediction(best: Tensor, prediction: Tensor, logits: Tensor, v0: int) -> None:
-    """Running arg-max over vocabulary blocks: a tile's row maximum replaces ``best`` (and its column
-    ``prediction``) only when strictly larger, so the first index wins ties, as ``argmax`` does."""
-    tile_max, tile_argmax = logits.max(1)
-    better = tile_max > best
-    best.copy_(torch.where(better, tile_max, best))
-    prediction.copy_(torch.where(better, tile_argmax + v0, prediction))
 
 
 def _per_row(table: Tensor, target: Tensor) -> Tensor:
@@ -398,7 +390,7 @@ class _RecomputedStatistics(torch.autograd.Function):
             for n0, n1 in head.chunks():
                 logits = head.logits(n0, n1, v0, v1)[0]
                 if predictions:
-                    _update_prediction(best[n0:n1], prediction[n0:n1], logits, v0)
+                    update_running_argmax(best[n0:n1], prediction[n0:n1], logits, v0)
                 tile_lse, tile_target_logit, tile_dot = head.tile_statistics(logits, n0, n1, v0, v1)
                 del logits  # the tile is not kept beside the next one
                 lse[n0:n1] = torch.logaddexp(lse[n0:n1], tile_lse)  # online log-sum-exp over blocks
