@@ -70,6 +70,20 @@ BAD_INPUTS = {
     "logits integer": (lambda: ls.binary_cross_entropy_with_logits(LABELS.long(), LABELS), r"^input .*int64"),
     "reduction": (lambda: ls.binary_cross_entropy_with_logits(LOGITS, LABELS, reduction="avg"), r"^reduction"),
     "module eps": (lambda: ls.BCEWithLogitsLoss(2.0), r"^label_smoothing .*2\.0"),
+    "target above 1": (lambda: ls.binary_cross_entropy_with_logits(LOGITS, LABELS * 1.5),
+                       r"^target must hold probabilities, finite and in \[0, 1\], got 1\.5"),
+    "target negative": (lambda: ls.binary_cross_entropy_with_logits(LOGITS, LABELS - 0.25),
+                        r"^target must hold probabilities.*got -0\.25"),
+    "target NaN": (lambda: ls.binary_cross_entropy_with_logits(LOGITS, LABELS * NAN), r"^target .*got nan"),
+    "module target": (lambda: ls.BCEWithLogitsLoss(0.1)(LOGITS, torch.full_like(LABELS, 3.0)), r"^target .*got 3"),
+    "weight shape": (lambda: ls.binary_cross_entropy_with_logits(LOGITS, LABELS, weight=torch.ones(2)),
+                     r"^weight must broadcast to input's shape \(6, 4\), got shape \(2,\)"),
+    "weight larger": (lambda: ls.binary_cross_entropy_with_logits(LOGITS, LABELS, weight=torch.ones(2, 6, 4)),
+                      r"^weight must broadcast to input's shape \(6, 4\), got shape \(2, 6, 4\)"),
+    "weight list": (lambda: ls.binary_cross_entropy_with_logits(LOGITS, LABELS, weight=[1.0] * 4),
+                    r"^weight must be a tensor .*list"),
+    "pos_weight shape": (lambda: ls.binary_cross_entropy_with_logits(LOGITS, LABELS, pos_weight=torch.ones(6)),
+                         r"^pos_weight must broadcast to target's shape \(6, 4\), got shape \(6,\)"),
 }
 
 
@@ -77,3 +91,29 @@ BAD_INPUTS = {
 def test_bad_inputs(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_torch_raises_its_raw_size_error_where_we_name_the_weight():
+    with pytest.raises(RuntimeError, match="must match the size"):
+        F.binary_cross_entropy_with_logits(LOGITS, LABELS, weight=torch.ones(2))
+
+
+def test_validate_args_false_takes_targets_as_written_like_torch():
+    target = LABELS * 1.5 - 0.25
+    torch.testing.assert_close(ls.binary_cross_entropy_with_logits(LOGITS, target, 0.1, validate_args=False),
+                               F.binary_cross_entropy_with_logits(LOGITS, target * 0.9 + 0.05))
+
+
+@pytest.mark.parametrize("weights", [{}, {"weight": WEIGHT, "pos_weight": POS_WEIGHT}], ids=["plain", "weighted"])
+def test_empty_batch_mean_is_zero_with_zero_gradient(weights):
+    """As cross_entropy's all-ignored batch: 0, where torch's mean of nothing is NaN."""
+    logits = torch.zeros(0, 4, dtype=torch.float64, requires_grad=True)
+    target = torch.zeros(0, 4, dtype=torch.float64)
+    loss = ls.binary_cross_entropy_with_logits(logits, target, 0.1, **weights)
+    assert loss.shape == () and loss.item() == 0.0
+    assert torch.isnan(F.binary_cross_entropy_with_logits(logits, target, **weights))
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert grad.shape == (0, 4)
+    for reduction in ("sum", "none"):
+        torch.testing.assert_close(ls.binary_cross_entropy_with_logits(logits, target, reduction=reduction),
+                                   F.binary_cross_entropy_with_logits(logits, target, reduction=reduction))

@@ -12,20 +12,18 @@ import torch.nn.functional as F
 from sklearn.metrics import log_loss
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from labelsmooth.calibration import metrics as metrics_module
+from labelsmooth.calibration import bootstrap as bootstrap_module
+from labelsmooth.calibration.bootstrap import SUMMARY_METRICS, bootstrap_ci, calibration_summary
 from labelsmooth.calibration.metrics import (
-    SUMMARY_METRICS,
-    CalibrationError,
     bin_statistics,
-    bootstrap_ci,
     brier_score,
-    calibration_summary,
     classwise_calibration_error,
     confidence_gap,
     debiased_l2_calibration_error,
     expected_calibration_error,
     negative_log_likelihood,
 )
+from labelsmooth.calibration.streaming import CalibrationError
 
 
 def random_predictions(n: int, k: int, seed: int, scale: float = 3.0, dtype=torch.float32):
@@ -297,7 +295,7 @@ def test_bootstrap_ci_forwards_keywords_and_checks_arguments():
 @pytest.mark.parametrize("from_logits", [False, True])
 def test_summary_equals_one_bootstrap_per_metric(monkeypatch, from_logits):
     """The counts-matrix bootstrap draws the same rows as bootstrap_ci and gets the same values."""
-    monkeypatch.setattr(metrics_module, "_COUNTS_PER_CHUNK", 900)  # 3 resamples per chunk
+    monkeypatch.setattr(bootstrap_module, "_COUNTS_PER_CHUNK", 900)  # 3 resamples per chunk
     logits, target = random_predictions(300, 4, seed=17, dtype=torch.float64)
     values = logits if from_logits else logits.softmax(1)
     summary = calibration_summary(values, target, n_bins=10, n_resamples=25, seed=5, from_logits=from_logits)
@@ -316,6 +314,21 @@ def test_summary_rejects_bad_arguments():
         calibration_summary(probs, torch.tensor([0]), n_bins=0)
     with pytest.raises(ValueError, match="sum to 1"):
         calibration_summary(torch.tensor([[0.5, 0.6]]), torch.tensor([0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_probabilities_are_checked_at_their_own_tolerance(dtype):
+    """Softmax outputs rounded to fp16 / bf16 are valid probabilities, although their rows sum to 1
+    only within the dtype's precision (beyond fp32's tolerance, into which they are cast)."""
+    logits, target = random_predictions(2000, 10, seed=21)
+    probs = logits.softmax(1).to(dtype)
+    assert (probs.float().sum(1) - 1).abs().max() > 1e-4
+    expected = multiclass_calibration_error(probs.float(), target, 10, n_bins=15)
+    assert expected_calibration_error(probs, target).item() == pytest.approx(expected.item(), abs=2e-6)
+    for metric in (brier_score, negative_log_likelihood, confidence_gap):
+        metric(probs, target)  # accepted
+    with pytest.raises(ValueError, match="sum to 1 .*off by 0.0[56]"):
+        expected_calibration_error((probs.float() * 1.05).clamp(max=1).to(dtype), target)
 
 
 # Streaming module ----------------------------------------------------------------------------------
@@ -367,3 +380,18 @@ def test_module_all_reduces_across_processes(monkeypatch, tmp_path):
         assert this_rank.count.sum().item() == 300  # local buffers untouched
     finally:
         dist.destroy_process_group()
+
+
+def test_module_state_stays_out_of_checkpoints():
+    """Non-persistent buffers, as torchmetrics' states: a checkpoint of a model saved without the
+    metric loads strictly into one that holds it, and back; .to() still moves the state."""
+    plain = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    with_metric = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    with_metric.add_module("ece", CalibrationError(n_bins=5))
+    with_metric.ece.update(torch.tensor([[0.9, 0.1]]), torch.tensor([0]))
+    assert set(with_metric.state_dict()) == set(plain.state_dict()) == {"0.weight", "0.bias"}
+    with_metric.load_state_dict(plain.state_dict(), strict=True)
+    plain.load_state_dict(with_metric.state_dict(), strict=True)
+    assert with_metric.ece.count.sum().item() == 1  # loading a checkpoint leaves the state alone
+    moved = with_metric.ece.to(torch.float64)
+    assert {name for name, _ in moved.named_buffers()} == {"count", "confidence_sum", "accuracy_sum"}

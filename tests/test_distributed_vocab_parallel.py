@@ -43,6 +43,7 @@ class Case:
     z_loss: float = 0.0
     return_parts: bool = False
     dtype: torch.dtype = torch.float64
+    tie: bool = False  # the first sample's logits all equal (its arg-max is class 0), its target 0
 
 
 def _cases() -> list[Case]:
@@ -57,6 +58,7 @@ def _cases() -> list[Case]:
     cases += [Case("z-loss", 200, (3, 4), "non_target", True, z_loss=1e-2),
               Case("parts-mean", 201, (6,), "conditional", True, "per_sample", return_parts=True),
               Case("parts-none", 202, (2, 3, 2), "uniform", False, "zero", "none", "some", return_parts=True),
+              Case("parts-tie", 204, (6,), "prior", True, z_loss=1e-2, return_parts=True, tie=True),
               Case("float32", 203, (3, 4), "prior", True, "per_sample", "mean", "some", dtype=torch.float32)]
     return cases
 
@@ -74,6 +76,8 @@ def _inputs(case: Case) -> tuple[torch.Tensor, torch.Tensor, dict]:
         target.reshape(-1)[::3] = 3
     elif case.ignore == "all":
         target.fill_(ignore_index)
+    if case.tie:
+        logits[0], target[0] = 0.5, 0
     eps = {"zero": 0.0, "positive": 0.2, "negative": -0.1,
            "per_sample": torch.rand(case.target_shape, generator=g, dtype=torch.float64) - 0.1}[case.eps]
     prior = torch.rand(NUM_CLASSES, generator=g, dtype=torch.float64) + 0.1
@@ -90,13 +94,15 @@ def _tolerance(case: Case) -> float:
 
 
 def _backward(result, upstream_seed: int) -> list[torch.Tensor]:
-    """Backpropagate a random combination of the outputs; return the reduced values."""
+    """Backpropagate a random combination of the outputs; return the reduced values (and the
+    parts' z-loss and accuracy)."""
     parts = list(result) if isinstance(result, labelsmooth.LossParts) else [result]
     g = torch.Generator().manual_seed(upstream_seed)
     total = sum((part.double() * torch.rand(part.shape, generator=g, dtype=torch.float64)).sum()
                 for part in parts)
     total.backward()
-    return [part.detach().double() for part in parts]
+    extras = [result.z_loss, result.accuracy] if isinstance(result, labelsmooth.LossParts) else []
+    return [part.detach().double() for part in parts + extras]
 
 
 def _compare_case(case: Case, group, offset: int, size: int) -> tuple[list[str], float]:

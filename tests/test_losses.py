@@ -406,6 +406,34 @@ def test_half_precision_large_logits_stay_finite_and_close(dtype, distribution):
         torch.testing.assert_close(grad.float(), ref_grad, rtol=0.0, atol=rtol * ref_grad.abs().max())
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("scale", [1.0, 10.0])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_softcap_of_half_precision_logits_is_computed_in_fp32(dtype, scale, reduction):
+    """Liger-Kernel's softcap case (V = 32000, softcap 30, logits ``randn * scale``; 64 of its rows).
+
+    Reference: float64 ``F.cross_entropy(30 tanh(x / 30))`` of the same half-precision values.
+    Capping in fp32 leaves the final cast as the only half-precision rounding: every gradient
+    element within one ulp of the dtype (``finfo.eps`` times the power of two below it), the loss
+    within one ulp. (Capping in the logits' own dtype was off by more than one ulp on 6.5% of the
+    elements.)
+    """
+    g = torch.Generator().manual_seed(0)
+    values = (scale * torch.randn(64, 32000, generator=g)).to(dtype)
+    target = torch.randint(0, 32000, (64,), generator=g)
+    logits, reference_logits = values.clone().requires_grad_(), values.double().requires_grad_()
+    loss = ls.cross_entropy(logits, target, softcap=30.0, reduction=reduction, impl="torch")
+    reference = F.cross_entropy(30.0 * torch.tanh(reference_logits / 30.0), target, reduction=reduction)
+    upstream = torch.linspace(0.5, 1.5, loss.numel()).reshape(loss.shape).to(dtype)  # exact in dtype
+    (grad,) = torch.autograd.grad((loss * upstream).sum(), logits)
+    (ref_grad,) = torch.autograd.grad((reference * upstream.double()).sum(), reference_logits)
+    eps = torch.finfo(dtype).eps
+    assert loss.dtype == dtype
+    torch.testing.assert_close(loss.double(), reference.detach(), rtol=eps, atol=0.0)
+    ulp = eps * torch.exp2(torch.floor(torch.log2(ref_grad.abs().clamp(min=torch.finfo(dtype).tiny))))
+    assert ((grad.double() - ref_grad).abs() <= ulp).all()
+
+
 def test_compile_fullgraph_without_validation(reference_ce):
     """torch.compile(fullgraph=True) traces the whole loss, custom autograd.Function included.
 

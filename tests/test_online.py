@@ -10,6 +10,7 @@ import torch
 import labelsmooth as ls
 
 K = 4
+NAN, INF = float("nan"), float("inf")
 
 
 def batch(seed, rows=12):
@@ -121,6 +122,24 @@ BAD_ARGUMENTS = {
                       r"^logits .*\(N, 4\).*\(3, 5\)"),
     "update target": (lambda: ls.OnlineLabelSmoothing(K).update(torch.zeros(3, K), torch.zeros(2, dtype=torch.long)),
                       r"^target .*\(3,\).*\(2,\)"),
+    "update NaN logit": (lambda: ls.OnlineLabelSmoothing(K).update(torch.tensor([[0.0, 1.0, NAN, 0.0]]),
+                                                                   torch.tensor([1])),
+                         r"^logits must be finite to update the smoothing distribution.*got nan"),
+    "update infinite logit": (lambda: ls.OnlineLabelSmoothing(K).update(torch.tensor([[INF, 0.0, 0.0, 0.0]]),
+                                                                        torch.tensor([0])),
+                              r"^logits must be finite.*got inf"),
+    "update target range": (lambda: ls.OnlineLabelSmoothing(K).update(torch.zeros(2, K), torch.tensor([0, 4])),
+                            r"^target must hold class indices in \[0, 4\).*got 4"),
+    "update float target": (lambda: ls.OnlineLabelSmoothing(K).update(torch.zeros(2, K), torch.zeros(2)),
+                            r"^target must be an integer tensor.*float32"),
+    "forward wrong K": (lambda: ls.OnlineLabelSmoothing(K)(torch.zeros(3, 5), torch.zeros(3, dtype=torch.long)),
+                        r"^input must hold logits over num_classes=4 classes.*got shape \(3, 5\)"),
+    "auto_update wrong K": (lambda: ls.OnlineLabelSmoothing(K, auto_update=True)(torch.zeros(3, 3),
+                                                                                 torch.zeros(3, dtype=torch.long)),
+                            r"^input must hold logits over num_classes=4"),
+    "initial rows": (lambda: ls.OnlineLabelSmoothing(K, initial=torch.full((K, K), 0.2)),
+                     r"^each row of initial must sum to 1.*off by 0\.2"),
+    "ignore_index None": (lambda: ls.OnlineLabelSmoothing(K, ignore_index=None), r"^ignore_index .*None"),
 }
 
 
@@ -128,3 +147,23 @@ BAD_ARGUMENTS = {
 def test_bad_arguments(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_refused_update_leaves_the_distribution_untouched():
+    """The issue's case: a NaN logit used to poison a row silently and fail an epoch later."""
+    ols = ls.OnlineLabelSmoothing(K)
+    ols.update(*batch(0))
+    sums, counts = ols._sums.clone(), ols._counts.clone()
+    logits, target = batch(1)
+    logits[3, 1] = NAN
+    with pytest.raises(ValueError, match="^logits must be finite"):
+        ols.update(logits, target)
+    assert torch.equal(ols._sums, sums) and torch.equal(ols._counts, counts)
+    ols.step()
+    assert torch.isfinite(ols.distribution).all()
+
+
+def test_validate_args_false_skips_the_content_checks():
+    ols = ls.OnlineLabelSmoothing(K, validate_args=False, initial=torch.full((K, K), 0.2))
+    ols.update(torch.tensor([[NAN, 0.0, 0.0, 0.0]]), torch.tensor([1]))  # accepted as written
+    assert ols(torch.zeros(2, K), torch.tensor([0, 1])).isfinite()

@@ -68,6 +68,28 @@ BAD_INPUTS = {
     "softcap zero": (lambda: ce(softcap=0.0), r"^softcap .*positive.*0\.0"),
     "softcap negative": (lambda: ce(softcap=-1.0), r"^softcap .*-1\.0"),
     "z_loss": (lambda: ce(z_loss="1e-4"), r"^z_loss .*str"),
+    "z_loss NaN": (lambda: ce(z_loss=NAN), r"^z_loss .*finite.*nan"),
+    "z_loss inf": (lambda: ce(z_loss=INF), r"^z_loss .*finite.*inf"),
+    "z_loss negative": (lambda: ce(z_loss=-1e-4), r"^z_loss .*>= 0.*-0\.0001"),
+    "softcap inf": (lambda: ce(softcap=INF), r"^softcap .*finite.*inf"),
+    "softcap NaN": (lambda: ce(softcap=NAN), r"^softcap .*nan"),
+    "softcap bool": (lambda: ce(softcap=True), r"^softcap .*True"),
+    "ignore_index None": (lambda: ce(ignore_index=None), r"^ignore_index must be an int.*None"),
+    "ignore_index float": (lambda: ce(ignore_index=1.0), r"^ignore_index must be an int.*1\.0"),
+    "soft target negative": (lambda: ce(target=torch.tensor([[0.5, 0.6, -0.1]] * 4)),
+                             r"^target must hold probabilities.*\[0, 1\].*-0\.1"),
+    "soft target NaN": (lambda: ce(target=torch.tensor([[0.5, NAN, 0.5]] * 4)), r"^target must hold probabilities.*nan"),
+    "soft target row sum": (lambda: ce(target=torch.full((4, 3), 0.3)),
+                            r"^target as probabilities must sum to 1 .*within 0\.0001.*off by 0\.1"),
+    "soft target spatial row sum": (lambda: ls.cross_entropy(torch.zeros(2, 3, 4), torch.full((2, 3, 4), 0.5)),
+                                    r"^target as probabilities must sum to 1 over the class dimension 1.*0\.5"),
+    "soft target with ignore_index": (lambda: ce(target=LOGITS.softmax(1), ignore_index=2),
+                                      r"^ignore_index .*probability targets.*got ignore_index=2"),
+    "weight total zero": (lambda: ce(target=torch.zeros(4, dtype=torch.long), weight=torch.tensor([0.0, 1, 1]),
+                                     label_smoothing=0.1),
+                          r"^weight must give the non-ignored targets a positive total.*got 0 over 4 targets"),
+    "weight total negative": (lambda: ce(weight=torch.tensor([1.0, -2.0, 0.5])),
+                              r"^weight must give the non-ignored targets a positive total.*got -2\.5 over 4"),
     "module eps": (lambda: ls.CrossEntropyLoss(label_smoothing=2.0), r"^label_smoothing .*2\.0"),
     "module reduction": (lambda: ls.CrossEntropyLoss(reduction="batchmean"), r"^reduction .*'batchmean'"),
     "smooth_targets float target": (lambda: ls.smooth_targets(torch.rand(3), 3, 0.1), r"^target .*float32"),
@@ -116,3 +138,26 @@ def test_validate_args_false_still_checks_arguments():
         ce(label_smoothing=1.5, validate_args=False)
     with pytest.raises(ValueError, match="^target must have shape"):
         ce(target=TARGET[:3], validate_args=False)
+
+
+def test_probability_targets_within_their_dtype_tolerance_are_accepted():
+    """Smoothed targets rounded to bf16 sum to 1 only within bf16's precision."""
+    target = ls.smooth_targets(TARGET, 3, 0.1, dtype=torch.bfloat16)
+    assert (target.float().sum(1) - 1).abs().max() > 1e-4  # would fail fp32's tolerance
+    loss = ce(input=LOGITS.bfloat16(), target=target)
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(LOGITS.bfloat16(), target))
+
+
+def test_validate_args_false_takes_probability_targets_as_written_like_torch():
+    target = torch.tensor([[0.5, 0.6, -0.1]] * 4)
+    torch.testing.assert_close(ce(target=target, validate_args=False),
+                               torch.nn.functional.cross_entropy(LOGITS, target))
+
+
+def test_negative_ignore_index_with_probability_targets_matches_nothing_as_in_torch():
+    """torch refuses only a non-negative ignore_index with probability targets."""
+    target = LOGITS.softmax(1).roll(1, 0)
+    torch.testing.assert_close(ce(target=target, ignore_index=-1),
+                               torch.nn.functional.cross_entropy(LOGITS, target, ignore_index=-1))
+    with pytest.raises(RuntimeError, match="ignore_index is not supported for floating point target"):
+        torch.nn.functional.cross_entropy(LOGITS, target, ignore_index=2)

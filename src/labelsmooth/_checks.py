@@ -10,6 +10,7 @@ synchronisation, so they can be switched off (``validate_args=False``) for speed
 from __future__ import annotations
 
 import math
+from numbers import Integral
 from typing import Callable
 
 import torch
@@ -23,21 +24,39 @@ __all__ = [
     "check_class_index_tensor",
     "check_class_indices",
     "check_class_weight",
+    "check_broadcasts_to",
     "check_distribution_tensor",
     "check_floating_dtype",
+    "check_ignore_index",
     "check_index_target",
     "check_label_smoothing",
     "check_logit_options",
     "check_logits",
+    "check_mean_denominator",
     "check_num_classes",
+    "check_probabilities",
     "check_reduction",
     "check_soft_target",
     "first_offender",
+    "sum_tolerance",
 ]
 
 REDUCTIONS = ("none", "mean", "sum")
 # Tolerance for "sums to 1" of user-supplied probabilities, relative to their dtype's precision.
 SUM_TOLERANCE = {torch.float16: 1e-2, torch.bfloat16: 2e-2, torch.float32: 1e-4, torch.float64: 1e-8}
+
+
+def sum_tolerance(dtype: torch.dtype, num_classes: int) -> float:
+    """How far a sum of ``num_classes`` probabilities stored in ``dtype`` may be from 1.
+
+    ``SUM_TOLERANCE`` of the dtype the values were *given* in (pass it before any cast to fp32),
+    growing linearly beyond 100 classes (rounding errors of a sum add up): the rule of the
+    calibration metrics, whose probabilities may come out of any post-processing.
+
+    >>> sum_tolerance(torch.float16, 10), sum_tolerance(torch.float32, 1000)
+    (0.01, 0.001)
+    """
+    return SUM_TOLERANCE.get(dtype, SUM_TOLERANCE[torch.float32]) * max(1.0, num_classes / 100)
 
 
 # 1. Content checks: collected as tensors, resolved with one host sync --------------------------
@@ -111,12 +130,40 @@ def check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_logit_options(softcap: float | None, z_loss: float) -> None:
-    """``softcap``: a positive float or None; ``z_loss``: a float."""
-    if softcap is not None and not (isinstance(softcap, (int, float)) and softcap > 0):
-        raise ValueError(f"softcap must be a positive float or None, got {softcap!r}")
-    if not isinstance(z_loss, (int, float)):
+    """``softcap``: a finite positive float or None; ``z_loss``: a finite float >= 0."""
+    if softcap is not None and not (_is_real(softcap) and 0 < softcap < math.inf):
+        raise ValueError(f"softcap must be a positive float or None, and finite, got {softcap!r}")
+    if not _is_real(z_loss):
         raise ValueError(f"z_loss must be a float, got {type(z_loss).__name__}")
+    if not 0 <= z_loss < math.inf:
+        raise ValueError(f"z_loss must be a finite float >= 0 (the weight of lse**2), got {z_loss!r}")
+
+
+def check_ignore_index(ignore_index: int) -> None:
+    """``ignore_index``: an int (as in torch, where it cannot be None; -100 ignores nothing valid)."""
+    if not isinstance(ignore_index, Integral) or isinstance(ignore_index, bool):
+        raise ValueError(f"ignore_index must be an int (the default -100 matches no class), got "
+                         f"{ignore_index!r}")
+
+
+def check_broadcasts_to(tensor: Tensor | None, shape: torch.Size, name: str, of: str) -> None:
+    """``tensor`` (when given) must be a tensor that broadcasts to ``shape`` (the shape of ``of``)."""
+    if tensor is None:
+        return
+    if not isinstance(tensor, Tensor):
+        raise ValueError(f"{name} must be a tensor that broadcasts to {of}'s shape {tuple(shape)}, "
+                         f"got {type(tensor).__name__}")
+    try:
+        broadcast = torch.broadcast_shapes(tensor.shape, shape)
+    except RuntimeError:
+        broadcast = None
+    if broadcast != shape:
+        raise ValueError(f"{name} must broadcast to {of}'s shape {tuple(shape)}, got shape {tuple(tensor.shape)}")
 
 
 def check_num_classes(num_classes: int) -> None:
@@ -171,24 +218,25 @@ def check_class_weight(weight: Tensor | None, num_classes: int, name: str = "wei
                          f"got shape {tuple(weight.shape)}")
 
 
-def check_distribution_tensor(dist: Tensor, num_classes: int, checks: ContentChecks | None) -> None:
+def check_distribution_tensor(dist: Tensor, num_classes: int, checks: ContentChecks | None,
+                              name: str = "distribution") -> None:
     """A (K,) prior or a (K, K) class-conditional table of finite, non-negative rows summing to 1."""
     if not dist.is_floating_point():
-        raise ValueError(f"distribution as a tensor must be floating, got dtype {dist.dtype}")
+        raise ValueError(f"{name} as a tensor must be floating, got dtype {dist.dtype}")
     if dist.shape not in ((num_classes,), (num_classes, num_classes)):
-        raise ValueError(f"distribution as a tensor must have shape ({num_classes},) (a prior) or "
+        raise ValueError(f"{name} as a tensor must have shape ({num_classes},) (a prior) or "
                          f"({num_classes}, {num_classes}) (class-conditional), got shape {tuple(dist.shape)}")
     if checks is None:
         return
     d = dist.detach()
-    tol = SUM_TOLERANCE.get(d.dtype, 1e-4)
+    tol = SUM_TOLERANCE.get(d.dtype, SUM_TOLERANCE[torch.float32])
     probability = torch.isfinite(d) & (d >= 0)
     checks.add(probability.all(),
-               lambda v: f"distribution must hold finite, non-negative probabilities, got {v:.6g}",
+               lambda v: f"{name} must hold finite, non-negative probabilities, got {v:.6g}",
                first_offender(d, ~probability))
     sums = d.sum(-1)
     err = (sums - 1).abs().max()
-    what = "each row of distribution" if d.dim() == 2 else "distribution"
+    what = f"each row of {name}" if d.dim() == 2 else name
     checks.add(err <= tol, lambda v: f"{what} must sum to 1 (within {tol:g}), off by {v:.3g}", err)
 
 
@@ -213,6 +261,37 @@ def check_class_indices(target: Tensor, num_classes: int, ignore_index: int | No
                first_offender(target, ~valid))
 
 
+def check_probabilities(values: Tensor, name: str, checks: ContentChecks | None, *,
+                        sum_dim: int | None = None) -> None:
+    """``values`` must be finite probabilities in [0, 1]; with ``sum_dim``, summing to 1 along it
+    (within ``SUM_TOLERANCE`` of ``values``' own dtype, as distributions)."""
+    if checks is None or values.numel() == 0:
+        return
+    v = values.detach()
+    probability = torch.isfinite(v) & (v >= 0) & (v <= 1)
+    checks.add(probability.all(), lambda x: f"{name} must hold probabilities, finite and in [0, 1], got {x:.6g}",
+               first_offender(v, ~probability))
+    if sum_dim is None:
+        return
+    tolerance = SUM_TOLERANCE.get(v.dtype, SUM_TOLERANCE[torch.float32])
+    off = (v.sum(sum_dim, dtype=torch.float64 if v.dtype == torch.float64 else torch.float32) - 1).abs().max()
+    checks.add(off <= tolerance, lambda x: f"{name} as probabilities must sum to 1 over the class dimension "
+                                           f"{sum_dim} (within {tolerance:g}), off by {x:.3g}", off)
+
+
+def check_mean_denominator(denominator: Tensor, valid: Tensor, checks: ContentChecks | None, *,
+                           reduction: str, name: str = "weight") -> None:
+    """``reduction="mean"`` divides by the class weights ``w_y`` summed over the non-ignored targets:
+    that sum must be positive when there is any such target (with none, the loss is 0)."""
+    if checks is None or reduction != "mean":
+        return
+    checks.add((denominator > 0) | ~valid.any(),
+               lambda total, count: f"{name} must give the non-ignored targets a positive total for "
+                                    f"reduction='mean' (the mean divides by it), got {total:.6g} over "
+                                    f"{int(count)} targets; use reduction='sum' to sum weighted losses "
+                                    f"without dividing", denominator, valid.sum())
+
+
 def check_class_index_tensor(target: Tensor) -> None:
     """``target`` must be an integer tensor (of class indices; any shape)."""
     if not isinstance(target, Tensor) or target.is_floating_point() or target.is_complex() \
@@ -232,11 +311,17 @@ def check_class_index_target(input: Tensor, target: Tensor) -> None:
         raise ValueError(f"target must hold integer class indices or probabilities, got dtype {target.dtype}")
 
 
-def check_soft_target(input: Tensor, target: Tensor) -> None:
-    """Probability targets must have the shape of ``input``."""
+def check_soft_target(input: Tensor, target: Tensor, ignore_index: int = -100) -> None:
+    """Probability targets must have the shape of ``input``; ``ignore_index`` does not apply to them
+    (torch refuses a non-negative one; a negative one, such as the default, matches nothing)."""
     if target.shape != input.shape:
         raise ValueError(f"target as probabilities must have the shape of input {tuple(input.shape)}, "
                          f"got shape {tuple(target.shape)}")
+    check_ignore_index(ignore_index)
+    if ignore_index >= 0:
+        raise ValueError(f"ignore_index is not supported with probability targets (as in torch): rows "
+                         f"cannot be ignored by class, got ignore_index={ignore_index}; leave it at -100 and "
+                         f"pass class indices to ignore rows")
 
 
 def check_index_target(target: Tensor, expected_shape: torch.Size, *, shape_source: str,

@@ -113,8 +113,9 @@ def _slice_smoothing(smoothing: Smoothing, columns: slice) -> Smoothing:
 
 
 def _local_row_statistics(rows: Tensor, local_target: Tensor, target: Tensor,
-                          smoothing: Smoothing | None, offset: int) -> tuple[Tensor, Tensor, Tensor]:
+                          smoothing: Smoothing | None, offset: int, predictions: bool) -> tuple[Tensor, ...]:
     """(lse_r, x_y^r, dot_r) of this rank's slice; ``local_target`` indexes the slice (0 if not owned).
+    With ``predictions``, a fourth: the arg-max within the slice.
 
     A class-conditional distribution's row is chosen by the *global* target, so its dot product
     is taken here rather than in the provider. The provider is the hook for a fused kernel: the
@@ -123,11 +124,24 @@ def _local_row_statistics(rows: Tensor, local_target: Tensor, target: Tensor,
     """
     columns = slice(offset, offset + rows.shape[1])
     if smoothing is not None and smoothing.matrix is not None:
-        lse, target_logit, _ = torch_row_statistics(rows, local_target, None, None)
+        lse, target_logit, _, *prediction = torch_row_statistics(rows, local_target, None, None,
+                                                                 predictions=predictions)
         dot = torch.einsum("nk,nk->n", rows.to(lse.dtype), smoothing.matrix[target, columns])
-        return lse, target_logit, dot
+        return lse, target_logit, dot, *prediction
     local = _slice_smoothing(smoothing, columns) if smoothing is not None else None
-    return torch_row_statistics(rows, local_target, local, None)
+    return torch_row_statistics(rows, local_target, local, None, predictions=predictions)
+
+
+def _global_prediction(rows: Tensor, local_prediction: Tensor, offset: int, num_classes: int, group) -> Tensor:
+    """Each row's arg-max over the whole vocabulary (the first index wins ties), from every rank's
+    arg-max of its slice: two all-reduces of (M,) vectors (MAX of the values, MIN of the indices
+    that reach it)."""
+    local_max = rows.gather(1, local_prediction.unsqueeze(1)).squeeze(1).to(accumulation_dtype(rows.dtype))
+    row_max = local_max.clone()
+    dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
+    prediction = torch.where(local_max == row_max, local_prediction + offset, num_classes)
+    dist.all_reduce(prediction, op=dist.ReduceOp.MIN, group=group)
+    return prediction
 
 
 def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, label_smoothing: float | Tensor = 0.0,
@@ -166,7 +180,8 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, label_smo
         distribution: ``"uniform"``, ``"non_target"``, a (K,) prior or a (K, K) class-conditional
             tensor, given whole; each rank uses its columns.
         z_loss: adds ``z_loss * lse**2`` per row, with the global lse.
-        return_parts: return ``LossParts(loss, nll, smooth)``, reduced the same way.
+        return_parts: return ``LossParts(loss, nll, smooth)`` (with ``z_loss`` and ``accuracy``
+            attributes), reduced the same way; the accuracy costs two all-reduces of (N,) vectors.
         validate_args: check tensor contents (target range against K, priors, eps, and that the
             ranks' targets agree); one more host sync.
 
@@ -203,12 +218,14 @@ def vocab_parallel_cross_entropy(local_logits: Tensor, target: Tensor, label_smo
                                     label_smoothing=label_smoothing, distribution=distribution,
                                     weight=weight, dtype=accumulation_dtype(local_logits.dtype),
                                     device=local_logits.device, validate_args=validate_args,
-                                    return_parts=return_parts)
+                                    return_parts=return_parts, reduction=reduction)
     local_index = targets.target - offset
     owned = targets.valid & (local_index >= 0) & (local_index < local_size)
     local_target = torch.where(owned, local_index, torch.zeros_like(local_index))
-    local_statistics = _local_row_statistics(to_rows(local_logits, local_size), local_target,
-                                             targets.target, targets.smoothing, offset)
-    lse, target_logit, dot = _AllReduceRowStatistics.apply(*local_statistics, owned, group)
+    rows = to_rows(local_logits, local_size)
+    statistics = _local_row_statistics(rows, local_target, targets.target, targets.smoothing, offset, return_parts)
+    lse, target_logit, dot = _AllReduceRowStatistics.apply(*statistics[:3], owned, group)
+    prediction = _global_prediction(rows, statistics[3], offset, num_classes, group) if return_parts else None
     return class_target_loss(lse, target_logit, dot, targets, weight=weight, z_loss=z_loss,
-                             reduction=reduction, dtype=local_logits.dtype, return_parts=return_parts)
+                             reduction=reduction, dtype=local_logits.dtype, return_parts=return_parts,
+                             prediction=prediction)

@@ -20,11 +20,13 @@ from torch import Tensor, nn
 
 from ._checks import (
     ContentChecks,
+    check_broadcasts_to,
     check_class_index_target,
     check_class_weight,
     check_label_smoothing,
     check_logit_options,
     check_logits,
+    check_probabilities,
     check_reduction,
     check_soft_target,
 )
@@ -100,26 +102,34 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, i
 
     With ``distribution="uniform"`` this equals ``F.cross_entropy(..., label_smoothing=eps)`` for
     every weight, ignore_index, reduction and shape, except that a batch whose targets are all
-    ignored gives 0 (and zero gradients) rather than NaN.
+    ignored gives 0 (and zero gradients) rather than NaN; the other deliberate differences from
+    torch are listed in the manual's conventions page.
 
     Args:
         input: logits, (N, K), (N, K, d1, ...) or (K,).
-        target: class indices (N,) / (N, d1, ...) / (), or probabilities with ``input``'s shape.
+        target: class indices (N,) / (N, d1, ...) / (), or probabilities with ``input``'s shape
+            (each row in [0, 1], summing to 1 over the class dimension).
         weight: (K,) class weights, as in torch.
-        ignore_index: targets equal to it contribute nothing to either term nor to the mean.
+        ignore_index: an int; targets equal to it contribute nothing to either term nor to the
+            mean. Not with probability targets (a non-negative value raises, as in torch).
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``; mean divides by the summed ``w_y`` of
-            non-ignored rows (by the row count for probability targets).
+            non-ignored rows (by the row count for probability targets); that sum must be
+            positive (``validate_args`` raises otherwise; without it, it is divided by as written).
         label_smoothing: eps, a float at most 1 or a per-sample tensor with the target's shape;
             negative values are negative label smoothing, computed as written.
         distribution: ``"uniform"`` (eps/K), ``"non_target"`` (eps/(K-1) off the target), a (K,)
             prior, or a (K, K) class-conditional tensor (row y is ``u(. | y)``).
-        z_loss: adds ``z_loss * lse**2`` per row.
-        softcap: applies ``softcap * tanh(x / softcap)`` to the logits first.
-        return_parts: return ``LossParts(loss, nll, smooth)``, all reduced the same way.
+        z_loss: adds ``z_loss * lse**2`` per row; finite, >= 0.
+        softcap: applies ``softcap * tanh(x / softcap)`` to the logits first (in fp32 for
+            half-precision logits); finite, > 0.
+        return_parts: return ``LossParts(loss, nll, smooth)``, all reduced the same way, with the
+            z-loss term (``.z_loss``) and the arg-max accuracy of the non-ignored rows
+            (``.accuracy``, from the same pass on the torch path) as attributes.
         inplace_backward: let backward write the gradient into the logits' storage (the caller's
             logits are overwritten). Saves one (N, K) buffer when the logits come from a layer;
             for a leaf tensor autograd copies the gradient into ``.grad`` anyway.
-        validate_args: check tensor contents (target range, priors, eps) with one host sync.
+        validate_args: check tensor contents (target range, probability targets, priors, eps, the
+            mean's denominator) with one host sync.
         impl: ``"auto"`` (Triton on CUDA when installed), ``"torch"`` or ``"triton"``.
 
     Example:
@@ -147,7 +157,8 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, i
                               return_parts=True, inplace_backward=inplace_backward,
                               validate_args=validate_args, impl=impl)
         if reduction == "none":
-            parts = LossParts(*(p.squeeze(0) for p in parts))
+            parts = LossParts(*(None if p is None else p.squeeze(0)
+                                for p in (*parts, parts.z_loss, parts.accuracy)))
         return parts if return_parts else parts.loss
     if input.dim() == 0:
         raise ValueError("input must have a class dimension, got a 0-dim tensor")
@@ -155,7 +166,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, i
     check_class_weight(weight, num_classes)
     check_logit_options(softcap, z_loss)
     if target.is_floating_point():
-        check_soft_target(input, target)
+        check_soft_target(input, target, ignore_index)
         return soft_target_loss(input, target, weight=weight, label_smoothing=label_smoothing,
                                 distribution=distribution, z_loss=z_loss, softcap=softcap, reduction=reduction,
                                 return_parts=return_parts, validate_args=validate_args)
@@ -163,12 +174,13 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Tensor | None = None, i
     targets = prepare_class_targets(target, num_classes, ignore_index=ignore_index,
                                     label_smoothing=label_smoothing, distribution=distribution, weight=weight,
                                     dtype=accumulation_dtype(input.dtype), device=input.device,
-                                    validate_args=validate_args, return_parts=return_parts)
+                                    validate_args=validate_args, return_parts=return_parts, reduction=reduction)
     provider = resolve_impl(impl, input)
-    lse, target_logit, dot = provider(to_rows(input, num_classes), targets.target, targets.smoothing, softcap,
-                                      inplace_backward)
+    lse, target_logit, dot, *prediction = provider(to_rows(input, num_classes), targets.target, targets.smoothing,
+                                                   softcap, inplace_backward, predictions=return_parts)
     return class_target_loss(lse, target_logit, dot, targets, weight=weight, z_loss=z_loss, reduction=reduction,
-                             dtype=input.dtype, return_parts=return_parts)
+                             dtype=input.dtype, return_parts=return_parts,
+                             prediction=prediction[0] if prediction else None)
 
 
 def cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor | None = None, ignore_index: int = -100,
@@ -200,7 +212,7 @@ def cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor | None
     targets = prepare_class_targets(target, input.shape[1], ignore_index=ignore_index,
                                     label_smoothing=label_smoothing, distribution=distribution, weight=weight,
                                     dtype=accumulation_dtype(input.dtype), device=input.device,
-                                    validate_args=validate_args, return_parts=False)
+                                    validate_args=validate_args, return_parts=False, reduction=reduction)
     return loss_and_gradient(input, targets, weight=weight, z_loss=z_loss, softcap=softcap, reduction=reduction)
 
 
@@ -209,7 +221,7 @@ def cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor | None
 
 def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, label_smoothing: float | Tensor = 0.0,
                                      *, weight: Tensor | None = None, pos_weight: Tensor | None = None,
-                                     reduction: str = "mean") -> Tensor:
+                                     reduction: str = "mean", validate_args: bool = True) -> Tensor:
     r"""Binary / multi-label cross-entropy on logits with smoothed targets ``y (1 - eps) + eps / 2``.
 
     This is Keras' convention: each binary label is pulled towards 1/2 (a uniform prior over the
@@ -218,9 +230,12 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, label_smooth
 
     Args:
         input: logits of any shape.
-        target: 0/1 (or probability) targets of ``input``'s shape.
+        target: 0/1 (or probability) targets of ``input``'s shape, in [0, 1].
         label_smoothing: eps at most 1, a float or a tensor broadcastable to ``target``.
-        weight, pos_weight, reduction: as in :func:`torch.nn.functional.binary_cross_entropy_with_logits`.
+        weight, pos_weight, reduction: as in :func:`torch.nn.functional.binary_cross_entropy_with_logits`
+            (``weight`` broadcasts to ``input``, ``pos_weight`` to ``target``); ``"mean"`` of an
+            empty batch is 0, as for :func:`cross_entropy`.
+        validate_args: check tensor contents (targets in [0, 1], per-label eps) with one host sync.
 
     Example:
         >>> import torch, labelsmooth
@@ -235,7 +250,10 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, label_smooth
     if not isinstance(target, Tensor) or target.shape != input.shape:
         raise ValueError(f"target must be a tensor with the shape of input {tuple(input.shape)}, got "
                          f"{tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__}")
-    checks = ContentChecks()
+    check_broadcasts_to(weight, input.shape, "weight", "input")
+    check_broadcasts_to(pos_weight, target.shape, "pos_weight", "target")
+    checks = ContentChecks() if validate_args else None
+    check_probabilities(target, "target", checks)
     if isinstance(label_smoothing, Tensor) and label_smoothing.dim():
         try:
             torch.broadcast_shapes(label_smoothing.shape, target.shape)
@@ -245,8 +263,11 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor, label_smooth
         eps = check_label_smoothing(label_smoothing, label_smoothing.shape, checks)
     else:
         eps = check_label_smoothing(label_smoothing, torch.Size(), checks)
-    checks.raise_if_failed()
+    if checks is not None:
+        checks.raise_if_failed()
     smoothed = target.to(input.dtype) * (1 - eps) + eps / 2
+    if reduction == "mean" and input.numel() == 0:
+        reduction = "sum"  # the mean of nothing: 0 (and zero gradients), not torch's NaN
     return F.binary_cross_entropy_with_logits(input, smoothed, weight=weight, pos_weight=pos_weight,
                                               reduction=reduction)
 
@@ -305,15 +326,16 @@ class BCEWithLogitsLoss(nn.Module):
     """Module form of :func:`binary_cross_entropy_with_logits`."""
 
     def __init__(self, label_smoothing: float = 0.0, *, weight: Tensor | None = None,
-                 pos_weight: Tensor | None = None, reduction: str = "mean") -> None:
+                 pos_weight: Tensor | None = None, reduction: str = "mean", validate_args: bool = True) -> None:
         super().__init__()
         check_reduction(reduction)
         if not isinstance(label_smoothing, Tensor):
             check_label_smoothing(label_smoothing, torch.Size(), None)
-        self.label_smoothing, self.reduction = label_smoothing, reduction
+        self.label_smoothing, self.reduction, self.validate_args = label_smoothing, reduction, validate_args
         _register_optional(self, "weight", weight)
         _register_optional(self, "pos_weight", pos_weight)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return binary_cross_entropy_with_logits(input, target, self.label_smoothing, weight=self.weight,
-                                                pos_weight=self.pos_weight, reduction=self.reduction)
+                                                pos_weight=self.pos_weight, reduction=self.reduction,
+                                                validate_args=self.validate_args)

@@ -14,8 +14,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ._checks import (
+    ContentChecks,
+    check_class_index_tensor,
+    check_class_indices,
+    check_distribution_tensor,
+    check_ignore_index,
+    check_label_smoothing,
+    check_logits,
+    check_reduction,
+    first_offender,
+)
 from .losses import cross_entropy
-from ._checks import check_label_smoothing, check_reduction
 
 __all__ = ["OnlineLabelSmoothing"]
 
@@ -27,6 +37,8 @@ class OnlineLabelSmoothing(nn.Module):
     module is in training mode with ``auto_update=True``) and ``step()`` at the end of the epoch.
     Rows of classes with no correct prediction during the epoch keep their previous value. The
     first epoch uses ``initial`` (default: uniform rows, i.e. ordinary label smoothing).
+    With ``validate_args`` (the default) ``update`` refuses non-finite logits and out-of-range
+    targets (one host sync per call), so a diverging model cannot poison the distribution.
 
     Example:
         >>> import torch, labelsmooth
@@ -45,37 +57,60 @@ class OnlineLabelSmoothing(nn.Module):
     _counts: Tensor
 
     def __init__(self, num_classes: int, label_smoothing: float = 0.5, *, initial: Tensor | None = None,
-                 reduction: str = "mean", ignore_index: int = -100, auto_update: bool = False) -> None:
+                 reduction: str = "mean", ignore_index: int = -100, auto_update: bool = False,
+                 validate_args: bool = True) -> None:
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
         check_reduction(reduction)
+        check_ignore_index(ignore_index)
         self.label_smoothing = check_label_smoothing(label_smoothing, torch.Size(), None)
         if initial is None:
             initial = torch.full((num_classes, num_classes), 1.0 / num_classes)
         elif not isinstance(initial, Tensor) or initial.shape != (num_classes, num_classes):
             raise ValueError(f"initial must be a ({num_classes}, {num_classes}) tensor, got "
                              f"{tuple(initial.shape) if isinstance(initial, Tensor) else type(initial).__name__}")
+        elif validate_args:
+            checks = ContentChecks()
+            check_distribution_tensor(initial, num_classes, checks, "initial")
+            checks.raise_if_failed()
         self.num_classes, self.reduction, self.ignore_index = num_classes, reduction, ignore_index
-        self.auto_update = auto_update
+        self.auto_update, self.validate_args = auto_update, validate_args
         self.register_buffer("distribution", initial.clone().float())
         self.register_buffer("_sums", torch.zeros(num_classes, num_classes))
         self.register_buffer("_counts", torch.zeros(num_classes))
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        check_logits(input)
+        if input.dim() < 2 or input.shape[1] != self.num_classes:
+            raise ValueError(f"input must hold logits over num_classes={self.num_classes} classes, shape "
+                             f"(N, {self.num_classes}) or (N, {self.num_classes}, d1, ...), got shape "
+                             f"{tuple(input.shape)}")
+        validate_args = self.validate_args
         if self.auto_update and self.training:
             self.update(input, target)
+            validate_args = False  # update checked the targets; the distribution is the module's own
         # Passed in its own dtype: the loss casts it, and checks its row sums at fp32's tolerance.
         return cross_entropy(input, target, None, self.ignore_index, self.reduction, self.label_smoothing,
-                             distribution=self.distribution)
+                             distribution=self.distribution, validate_args=validate_args)
 
     @torch.no_grad()
     def update(self, logits: Tensor, target: Tensor) -> None:
         """Accumulate the predicted distributions of correctly classified samples, by class."""
+        check_logits(logits, "logits")
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(f"logits must have shape (N, {self.num_classes}), got {tuple(logits.shape)}")
+        check_class_index_tensor(target)
         if target.shape != logits.shape[:1]:
             raise ValueError(f"target must have shape ({logits.shape[0]},), got {tuple(target.shape)}")
+        if self.validate_args:
+            checks = ContentChecks()
+            finite = torch.isfinite(logits)
+            checks.add(finite.all(), lambda v: f"logits must be finite to update the smoothing distribution "
+                                               f"(a NaN or infinite logit would poison its class's row), "
+                                               f"got {v}", first_offender(logits, ~finite))
+            check_class_indices(target, self.num_classes, self.ignore_index, checks)
+            checks.raise_if_failed()
         probs = logits.detach().float().softmax(1)
         correct = (probs.argmax(1) == target) & (target != self.ignore_index)
         y = target[correct].long().to(self._sums.device)

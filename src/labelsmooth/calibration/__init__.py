@@ -5,9 +5,10 @@
     ece = expected_calibration_error(logits, target, from_logits=True)
     probs = TemperatureScaling().fit(val_logits, val_target).transform(test_logits)
 
-``metrics`` (the ECE family, Brier score, NLL, bootstrap intervals) needs only torch and loads
-eagerly; ``scaling`` (post-hoc calibrators; NumPy, scikit-learn) and ``diagrams`` (reliability
-diagrams; matplotlib) load on first use of one of their names. ``lab`` and ``cli`` connect the
+``metrics`` (the ECE family, Brier score, NLL), ``bootstrap`` (intervals) and ``streaming`` (the
+``CalibrationError`` module) need only torch and load eagerly; ``scaling`` (post-hoc calibrators;
+NumPy, scikit-learn) and ``diagrams`` (reliability diagrams; matplotlib) load on first use of one
+of their names. ``lab`` and ``cli`` connect the
 package to the lab report and the ``labelsmooth calibrate`` command.
 """
 
@@ -15,16 +16,12 @@ from __future__ import annotations
 
 import importlib
 
+from .bootstrap import SUMMARY_METRICS, ConfidenceInterval, bootstrap_ci, calibration_summary
 from .metrics import (
-    SUMMARY_METRICS,
     BinStatistics,
-    CalibrationError,
-    ConfidenceInterval,
     accuracy,
     bin_statistics,
-    bootstrap_ci,
     brier_score,
-    calibration_summary,
     classwise_calibration_error,
     confidence_gap,
     debiased_l2_calibration_error,
@@ -32,6 +29,7 @@ from .metrics import (
     maximum_calibration_error,
     negative_log_likelihood,
 )
+from .streaming import CalibrationError
 
 _LAZY = {
     "CALIBRATORS": "scaling",

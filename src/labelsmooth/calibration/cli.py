@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .metrics import SUMMARY_METRICS, ConfidenceInterval, calibration_summary, check_inputs
+from .bootstrap import SUMMARY_METRICS, ConfidenceInterval, calibration_summary
+from .metrics import check_inputs
 from .scaling import CALIBRATORS, Calibrator, TemperatureScaling
 
 ARRAYS = ("logits", "target")

@@ -2,7 +2,7 @@
 section that answers "label smoothing or temperature scaling?" with numbers.
 
 ``cell_calibration(final_npz)`` scores one finished cell (``cells/<key>/final.npz`` of the lab
-contract): on the test split, the metrics of ``metrics.SUMMARY_METRICS`` (accuracy, ECE, MCE,
+contract): on the test split, the metrics of ``bootstrap.SUMMARY_METRICS`` (accuracy, ECE, MCE,
 class-wise ECE, Brier, NLL, the signed confidence gap = mean confidence - accuracy), each with a
 percentile-bootstrap interval over test rows; the temperature fitted on the holdout split; and the
 same metrics after scaling. The result is plain JSON, so the sweep can store it as ``run["calibration"]``.
@@ -37,7 +37,8 @@ from torch import Tensor
 
 from ..lab.report import _table, baseline_of, condition_label, group_runs, judge, write_atomic
 from ..lab.stats import Estimate, estimate, paired_difference
-from .metrics import SUMMARY_METRICS, calibration_summary, check_inputs
+from .bootstrap import SUMMARY_METRICS, calibration_summary
+from .metrics import check_inputs
 from .scaling import TemperatureScaling
 
 __all__ = ["GAP_TOLERANCE", "cell_calibration", "report_section"]

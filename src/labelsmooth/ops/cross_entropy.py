@@ -60,10 +60,9 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..engine import (accumulation_dtype, check_class_index_call, class_target_loss, loss_gradient_coefficients,
-                      prepare_class_targets, to_rows)
+                      prepare_class_targets, single_backward, to_rows)
 from ..targets import Distribution, Smoothing
 from .utils import check_kernel_device, row_block_size, row_num_warps, triton_dtype
 
@@ -320,7 +319,7 @@ class _RowStatistics(torch.autograd.Function):
         return lse, target_logit, dot
 
     @staticmethod
-    @once_differentiable
+    @single_backward("The Triton cross-entropy")
     def backward(ctx, grad_lse: Tensor, grad_target_logit: Tensor, grad_dot: Tensor):
         logits, target, smoothing, lse = ctx.saved_tensors
         grad = logits if ctx.inplace_backward else torch.empty_like(logits)
@@ -339,7 +338,7 @@ class _LossWithPrecomputedGradient(torch.autograd.Function):
         return loss.clone()
 
     @staticmethod
-    @once_differentiable
+    @single_backward("fused_cross_entropy_with_grad")
     def backward(ctx, grad_loss: Tensor):
         (grad_rows,) = ctx.saved_tensors
         _launch_scale_rows(grad_rows, grad_loss)
@@ -357,7 +356,8 @@ def _from_rows(rows: Tensor, shape: torch.Size) -> Tensor:
 
 
 def row_statistics(logits: Tensor, target: Tensor, smoothing: Smoothing | None,
-                   softcap: float | None, inplace_backward: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+                   softcap: float | None, inplace_backward: bool = False,
+                   predictions: bool = False) -> tuple[Tensor, ...]:
     """The Triton row-statistics provider: ``(lse, x_y, dot)`` per row, differentiable in logits.
 
     Same contract as :func:`labelsmooth.engine.torch_row_statistics`: ``logits`` (M, K) on CUDA
@@ -366,6 +366,8 @@ def row_statistics(logits: Tensor, target: Tensor, smoothing: Smoothing | None,
     ``dot = sum_c v_c x_c`` with ``v = smoothing.vector`` or ``smoothing.matrix[y]``. Outputs are
     fp32 (M,) (fp64 for fp64 logits). With ``inplace_backward=True`` backward writes the gradient
     into the logits' storage: the caller's logits are overwritten (saves one (M, K) buffer).
+    With ``predictions``, a fourth output: each row's arg-max (int64), for the accuracy of
+    ``return_parts``; it is a separate ``argmax`` over the logits (the kernel does not track it).
 
     Example:
         >>> import torch
@@ -378,8 +380,9 @@ def row_statistics(logits: Tensor, target: Tensor, smoothing: Smoothing | None,
     """
     check_kernel_device(logits, "logits")
     smoothing_tensor, class_conditional = _smoothing_operand(smoothing)
-    return _RowStatistics.apply(_unit_column_stride(logits), target.long().contiguous(), smoothing_tensor,
-                                class_conditional, softcap, inplace_backward)
+    statistics = _RowStatistics.apply(_unit_column_stride(logits), target.long().contiguous(), smoothing_tensor,
+                                      class_conditional, softcap, inplace_backward)
+    return (*statistics, logits.detach().argmax(1)) if predictions else statistics
 
 
 def fused_cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor | None = None,
@@ -428,7 +431,7 @@ def fused_cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor 
     targets = prepare_class_targets(target, num_classes, ignore_index=ignore_index,
                                     label_smoothing=label_smoothing, distribution=distribution, weight=weight,
                                     dtype=acc, device=input.device, validate_args=validate_args,
-                                    return_parts=False)
+                                    return_parts=False, reduction=reduction)
 
     # 2. statistics, and the gradient when one is wanted, in one kernel
     rows = _unit_column_stride(to_rows(input.detach(), num_classes))

@@ -64,7 +64,6 @@ from typing import Callable, Iterator, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .._checks import check_class_weight, check_index_target, check_logit_options, check_reduction
 from ..engine import (
@@ -74,6 +73,9 @@ from ..engine import (
     prepare_class_targets,
     reduce_parts,
     reduce_rows,
+    row_correct,
+    single_backward,
+    update_running_argmax,
 )
 from ..targets import Distribution
 
@@ -374,19 +376,23 @@ class _Head:
 
 
 class _RecomputedStatistics(torch.autograd.Function):
-    """(lse, x_y, dot) per row; backward recomputes each tile (vocabulary blocks outermost)."""
+    """(lse, x_y, dot) per row (and with ``predictions`` each row's arg-max, int64); backward
+    recomputes each tile (vocabulary blocks outermost)."""
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor,
-                rows: Tensor | None, options: TileOptions):
+                rows: Tensor | None, options: TileOptions, predictions: bool):
         head = _Head(hidden, weight, bias, target, rows, options)
         lse = torch.full((len(hidden),), -torch.inf, dtype=head.acc, device=hidden.device)
         target_logit, dot = torch.zeros_like(lse), torch.zeros_like(lse)
+        best, prediction = torch.full_like(lse, -torch.inf), torch.zeros_like(lse, dtype=torch.int64)
         for v0, v1 in head.blocks():
             for n0, n1 in head.chunks():
-                # the tile lives only inside the call: the next one is not allocated beside it
-                tile_lse, tile_target_logit, tile_dot = head.tile_statistics(head.logits(n0, n1, v0, v1)[0],
-                                                                             n0, n1, v0, v1)
+                logits = head.logits(n0, n1, v0, v1)[0]
+                if predictions:
+                    update_running_argmax(best[n0:n1], prediction[n0:n1], logits, v0)
+                tile_lse, tile_target_logit, tile_dot = head.tile_statistics(logits, n0, n1, v0, v1)
+                del logits  # the tile is not kept beside the next one
                 lse[n0:n1] = torch.logaddexp(lse[n0:n1], tile_lse)  # online log-sum-exp over blocks
                 target_logit[n0:n1] += tile_target_logit
                 if tile_dot is not None:
@@ -398,11 +404,14 @@ class _RecomputedStatistics(torch.autograd.Function):
                 dot[n0:n1] = head.closed_form_dot(projection, offset, n0, n1)
         ctx.save_for_backward(hidden, weight, bias, target, rows, lse, projection)
         ctx.options = options
-        return lse, target_logit, dot
+        if not predictions:
+            return lse, target_logit, dot
+        ctx.mark_non_differentiable(prediction)
+        return lse, target_logit, dot, prediction
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_lse: Tensor, grad_target_logit: Tensor, grad_dot: Tensor):
+    @single_backward("linear_cross_entropy")
+    def backward(ctx, grad_lse: Tensor, grad_target_logit: Tensor, grad_dot: Tensor, *unused):
         hidden, weight, bias, target, rows, lse, projection = ctx.saved_tensors
         head = _Head(hidden, weight, bias, target, rows, ctx.options)
         grads = head.new_gradients(*ctx.needs_input_grad[:3])
@@ -417,7 +426,7 @@ class _RecomputedStatistics(torch.autograd.Function):
             if head.closed_form:
                 head.add_closed_form_block(grads, weight_block, v0, v1)
             grads.store_weight_block(v0, v1, weight_block)
-        return (*head.finish(grads), None, None, None)
+        return (*head.finish(grads), None, None, None, None)
 
 
 class _GradientInForward(torch.autograd.Function):
@@ -445,7 +454,7 @@ class _GradientInForward(torch.autograd.Function):
         return total
 
     @staticmethod
-    @once_differentiable
+    @single_backward("linear_cross_entropy")
     def backward(ctx, grad_loss: Tensor):
         if ctx.grads is None:
             raise RuntimeError("linear_cross_entropy: backward through the same loss twice is not "
@@ -566,7 +575,8 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias: T
     targets = prepare_class_targets(target, vocab, ignore_index=ignore_index, label_smoothing=label_smoothing,
                                     distribution=distribution, weight=class_weight,
                                     dtype=accumulation_dtype(hidden.dtype), device=hidden.device,
-                                    validate_args=validate_args, return_parts=return_parts)
+                                    validate_args=validate_args, return_parts=return_parts, reduction=reduction,
+                                    weight_name="class_weight")
     used_smoothing, row_eps = targets.smoothing, targets.label_smoothing
 
     def row_parts(lse, target_logit, dot, rows=slice(None)):
@@ -591,6 +601,8 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias: T
 
         loss = _GradientInForward.apply(hidden_rows, weight, bias, targets.target, table, options, chunk_loss)
         return loss.to(hidden.dtype)
-    statistics = _RecomputedStatistics.apply(hidden_rows, weight, bias, targets.target, table, options)
-    return reduce_parts(row_parts(*statistics), reduction, targets.denominator, targets.shape, hidden.dtype,
-                        return_parts)
+    lse, target_logit, dot, *prediction = _RecomputedStatistics.apply(hidden_rows, weight, bias, targets.target,
+                                                                      table, options, return_parts)
+    return reduce_parts(row_parts(lse, target_logit, dot), reduction, targets.denominator, targets.shape,
+                        hidden.dtype, return_parts, correct=row_correct(prediction[0], targets) if prediction else None,
+                        valid=targets.valid)
