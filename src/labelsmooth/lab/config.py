@@ -18,7 +18,7 @@ from torch import Tensor
 from .models import MODELS
 from .shard import format_shard, select_cells
 
-__all__ = ["DISTRIBUTIONS", "OPTIMIZERS", "RESUME_IGNORES", "Cell", "SweepConfig", "grid_cells"]
+__all__ = ["DISTRIBUTIONS", "OPTIMIZERS", "RESUME_IGNORES", "Cell", "SweepConfig", "as_tuples", "grid_cells"]
 
 DISTRIBUTIONS = ("uniform", "non_target")
 # Config keys that may differ when a run directory is resumed: where the data lives, not what it is.
@@ -30,6 +30,13 @@ OPTIMIZERS: dict[str, Callable[[list[Tensor], "SweepConfig"], torch.optim.Optimi
                                              weight_decay=c.weight_decay),
     "adam": lambda params, c: torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay),
 }
+
+
+def as_tuples(config, names: tuple[str, ...]) -> None:
+    """Make each field ``names`` of a config a tuple: a list or tuple as is, a single value as ``(value,)``."""
+    for name in names:
+        value = getattr(config, name)
+        setattr(config, name, tuple(value) if isinstance(value, (list, tuple)) else (value,))
 
 
 @dataclass
@@ -61,9 +68,7 @@ class SweepConfig:
     shard: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("models", "label_smoothing", "seeds", "distributions"):
-            value = getattr(self, name)
-            setattr(self, name, tuple(value) if isinstance(value, (list, tuple)) else (value,))
+        as_tuples(self, ("models", "label_smoothing", "seeds", "distributions"))
         self.validate()
 
     def validate(self) -> None:

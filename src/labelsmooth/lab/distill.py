@@ -40,7 +40,7 @@ from torch import Tensor
 
 from ..analysis.distill import distillation_loss, smoothness_index
 from .cells import METRIC_NAMES, CellGroup, epoch_order
-from .config import OPTIMIZERS, Cell, SweepConfig
+from .config import OPTIMIZERS, Cell, SweepConfig, as_tuples
 from .data import Dataset, load_dataset
 from .presets import print_outcome
 from .report.builder import build_report
@@ -91,9 +91,7 @@ class DistillationConfig:
     beta: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("teacher_widths", "student_widths", "temperatures", "smoothed_temperatures"):
-            value = getattr(self, name)
-            setattr(self, name, tuple(value) if isinstance(value, (list, tuple)) else (value,))
+        as_tuples(self, ("teacher_widths", "student_widths", "temperatures", "smoothed_temperatures"))
         self.validate()
 
     def validate(self) -> None:

@@ -63,8 +63,9 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike, *, progress: bool
     """Train every cell of ``config`` into ``out_dir`` (create, resume, or report complete).
 
     Returns the results dict (as in ``results.json``). A finished run directory with the same
-    config is left untouched; one with a different config raises :class:`~labelsmooth.lab.rundir.RunDirectoryError`.
-    Ends by building the report (:func:`labelsmooth.lab.report.builder.build_report`). Inside an initialized
+    config is left untouched; one with a different config raises
+    :class:`~labelsmooth.lab.rundir.RunDirectoryError`. Ends by building the report
+    (:func:`~labelsmooth.lab.report.builder.build_report`). Inside an initialized
     ``torch.distributed`` group every rank calls it and trains data-parallel; rank 0 alone
     touches ``out_dir`` (see the module docstring), and every rank returns the results.
     """
@@ -96,7 +97,7 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike, *, progress: bool
         progress_state = Progress(saved["histories"], saved["tests"])
         saved_group = (saved["group_model"], saved["group"]) if saved["group"] else None
         say(f"{out}: resuming an unfinished sweep ({len(progress_state.tests)} of {len(cells)} cells "
-              f"finished, {sum(len(h) for h in progress_state.histories.values())} cell-epochs recorded).")
+            f"finished, {sum(len(h) for h in progress_state.histories.values())} cell-epochs recorded).")
 
     def record() -> dict:
         results = progress_state.results(config, cells)
