@@ -22,8 +22,8 @@ Providers:
   favourable to the seed than its own code, shown so the data path's share is visible.
 
   Both loops start every model from the sweep's initial weights for the seed and read the
-  sweep's batch order (``sweep.initial_model``, whose head is the seed's last convolution's
-  kernel, and ``sweep.epoch_order``), so the training statistics can be compared.
+  sweep's batch order (``cells.initial_model``, whose head is the seed's last convolution's
+  kernel, and ``cells.epoch_order``), so the training statistics can be compared.
 - ``labelsmooth-sweep``: ``labelsmooth.lab.sweep.run_sweep`` end to end into a temporary run
   directory (data loading, training all cells at once, per-epoch evaluation of loss, NLL,
   accuracy and ECE, atomic checkpoints, results.json, the cells' final logits, the report).
@@ -71,8 +71,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
+from labelsmooth.lab.cells import epoch_order, initial_model
+from labelsmooth.lab.config import SweepConfig
 from labelsmooth.lab.data import load_dataset
-from labelsmooth.lab.sweep import SweepConfig, epoch_order, initial_model, run_sweep
+from labelsmooth.lab.sweep import run_sweep
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import Recorder  # noqa: E402

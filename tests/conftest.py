@@ -14,7 +14,11 @@ code with ``labelsmooth``.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -74,3 +78,55 @@ def reference_ce():
 @pytest.fixture(scope="session")
 def smoothing_rows():
     return reference_smoothing_rows
+
+
+# Synthetic lab runs (for the lab report's tests) ----------------------------------------------------
+
+
+def _synthetic_history(epochs: int, minimum_epoch: int, rise: float, offset: float) -> list[dict]:
+    """val_nll falls to 0.5 + offset at ``minimum_epoch`` then rises linearly by ``rise``."""
+    rows = []
+    for epoch in range(1, epochs + 1):
+        if epoch <= minimum_epoch:
+            nll = 0.5 + offset + (minimum_epoch - epoch) * 0.1
+        else:
+            nll = 0.5 + offset + rise * (epoch - minimum_epoch) / (epochs - minimum_epoch)
+        rows.append(dict(epoch=epoch, train_loss=1.0 / epoch, val_loss=nll + 0.2, val_nll=nll,
+                         val_accuracy=0.8 + offset, val_ece=0.05 + offset))
+    return rows
+
+
+def _synthetic_results(rises: dict[float, list[float]], *, epochs: int = 12, minimum_epoch: int = 4,
+                      accuracy: dict[float, list[float]] | None = None, config: dict | None = None) -> dict:
+    """results.json with one run per (eps, seed); ``rises[eps][seed]`` sets the val NLL rise."""
+    runs = []
+    for eps, per_seed in rises.items():
+        for seed, rise in enumerate(per_seed):
+            history = _synthetic_history(epochs, minimum_epoch, rise, offset=0.001 * seed)
+            acc = accuracy[eps][seed] if accuracy else history[-1]["val_accuracy"]
+            runs.append(dict(label_smoothing=eps, seed=seed, distribution="uniform", model="seed-cnn",
+                             cell=f"eps{eps}-seed{seed}", history=history,
+                             test=dict(loss=history[-1]["val_loss"], nll=history[-1]["val_nll"],
+                                       accuracy=acc, ece=history[-1]["val_ece"])))
+    return {"config": config or {"dataset": "digits", "model": "seed-cnn"}, "runs": runs,
+            "complete": True}
+
+
+def _write_run(directory: Path, results: dict) -> Path:
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text(json.dumps(results["config"]))
+    (directory / "results.json").write_text(json.dumps(results))
+    return directory
+
+
+def _verdicts_of(page: str) -> list[dict]:
+    found = re.search(r'<script type="application/json" id="verdicts-data">(.*?)</script>', page, re.S)
+    return json.loads(found.group(1))
+
+
+@pytest.fixture(scope="session")
+def lab_runs():
+    """Synthetic lab runs: ``history(...)``, ``results(...)`` (a results.json), ``write(dir, results)``
+    (a run directory) and ``verdicts_of(page)`` (the verdicts embedded in a report page)."""
+    return SimpleNamespace(history=_synthetic_history, results=_synthetic_results, write=_write_run,
+                           verdicts_of=_verdicts_of)

@@ -1,18 +1,18 @@
-"""Tests of the named experiments (`labelsmooth reproduce`) and `labelsmooth demo`: the seed
-protocol's settings as SEEDS.md states them, command-line flags winning over a preset, tiny
-end-to-end runs on digits, the refusal to overwrite another sweep, and the demo's fallback."""
+"""lab.presets: the named experiments (`labelsmooth reproduce`): the blog experiment's protocol as
+its settings, command-line flags winning over a preset, tiny end-to-end runs on digits, the
+refusal to overwrite another sweep."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 
 import pytest
 
 from labelsmooth.cli import main as cli_main
 from labelsmooth.lab import presets
-from labelsmooth.lab.sweep import SweepConfig, add_sweep_arguments, config_from_args
+from labelsmooth.lab.config import SweepConfig
+from labelsmooth.lab.sweep import add_sweep_arguments, config_from_args
 
 TINY = ["--dataset", "digits", "--train-fraction", "1", "--epochs", "2", "--seeds", "0", "1",
         "--no-progress", "--threads", "1"]
@@ -43,8 +43,8 @@ def test_every_preset_names_sweep_flags_and_makes_a_valid_config(name, quick):
     assert len(config.seeds) >= 2  # intervals need two seeds at least
 
 
-def test_seed_preset_is_the_seed_protocol():
-    # seed 000 as SEEDS.md states it: 6,000 of 60,000 images, 200 epochs, SGD 1e-3 / 0.9, batch 32
+def test_seed_preset_is_the_blog_experiments_protocol():
+    # the blog experiment: 6,000 of 60,000 images, 200 epochs, SGD 1e-3 / 0.9, batch 32
     config = reproduce_config(["seed-fashion-mnist"])
     assert (config.models, config.train_fraction, config.epochs, config.batch_size) == (
         ("seed-cnn",), 0.1, 200, 32)
@@ -88,24 +88,3 @@ def test_reproduce_end_to_end_on_digits(tmp_path, capsys):
 
     assert cli_main([*argv, "--epochs", "3"]) == 2  # another sweep in the same directory
     assert "different sweep" in capsys.readouterr().err
-
-
-def test_demo_falls_back_to_digits_with_a_notice(tmp_path, monkeypatch, capsys):
-    empty = tmp_path / "no-data"
-    empty.mkdir()
-    monkeypatch.setenv("LABELSMOOTH_DATA", str(empty))
-    monkeypatch.chdir(tmp_path)
-    short = dataclasses.replace(presets.PRESETS["seed-fashion-mnist"],
-                                quick=dict(epochs=2, seeds=[0, 1]))
-    monkeypatch.setitem(presets.PRESETS, "seed-fashion-mnist", short)
-    assert cli_main(["demo"]) == 0
-    printed = capsys.readouterr().out
-    assert "NOTICE: Fashion-MNIST is not available" in printed and str(empty) in printed
-    run_dir = tmp_path / "runs" / "demo-seed-fashion-mnist-digits"
-    config = json.loads((run_dir / "config.json").read_text())
-    assert (config["dataset"], config["train_fraction"], config["epochs"]) == ("digits", 1.0, 2)
-    assert f"Report: {run_dir / 'report.html'}" in printed and "accuracy" in printed
-
-    assert cli_main(["demo"]) == 0  # a complete demo run: exit 0, point to the report
-    again = capsys.readouterr().out
-    assert "already complete" in again and str(run_dir / "report.html") in again

@@ -1,5 +1,6 @@
-"""lab.sweep: vectorised cells == cells trained alone with torch.optim, determinism, resume after a
-kill, run-directory rules, CLI outputs. Short runs on digits; one Fashion-MNIST run when installed.
+"""lab.sweep (with lab.cells): vectorised cells == cells trained alone with torch.optim,
+determinism, resume after a kill, run-directory rules, CLI outputs. Short runs on digits; one
+Fashion-MNIST run when installed.
 
 The reference trainer below is written from the definitions: an ordinary ``nn.Module`` per cell,
 ``torch.optim``, torch's ``F.cross_entropy`` against explicit smoothed soft targets, and
@@ -23,10 +24,12 @@ import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from labelsmooth.cli import main
-from labelsmooth.lab import report
+from labelsmooth.lab import sweep
+from labelsmooth.lab.cells import epoch_order
+from labelsmooth.lab.config import SweepConfig, grid_cells
 from labelsmooth.lab.data import DEFAULT_FASHION_MNIST_DIR, load_dataset
 from labelsmooth.lab.models import build_model
-from labelsmooth.lab.sweep import SweepConfig, epoch_order, grid_cells, run_sweep
+from labelsmooth.lab.sweep import run_sweep
 
 SMALL = dict(dataset="digits", train_fraction=0.3, epochs=2, batch_size=32, lr=0.05)
 
@@ -43,7 +46,7 @@ def one_thread():
 def no_report(monkeypatch):
     """Skip the (slow, separately tested) report; record that the sweep asked for it."""
     calls = []
-    monkeypatch.setattr(report, "build_report", lambda run_dir: calls.append(Path(run_dir)))
+    monkeypatch.setattr(sweep, "build_report", lambda run_dir: calls.append(Path(run_dir)))
     return calls
 
 
@@ -246,34 +249,6 @@ def test_resume_of_a_run_without_checkpoint_starts_over(tmp_path, no_report, cap
     (tmp_path / "run" / "config.json").write_text(json.dumps(config.to_dict()))
     results = run_sweep(config, tmp_path / "run", progress=False)
     assert results == run_sweep(config, tmp_path / "fresh", progress=False)
-
-
-@pytest.mark.parametrize("settings, message", [
-    (dict(label_smoothing=(1.5,)), "label_smoothing must be distinct finite numbers at most 1"),
-    (dict(label_smoothing=(0.1, 0.1)), "label_smoothing must be distinct"),
-    (dict(seeds=(-1,)), "seeds must be distinct non-negative integers"),
-    (dict(models=("vgg",)), "models must be distinct names from"),
-    (dict(distributions=("prior",)), "distributions must be distinct names from"),
-    (dict(optimizer="lbfgs"), "optimizer must be one of"),
-    (dict(epochs=0), "epochs must be an integer >= 1"),
-    (dict(momentum=1.0), r"momentum must be in \[0, 1\)"),
-    (dict(model_options={"mlp": {}}), "model_options must be a dict from a model name of the sweep"),
-    (dict(shard="3/2"), "--shard: expected i/n"),
-])
-def test_config_errors_name_the_setting(settings, message):
-    with pytest.raises(ValueError, match=message):
-        SweepConfig(**settings)
-    with pytest.raises(ValueError, match="unknown keys"):
-        SweepConfig.from_dict({"epoch": 3})
-
-
-def test_grid_order_keys_and_shards():
-    config = SweepConfig(models=("mlp", "seed-cnn"), label_smoothing=(0.0, 0.1), seeds=(0, 1))
-    keys = [c.key for c in grid_cells(config)]
-    assert keys[:3] == ["mlp-uniform-eps0-seed0", "mlp-uniform-eps0-seed1", "mlp-uniform-eps0.1-seed0"]
-    assert len(set(keys)) == 8
-    halves = [grid_cells(SweepConfig(**{**config.to_dict(), "shard": s})) for s in ("1/2", "2/2")]
-    assert sorted(c.key for h in halves for c in h) == sorted(keys)
 
 
 @pytest.mark.fashion_mnist

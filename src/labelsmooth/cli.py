@@ -13,12 +13,13 @@ import sys
 # name -> (module that implements it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("labelsmooth.lab.sweep", "train a grid of eps x seed (x distribution, model) cells at once"),
-    "reproduce": ("labelsmooth.lab.presets", "run a named experiment (seed-fashion-mnist, overfitting, distillation) [--quick]"),
-    "report": ("labelsmooth.lab.report", "rebuild the plots and report.html of a run directory"),
-    "demo": ("labelsmooth.demo", "the seed experiment, quick, on Fashion-MNIST (digits if absent), with its report"),
+    "reproduce": ("labelsmooth.lab.presets",
+                  "run a named experiment (seed-fashion-mnist, overfitting, distillation) [--quick]"),
+    "report": ("labelsmooth.lab.report.builder", "rebuild the plots and report.html of a run directory"),
+    "demo": ("labelsmooth.lab.demo", "the Fashion-MNIST experiment, quick (digits if absent), with its report"),
     "merge": ("labelsmooth.lab.merge", "combine the run directories of a sharded sweep into one"),
-    "calibrate": ("labelsmooth.calibration.cli", "score and fix the calibration of saved logits (.npz)"),
-    "distill": ("labelsmooth.analysis.distill_lab", "do smoothed teachers distil worse? (Müller et al. 2019)"),
+    "calibrate": ("labelsmooth.lab.calibrate", "score and fix the calibration of saved logits (.npz)"),
+    "distill": ("labelsmooth.lab.distill", "do smoothed teachers distil worse? (Müller et al. 2019)"),
 }
 
 # Experiments that are more than one sweep, reachable as `labelsmooth reproduce NAME` too.

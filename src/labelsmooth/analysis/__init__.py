@@ -2,9 +2,9 @@
 
 ``penultimate``: projection of activations onto the plane through three class templates and
 measures of cluster tightness (Müller et al. 2019, Section 2). ``distill``: the distillation loss
-and a teacher's smoothness index. Two modules import the lab and are not imported here: ``lab``
-(the penultimate section of lab reports) and ``distill_lab`` (the distillation experiment,
-``labelsmooth distill``).
+and a teacher's smoothness index. A pure library: it imports only the core package. The lab uses
+it for the penultimate-layer section of its reports (``labelsmooth.lab.report.penultimate``) and
+for the distillation experiment (``labelsmooth.lab.distill``, ``labelsmooth distill``).
 """
 
 from __future__ import annotations

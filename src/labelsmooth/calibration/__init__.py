@@ -8,8 +8,9 @@
 ``metrics`` (the ECE family, Brier score, NLL), ``bootstrap`` (intervals) and ``streaming`` (the
 ``CalibrationError`` module) need only torch and load eagerly; ``scaling`` (post-hoc calibrators;
 NumPy, scikit-learn) and ``diagrams`` (reliability diagrams; matplotlib) load on first use of one
-of their names. ``lab`` and ``cli`` connect the
-package to the lab report and the ``labelsmooth calibrate`` command.
+of their names. A pure library: it imports only the core package. The lab uses it for the
+calibration section of its reports (``labelsmooth.lab.report.calibration``) and the
+``labelsmooth calibrate`` command (``labelsmooth.lab.calibrate``).
 """
 
 from __future__ import annotations

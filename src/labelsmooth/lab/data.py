@@ -14,7 +14,7 @@ Three sources, one registry (:data:`SOURCES`):
   (a separate evaluation split; by default evaluation uses the test set) and optional
   ``class_names``; (N, H, W) images get a channel axis. Loaded with ``allow_pickle=False``.
 
-Splits (issue 3): ``x_eval`` is the per-epoch evaluation split, by default the full official
+Splits: ``x_eval`` is the per-epoch evaluation split, by default the full official
 test set; ``x_holdout`` is a seeded stratified sample of training images not used for training
 (when ``train_fraction < 1``: taken from the images left out, at most 10% of the training
 pool; otherwise 10% of the pool, so training uses the other 90%); ``x_train`` is a stratified,
@@ -25,6 +25,7 @@ for images, (N, D) for flat features.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 from dataclasses import dataclass
@@ -81,6 +82,11 @@ class Dataset:
     def in_shape(self) -> tuple[int, ...]:
         """Shape of one input, e.g. (1, 28, 28)."""
         return tuple(self.x_train.shape[1:])
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        """This data set with every tensor on ``device`` (tensors already there are not copied)."""
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
+                                            if isinstance(getattr(self, f.name), Tensor)})
 
 
 # 1. IDX files ----------------------------------------------------------------------------------------

@@ -4,14 +4,14 @@ Each shard is made by ``labelsmooth sweep ... --shard i/n`` (see :mod:`labelsmoo
 Merging reads only the shards' ``config.json`` and ``results.json`` (plain JSON) and
 
 - refuses shards whose configs differ in anything but ``shard`` and the keys a sweep may resume
-  with (``sweep.RESUME_IGNORES``: where the data lives, which may differ between machines),
+  with (``config.RESUME_IGNORES``: where the data lives, which may differ between machines),
   naming the keys and the run directories; two shards holding the same cell; a cell that is not
   in the grid;
 - refuses an incomplete shard, or a union that misses cells of the grid (naming them), unless
   ``allow_partial`` (the merged run is then ``"complete": false``, like an unfinished sweep);
 - writes a new run directory, never into a non-empty one, atomically (built in a hidden folder
   beside it, then renamed): ``config.json`` (the sweep's config with ``shard`` None),
-  ``results.json`` with the runs in grid order (``sweep.grid_cells``), ``metrics.csv`` and each
+  ``results.json`` with the runs in grid order (``config.grid_cells``), ``metrics.csv`` and each
   cell's ``cells/<cell key>/`` copied from its shard; then builds the report.
 
 So merging every shard of a finished grid writes the ``results.json`` the unsharded sweep writes:
@@ -19,7 +19,8 @@ same runs, same order, same numbers (bit for bit on the CPU where a shard's cell
 with the same kernels as in the unsharded sweep; see the tests).
 
 >>> import tempfile, pathlib
->>> from labelsmooth.lab.sweep import SweepConfig, write_json
+>>> from labelsmooth.lab.config import SweepConfig
+>>> from labelsmooth.lab.rundir import write_json
 >>> root = pathlib.Path(tempfile.mkdtemp())
 >>> for shard, eps in (("1/2", 0.0), ("2/2", 0.1)):
 ...     config = SweepConfig(label_smoothing=(0.0, 0.1), shard=shard).to_dict()
@@ -44,7 +45,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .sweep import RESUME_IGNORES, SweepConfig, grid_cells, write_json, write_metrics_csv
+from .config import RESUME_IGNORES, SweepConfig, grid_cells
+from .report.builder import build_report
+from .rundir import is_plain_cell_key, write_json, write_metrics_csv
 
 __all__ = ["MergeError", "Shard", "add_arguments", "load_shard", "merge_shards", "run"]
 
@@ -84,8 +87,7 @@ def _read_json(path: Path) -> object:
 
 def _plain_cell_key(key: object, path: Path) -> str:
     """A cell key names a folder under cells/: one path component, not '.', '..' or hidden."""
-    plain = isinstance(key, str) and key and key == Path(key).name and not key.startswith(".")
-    if not plain or "\\" in key:
+    if not is_plain_cell_key(key):
         raise MergeError(f"RUN_DIRS: expected every run in {path} to have a 'cell' key that is a "
                          f"plain folder name, got {key!r}")
     return key
@@ -216,8 +218,6 @@ def merge_shards(run_dirs: list[str | os.PathLike], out: str | os.PathLike, *,
     results = {"config": config.to_dict(), "runs": runs, "complete": complete}
     write_run_directory(out, results, owners)
     if report:
-        from .report import build_report
-
         build_report(out)
     return results
 

@@ -138,9 +138,10 @@ class StackableModel(nn.Module):
 
 
 class SeedCNN(StackableModel):
-    """Seed 000's CNN with a K-class head: three 3x3 stride-2 convolutions (16, 16, K channels).
+    """The blog experiment's small CNN with a K-class head: three 3x3 stride-2 convolutions
+    (16, 16, K channels).
 
-    The seed ends in ``relu(conv3(h)) -> avg_pool2d(4)`` with 32 channels for 10 classes. Here
+    The original ends in ``relu(conv3(h)) -> avg_pool2d(4)`` with 32 channels for 10 classes. Here
     conv3 has K output channels and no ReLU (a logit must be able to go negative), and the pooling
     is the global mean (on 28x28 inputs conv3's map is 4x4, where ``avg_pool2d(4)`` *is* the
     global mean; the global mean also works on 8x8 digits). Conv3 and the pooling together are
@@ -150,7 +151,7 @@ class SeedCNN(StackableModel):
       output position p of L, ``mean_p (W * P_p + b) = W * (mean_p P_p) + b``; so the penultimate
       features are the patches averaged over positions (D = 16 * 9 = 144) and ``classifier`` is
       a Linear whose weight is conv3's kernel, flattened. Its default initialisation is the
-      seed's conv3's too (both draw from fan_in = 144).
+      original conv3's too (both draw from fan_in = 144).
     - ``forward``: ``logits_k = b_k + sum_{c,y,x} h[c, y, x] M[k, c, y, x]`` where M[k, c] adds up,
       over the L positions, conv3's kernel placed where it reads ``h``, divided by L: M is the
       transposed convolution of a constant 1/L map with that kernel, ``W[k, c] @ tap_map``.
@@ -179,7 +180,7 @@ class SeedCNN(StackableModel):
         self.classifier = nn.Linear(channels * 9, num_classes)
 
     def stacked_conv_features(self, params: Params, x: Tensor, counts: Sequence[int]) -> Tensor:
-        """conv2's output, the input of the seed's conv3: (N, C * channels, H/4, W/4)."""
+        """conv2's output, the input of the original conv3: (N, C * channels, H/4, W/4)."""
         h = F.relu(input_conv2d(x, params["conv1.weight"], params["conv1.bias"], counts, stride=2, padding=1))
         return F.relu(grouped_conv2d(h, params["conv2.weight"], params["conv2.bias"], stride=2, padding=1))
 

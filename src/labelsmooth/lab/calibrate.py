@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bootstrap import SUMMARY_METRICS, ConfidenceInterval, calibration_summary
-from .metrics import check_inputs
-from .scaling import CALIBRATORS, Calibrator, TemperatureScaling
+from ..calibration.bootstrap import SUMMARY_METRICS, ConfidenceInterval, calibration_summary
+from ..calibration.diagrams import reliability_diagrams
+from ..calibration.metrics import check_inputs
+from ..calibration.scaling import CALIBRATORS, Calibrator, TemperatureScaling
 
 ARRAYS = ("logits", "target")
 # Errors that mean "this file is not a valid logits file": reported in one line.
@@ -112,8 +113,6 @@ def run(args: argparse.Namespace) -> int:
     print("(ECE, MCE and class-wise ECE are biased upward on finite samples; their bootstrap "
           "interval can lie above a small estimate.)")
     if args.out is not None:
-        from .diagrams import reliability_diagrams
-
         args.out.mkdir(parents=True, exist_ok=True)
         path = args.out / "reliability.png"
         reliability_diagrams(models, path, n_bins=args.n_bins)

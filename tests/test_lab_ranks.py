@@ -1,6 +1,6 @@
-"""lab.sweep under torch.distributed: a 2-process data-parallel sweep (gloo, CPU) equals the
-single-process sweep, only rank 0 touches the run directory, and rank 0's decisions (refuse,
-complete) end every rank alike.
+"""lab.ranks (with lab.sweep) under torch.distributed: a 2-process data-parallel sweep (gloo, CPU)
+equals the single-process sweep, only rank 0 touches the run directory, and rank 0's decisions
+(refuse, complete) end every rank alike.
 
 The ranks are launched as ``torchrun`` would launch them (RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR, MASTER_PORT in the environment, ``python -m labelsmooth sweep``), but each in its own
@@ -28,8 +28,10 @@ import numpy as np
 import pytest
 import torch
 
+from labelsmooth.lab.config import SweepConfig
 from labelsmooth.lab.data import load_dataset
-from labelsmooth.lab.sweep import Ranks, SweepConfig, run_sweep
+from labelsmooth.lab.ranks import Ranks
+from labelsmooth.lab.sweep import run_sweep
 
 ARGS = ["--dataset", "digits", "--train-fraction", "0.3", "--epochs", "2", "--batch-size", "31",
         "--lr", "0.05", "--model", "mlp", "seed-cnn", "--mlp-widths", "32", "--label-smoothing", "0", "0.1",

@@ -1,4 +1,4 @@
-"""``labelsmooth demo`` (what ``make demo`` runs): the seed experiment, quick, with its report.
+"""``labelsmooth demo`` (what ``make demo`` runs): the Fashion-MNIST experiment, quick, with its report.
 
 Runs ``labelsmooth reproduce seed-fashion-mnist --quick --out runs/demo-seed-fashion-mnist``
 when the Fashion-MNIST files can be read; otherwise says so plainly and runs the same preset on
@@ -21,7 +21,7 @@ FALLBACK = {"dataset": "digits", "train_fraction": 1.0}
 
 def fashion_mnist_problem(data_dir: str | None) -> str | None:
     """Why Fashion-MNIST cannot be read (None when it can)."""
-    from .lab.data import DataError, load_dataset
+    from .data import DataError, load_dataset
 
     try:
         load_dataset("fashion-mnist", data_dir=data_dir, train_fraction=0.1)
@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .lab.presets import print_outcome, reproduce
+    from .presets import print_outcome, reproduce
 
     overrides = {"data_dir": args.data_dir} if args.data_dir else {}
     out = args.out or OUT_DIR

@@ -1,5 +1,5 @@
-"""Calibration in the lab: per-cell metrics before and after temperature scaling, and the report
-section that answers "label smoothing or temperature scaling?" with numbers.
+"""The calibration section of a lab report: per-cell metrics before and after temperature scaling,
+and the answer to "label smoothing or temperature scaling?" with numbers.
 
 ``cell_calibration(final_npz)`` scores one finished cell (``cells/<key>/final.npz`` of the lab
 contract): on the test split, the metrics of ``bootstrap.SUMMARY_METRICS`` (accuracy, ECE, MCE,
@@ -7,15 +7,15 @@ class-wise ECE, Brier, NLL, the signed confidence gap = mean confidence - accura
 percentile-bootstrap interval over test rows; the temperature fitted on the holdout split; and the
 same metrics after scaling. The result is plain JSON, so the sweep can store it as ``run["calibration"]``.
 
-``report_section(results, run_dir)`` (registered in ``labelsmooth.lab.report.REPORT_SECTIONS``)
-builds a table in the shape of Müller et al. 2019, Table 3 (each condition at T = 1 and after
-temperature scaling with its T), reliability diagrams per condition before and after scaling
+``report_section(results, run_dir)`` (one of the sweep report's sections) builds a table in the
+shape of Müller et al. 2019, Table 3 (each condition at T = 1 and after temperature scaling with
+its T), reliability diagrams per condition before and after scaling
 (``calibration_reliability*.png``, also embedded), and verdicts:
 
 - "smoothing beats temperature scaling": ECE(eps, T=1) against ECE(eps=0, fitted T);
 - "smoothing still helps after scaling": ECE(eps, fitted T) against ECE(eps=0, fitted T);
-  both judged by ``labelsmooth.lab.report.judge`` on per-seed paired differences (one seed is
-  inconclusive, as for the report's other claims);
+  both judged by :func:`labelsmooth.lab.report.overview.judge` on per-seed paired differences
+  (one seed is inconclusive, as for the report's other claims);
 - "smoothing does not make the model under-confident": the confidence gap at T = 1. Its interval
   (Student t over seeds, or with one seed the bootstrap over test rows, which measures this
   model on this test set) entirely below 0 is flagged as under-confidence (not supported),
@@ -25,9 +25,6 @@ temperature scaling with its T), reliability diagrams per condition before and a
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 from pathlib import Path
 from typing import Mapping
 
@@ -35,11 +32,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..lab.report import _table, baseline_of, condition_label, group_runs, judge, write_atomic
-from ..lab.stats import Estimate, estimate, paired_difference
-from .bootstrap import SUMMARY_METRICS, calibration_summary
-from .metrics import check_inputs
-from .scaling import TemperatureScaling
+from ...calibration.bootstrap import SUMMARY_METRICS, calibration_summary
+from ...calibration.diagrams import reliability_diagrams
+from ...calibration.metrics import check_inputs
+from ...calibration.scaling import TemperatureScaling
+from ..rundir import cell_file
+from ..stats import Estimate, estimate, paired_difference
+from .html import embed_figure, escape, table
 
 __all__ = ["GAP_TOLERANCE", "cell_calibration", "report_section"]
 
@@ -125,23 +124,13 @@ def cell_calibration(final_npz: str | Path | Mapping[str, np.ndarray], *, n_resa
 # Report section ---------------------------------------------------------------------------------
 
 
-def _cell_path(run_dir: Path, run: dict) -> Path | None:
-    """``run_dir/cells/<cell>/final.npz`` if the cell key is a plain name and the file exists."""
-    cell = str(run.get("cell") or "")
-    cells = (run_dir / "cells").resolve()
-    path = (cells / cell / "final.npz").resolve()
-    if not cell or cells not in path.parents or not path.is_file():
-        return None
-    return path
-
-
 def _calibrations(results: dict, run_dir: Path, n_resamples: int) -> dict:
     """condition -> seed -> cell_calibration dict (stored by the sweep, or computed from final.npz)."""
     found: dict = {}
     for condition, runs in group_runs(results).items():
         for seed, run in runs.items():
             calibration = run.get("calibration")
-            if calibration is None and (path := _cell_path(run_dir, run)) is not None:
+            if calibration is None and (path := cell_file(run_dir, run, "final.npz")) is not None:
                 calibration = cell_calibration(path, n_resamples=n_resamples)
             if calibration is not None:
                 found.setdefault(condition, {})[seed] = calibration
@@ -193,12 +182,10 @@ def _probabilities(path: Path) -> dict[str, tuple[Tensor, Tensor]]:
 
 def _figures(results: dict, run_dir: Path, groups: dict) -> str:
     """Reliability diagrams (lowest seed per condition) at T = 1 and after scaling, written and embedded."""
-    from .diagrams import reliability_diagrams
-
     panels: dict[str, dict[str, tuple[Tensor, Tensor]]] = {"raw": {}, "scaled": {}}
     for condition, runs in groups.items():
         for seed in sorted(runs):
-            path = _cell_path(run_dir, runs[seed])
+            path = cell_file(run_dir, runs[seed], "final.npz")
             if path is not None:
                 for variant, pair in _probabilities(path).items():
                     panels[variant][f"{condition_label(condition, groups)}, seed {seed}"] = pair
@@ -209,15 +196,9 @@ def _figures(results: dict, run_dir: Path, groups: dict) -> str:
     for variant, models in panels.items():
         if not models:
             continue
-        buffer = io.BytesIO()
-        reliability_diagrams(models, title=f"Test split, {titles[variant]}").savefig(
-            buffer, format="png", dpi=100, metadata={"Software": None})
         name = "calibration_reliability.png" if variant == "raw" else "calibration_reliability_scaled.png"
-        write_atomic(run_dir / name, buffer.getvalue())
-        data = base64.b64encode(buffer.getvalue()).decode("ascii")
-        html_parts.append(f'<figure><img alt="reliability diagrams {html.escape(titles[variant])}" '
-                          f'src="data:image/png;base64,{data}"><figcaption>Reliability diagrams, '
-                          f'{html.escape(titles[variant])}</figcaption></figure>')
+        html_parts.append(embed_figure(reliability_diagrams(models, title=f"Test split, {titles[variant]}"),
+                                       run_dir / name, f"Reliability diagrams, {titles[variant]}"))
     return "".join(html_parts)
 
 
@@ -268,7 +249,8 @@ def _under_confidence_verdict(condition, by_seed: dict, groups: dict) -> dict:
         verdict, finding = "inconclusive", (f"the interval contains 0 but is wider than "
                                             f"+-{GAP_TOLERANCE}{t_text}")
     return dict(claim="2", statement="Label smoothing removes over-confidence without making the model "
-                "under-confident (seed 002)", scope=condition_label(condition, groups), verdict=verdict,
+                "under-confident (a blog post; Müller et al. 2019)", scope=condition_label(condition, groups),
+                verdict=verdict,
                 evidence=f"{verdict.capitalize()}: {finding}. Mean confidence minus accuracy at T = 1: "
                          f"{gap.format()} ({kind}).")
 
@@ -312,10 +294,10 @@ def report_section(results: dict, run_dir: Path, *, n_resamples: int = 200) -> t
     size_text = "; ".join(f"{n_test} test rows, {n_holdout} holdout rows" for n_test, n_holdout in sizes)
     fragment = (heading + "<p>In the shape of Müller et al. 2019, Table 3: each condition as trained "
                 f"(T = 1) and after temperature scaling, T fitted by minimum NLL on the holdout split "
-                f"({html.escape(size_text)} per cell). "
+                f"({escape(size_text)} per cell). "
                 "Several seeds: mean [95% Student-t interval over seeds]; one seed: the value "
                 "[95% bootstrap interval over test rows]. ECE and class-wise ECE use 15 equal-width "
                 "bins; MCE is the largest bin gap; confidence - accuracy &lt; 0 means under-confident."
-                "</p>" + _table(header, _table_rows(calibrations, groups))
+                "</p>" + table(header, _table_rows(calibrations, groups))
                 + f'<div class="figures">{_figures(results, run_dir, groups)}</div>')
     return fragment, _verdicts(calibrations, groups)

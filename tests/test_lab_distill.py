@@ -1,4 +1,4 @@
-"""The distillation experiment and the penultimate report section, on a CI-sized digits run.
+"""lab.distill: the distillation experiment on a CI-sized digits run, its report and its config.
 
 One small run (digits, tiny MLPs, two seeds, a few epochs) is shared by the tests. The distilled
 students are checked against a reference trainer written from the definitions: an ordinary
@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from scipy.spatial.distance import pdist
 
-from labelsmooth.analysis import distill_lab
-from labelsmooth.analysis.distill_lab import DistillationConfig, run_distillation
-from labelsmooth.analysis.lab import FULL, SPAN, CellActivations, cell_measures, report_section
 from labelsmooth.cli import main
+from labelsmooth.lab import distill
+from labelsmooth.lab.cells import epoch_order
+from labelsmooth.lab.config import SweepConfig
 from labelsmooth.lab.data import load_dataset
+from labelsmooth.lab.distill import DistillationConfig, run_distillation
 from labelsmooth.lab.models import build_model
-from labelsmooth.lab.report import VERDICT_KEYS, VERDICTS, load_results
-from labelsmooth.lab.sweep import RunDirectoryError, epoch_order
+from labelsmooth.lab.report.overview import VERDICT_KEYS, VERDICTS
+from labelsmooth.lab.rundir import RunDirectoryError, open_run_directory
 
 SETTINGS = dict(dataset="digits", teacher_widths=(32, 32), student_widths=(16,), label_smoothing=(0.0, 0.3),
                 seeds=(0, 1), temperatures=(1.0, 4.0), smoothed_temperatures=(1.0,), beta=0.25, epochs=3,
@@ -36,7 +36,7 @@ def run(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("distillation") / "run"
-    config = DistillationConfig(**SETTINGS)
+    config = DistillationConfig.from_dict(SETTINGS)
     results = run_distillation(config, out, progress=False)
     yield config, out, results
     torch.set_num_threads(threads)
@@ -59,7 +59,7 @@ def test_run_directory_holds_every_role_and_the_report(run):
 
 def test_distilled_student_matches_a_reference_trainer(run):
     config, out, results = run
-    dataset = load_dataset("digits", train_fraction=config.train_fraction, seed=config.data_seed)
+    dataset = load_dataset("digits", train_fraction=config.training.train_fraction, seed=config.training.data_seed)
     student = next(r for r in results["runs"] if r["model"] == "student, distilled at T=4" and r["seed"] == 1)
     teacher_cell = student["teacher_cell"]
     with np.load(out / teacher_cell.replace("teachers/", "teachers/cells/") / "final.npz") as arrays:
@@ -67,12 +67,12 @@ def test_distilled_student_matches_a_reference_trainer(run):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
         model = build_model("mlp", 10, dataset.in_shape, widths=list(config.student_widths))
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.training.lr)
     t, beta = 4.0, config.beta
-    for epoch in range(config.epochs):
+    for epoch in range(config.training.epochs):
         order = epoch_order(len(dataset.x_train), 1, epoch)
-        for start in range(0, len(order), config.batch_size):
-            index = order[start:start + config.batch_size]
+        for start in range(0, len(order), config.training.batch_size):
+            index = order[start:start + config.training.batch_size]
             logits = model(dataset.x_train[index])
             soft = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(teacher_logits[index] / t, 1),
                             reduction="batchmean")
@@ -112,36 +112,12 @@ def test_verdicts_are_well_formed_and_cite_claim_4(run):
     assert sum(s.startswith("teachers, ") for s in scopes) == 2
 
 
-def test_penultimate_section_measures_match_numpy(run):
-    _, out, _ = run
-    teachers = out / "teachers"
-    results = load_results(teachers)
-    html, verdicts = report_section(results, teachers)
-    assert (teachers / "penultimate_mlp_3-8-1.png").is_file() and len(verdicts) == 2
-    # recompute one table cell: tightness in the full penultimate space, eps=0, train split, two seeds
-    config = results["config"]
-    dataset = load_dataset("digits", train_fraction=config["train_fraction"], seed=config["data_seed"])
-    values = []
-    for seed in (0, 1):
-        model = build_model("mlp", 10, dataset.in_shape, widths=config["model_options"]["mlp"]["widths"])
-        model.load_state_dict(torch.load(teachers / "cells" / f"mlp-uniform-eps0-seed{seed}" / "model.pt",
-                                         weights_only=True))
-        with torch.no_grad():
-            a = model.penultimate(dataset.x_train).double().numpy()
-        y = dataset.y_train.numpy()
-        means = np.stack([a[y == k].mean(0) for k in range(10)])
-        spread = [np.sqrt(np.mean(np.sum((a[y == k] - means[k]) ** 2, 1))) for k in range(10)]
-        values.append(np.mean(spread) / pdist(means).mean())
-    row = re.search(r"<td>full penultimate space</td><td>train</td><td>eps=0</td><td>2</td><td>([0-9.]+) ", html)
-    assert float(row.group(1)) == pytest.approx(np.mean(values), abs=5e-4)
-
-
 def test_finished_run_is_left_alone_and_another_config_is_refused(run, capsys):
     config, out, results = run
     assert run_distillation(config, out, progress=False) == results
     assert "already complete" in capsys.readouterr().out
     with pytest.raises(RunDirectoryError, match="beta"):
-        run_distillation(DistillationConfig(**{**SETTINGS, "beta": 0.5}), out, progress=False)
+        run_distillation(DistillationConfig.from_dict({**SETTINGS, "beta": 0.5}), out, progress=False)
 
 
 @pytest.mark.parametrize("settings, match", [
@@ -153,7 +129,7 @@ def test_finished_run_is_left_alone_and_another_config_is_refused(run, capsys):
 ])
 def test_config_rejects_bad_settings(settings, match):
     with pytest.raises(ValueError, match=match):
-        DistillationConfig(**{**SETTINGS, **settings})
+        DistillationConfig.from_dict({**SETTINGS, **settings})
 
 
 def test_command_reports_bad_settings_in_one_line(tmp_path, capsys):
@@ -164,37 +140,11 @@ def test_command_reports_bad_settings_in_one_line(tmp_path, capsys):
 
 def test_quick_flag_and_given_flags_override_the_preset():
     parser = __import__("argparse").ArgumentParser()
-    distill_lab.add_arguments(parser)
-    config = distill_lab.config_from_args(parser.parse_args(["--quick", "--epochs", "2", "--seeds", "5"]))
-    assert (config.epochs, config.seeds, config.train_fraction) == (2, (5,), distill_lab.QUICK["train_fraction"])
-    assert config.teacher_widths == (1200, 1200) and config.dataset == "fashion-mnist"
-
-
-def test_cell_measures_in_the_span_of_the_templates_match_numpy():
-    rng = np.random.default_rng(0)
-    templates = rng.standard_normal((4, 6))
-    labels = np.repeat(np.arange(4), 30)
-    points = 3 * templates[labels] + rng.standard_normal((120, 6))
-    cell = CellActivations({"train": (torch.from_numpy(points), torch.from_numpy(labels)),
-                            "test": (torch.from_numpy(points[::2]), torch.from_numpy(labels[::2]))},
-                           torch.from_numpy(templates))
-    measures = cell_measures(cell, [(0, 1, 2)])
-    q, _ = np.linalg.qr((templates[1:] - templates[0]).T)
-    projected = points @ q
-    means = np.stack([projected[labels == k].mean(0) for k in range(4)])
-    spread = [np.sqrt(np.mean(np.sum((projected[labels == k] - means[k]) ** 2, 1))) for k in range(4)]
-    distances = pdist(means)
-    assert measures[SPAN]["train"]["tightness"] == pytest.approx(np.mean(spread) / distances.mean())
-    assert measures[SPAN]["train"]["equidistance_cv"] == pytest.approx(distances.std() / distances.mean())
-    assert set(measures) == {SPAN, FULL, "plane of classes (0, 1, 2)"}
-
-
-def test_cell_measures_skip_the_span_when_the_layer_is_narrower_than_k_minus_1():
-    rng = np.random.default_rng(1)
-    labels = torch.arange(10).repeat(5)
-    activations = {split: (torch.from_numpy(rng.standard_normal((50, 3))), labels) for split in ("train", "test")}
-    cell = CellActivations(activations, torch.from_numpy(rng.standard_normal((10, 3))))
-    assert set(cell_measures(cell, [(0, 1, 2)])) == {FULL, "plane of classes (0, 1, 2)"}
+    distill.add_arguments(parser)
+    config = distill.config_from_args(parser.parse_args(["--quick", "--epochs", "2", "--seeds", "5"]))
+    assert (config.training.epochs, config.training.seeds, config.training.train_fraction) == (
+        2, (5,), distill.QUICK["train_fraction"])
+    assert config.teacher_widths == (1200, 1200) and config.training.dataset == "fashion-mnist"
 
 
 def test_command_on_the_finished_run_prints_its_summary(run, capsys):
@@ -208,12 +158,73 @@ def test_command_on_the_finished_run_prints_its_summary(run, capsys):
     assert "already complete" in printed and "claim 4" in printed and "report.html" in printed
 
 
-def test_penultimate_section_skips_a_model_file_that_does_not_fit(run, tmp_path):
+def test_report_command_rebuilds_the_distillation_report(run, tmp_path, capsys):
     _, out, _ = run
-    teachers = tmp_path / "teachers"
-    shutil.copytree(out / "teachers", teachers)
-    torch.save({"other.weight": torch.zeros(1)}, teachers / "cells" / "mlp-uniform-eps0-seed1" / "model.pt")
-    html, verdicts = report_section(load_results(teachers), teachers)
-    assert "Skipped a cell" in html and "does not fit model" in html and "other.weight" in html
-    # one seed left for the pair: the verdicts are stated, and inconclusive
-    assert [v["verdict"] for v in verdicts] == ["inconclusive", "inconclusive"]
+    copy = tmp_path / out.name
+    shutil.copytree(out, copy)
+    (copy / "report.html").unlink()
+    assert main(["report", str(copy)]) == 0
+    assert "claim 4" in capsys.readouterr().out
+    page = (copy / "report.html").read_text()
+    assert "Knowledge distillation" in page and "Teachers' penultimate layer" in page
+    assert page.replace(str(copy.resolve()), "") == (out / "report.html").read_text().replace(str(out.resolve()), "")
+
+
+# config.json as every version of the lab has written it (one flat object, in this order)
+STORED = """{
+ "dataset": "digits",
+ "data_dir": null,
+ "teacher_widths": [
+  64
+ ],
+ "student_widths": [
+  32
+ ],
+ "label_smoothing": [
+  0.0,
+  0.1
+ ],
+ "seeds": [
+  0,
+  1
+ ],
+ "temperatures": [
+  1.0,
+  4.0
+ ],
+ "smoothed_temperatures": [
+  1.0
+ ],
+ "beta": 0.0,
+ "epochs": 3,
+ "batch_size": 128,
+ "optimizer": "adam",
+ "lr": 0.001,
+ "momentum": 0.9,
+ "weight_decay": 0.0,
+ "train_fraction": 0.1,
+ "data_seed": 0,
+ "eval_batch_size": 1000,
+ "device": "cpu"
+}
+"""
+
+
+def test_a_stored_config_is_read_and_written_back_unchanged(tmp_path):
+    config = DistillationConfig.from_dict(json.loads(STORED))
+    assert config.training == SweepConfig(dataset="digits", models=("mlp",), label_smoothing=(0.0, 0.1),
+                                          seeds=(0, 1), epochs=3, batch_size=128, optimizer="adam", lr=0.001,
+                                          train_fraction=0.1, eval_batch_size=1000)
+    assert (config.teacher_widths, config.temperatures, config.beta) == ((64,), (1.0, 4.0), 0.0)
+    assert json.dumps(config.to_dict(), indent=1) + "\n" == STORED
+    # a run directory holding that config.json is this run's (resumed, not refused)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(STORED)
+    assert open_run_directory(tmp_path / "run", config.to_dict()) is None
+
+
+def test_training_must_leave_the_models_to_the_widths():
+    with pytest.raises(ValueError, match="training must be a SweepConfig"):
+        DistillationConfig(training=SweepConfig(label_smoothing=(0.0, 0.1)))
+    with pytest.raises(ValueError, match="training must be a SweepConfig"):
+        DistillationConfig(training=SweepConfig(models=("mlp",), label_smoothing=(0.0, 0.1), shard="1/2"))

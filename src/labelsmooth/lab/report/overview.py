@@ -1,59 +1,78 @@
-"""The report of a lab run: PNG curves, one self-contained report.html, verdicts on the claims.
+"""The overview of a lab report and the verdict rule every section uses.
 
-``build_report(run_dir)`` reads ``config.json`` and ``results.json`` (plain JSON, see the lab
-contract) and writes, atomically, into the run directory:
+Sections (each ``(results, run_dir) -> (html_fragment, verdicts)``): the configuration, the final
+test metrics with paired differences to eps = 0, over-fitting (where validation NLL is lowest),
+and the per-epoch curves (``curves_<metric>.png``, one line per condition with a min-max band
+over seeds).
 
-- ``curves_<metric>.png``: per-epoch curves of every history metric, one line per condition
-  (eps, and model / distribution when the grid has several) with a min-max band over seeds;
-- ``report.html``: one page that loads nothing from the network (images are ``data:`` URIs,
-  every user string is escaped) with the verdicts first, then the sections of
-  ``REPORT_SECTIONS``;
-- ``summary.txt``: the short text summary the commands print.
-
-Sections are a registry of dotted names ``"module:function"``; each function takes
-``(results, run_dir)`` and returns ``(html_fragment, verdicts)``. A verdict is a dict with the
-keys of ``VERDICT_KEYS``; ``verdict`` is one of ``VERDICTS``.
-
-Verdicts follow from the numbers by one rule (``judge``): a claim that eps > 0 improves a
-quantity is *supported* when the 95% interval of the paired difference to eps = 0 lies entirely
-on the improving side of 0, *not supported* when the interval rules out an improvement as large
-as the claim's smallest effect that matters (including a significant change the other way), and
-*inconclusive* otherwise (also with a single seed, where there is no interval).
+A verdict is a dict with the keys of :data:`VERDICT_KEYS` about one claim of :data:`CLAIMS`;
+``verdict`` is one of :data:`VERDICTS`. Verdicts follow from the numbers by one rule
+(:func:`judge`): a claim that eps > 0 improves a quantity is *supported* when the 95% interval of
+the paired difference to eps = 0 lies entirely on the improving side of 0, *not supported* when
+the interval rules out an improvement as large as the claim's smallest effect that matters
+(including a significant change the other way), and *inconclusive* otherwise (also with a single
+seed, where there is no interval).
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import importlib
-import io
 import json
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .stats import Estimate, estimate, paired_difference
+from ..stats import Estimate, estimate, paired_difference
+from .html import embed_figure, table
 
 __all__ = [
+    "CLAIMS",
     "CLAIM_TESTS",
     "HISTORY_METRICS",
-    "REPORT_SECTIONS",
     "VERDICTS",
-    "build_report",
+    "VERDICT_KEYS",
+    "Condition",
+    "baseline_of",
+    "claim_verdicts",
+    "condition_label",
+    "config_section",
+    "curves_section",
+    "group_runs",
     "judge",
-    "load_results",
-    "summary_text",
+    "judge_decrease",
+    "final_metric",
+    "overfitting_section",
+    "per_seed",
+    "summary_section",
 ]
 
 VERDICTS = ("supported", "not supported", "inconclusive")
 VERDICT_KEYS = ("claim", "statement", "scope", "verdict", "evidence")
 
+# claim -> (topic, the claim and its source); the report states them above its verdicts
+CLAIMS: dict[str, tuple[str, str]] = {
+    "1": ("over-fitting", "Label smoothing over-fits less. Source: a blog experiment: a small CNN with "
+          "three convolutions trained for 200 epochs (SGD, learning rate 0.001, momentum 0.9, batch 32) "
+          "on 6,000 Fashion-MNIST training images with eps in {0, 0.05, 0.1}, comparing the validation "
+          "loss per epoch."),
+    "2": ("calibration", "A model trained with label smoothing is better calibrated: its confidence "
+          "matches its accuracy more closely, as post-hoc calibration (temperature scaling, Platt "
+          "scaling, isotonic regression) would otherwise have to do. Sources: a blog post on label "
+          "smoothing and over-confidence; Müller, Kornblith & Hinton 2019, When does label smoothing "
+          "help? (Section 3, Table 3)."),
+    "3": ("accuracy", "Label smoothing improves accuracy: about 0.2 points of top-1 and top-5 accuracy "
+          "on ImageNet (1,000 classes, eps = 0.1). Source: Szegedy et al. 2016, Rethinking the "
+          "Inception Architecture for Computer Vision (Inception-v3)."),
+    "4": ("penultimate clusters and distillation", "Label smoothing makes the penultimate-layer "
+          "activations of each class a tight cluster, equidistant from the other classes' clusters; "
+          "it erases information about how classes resemble each other, so a teacher trained with it "
+          "distils a worse student. Source: Müller, Kornblith & Hinton 2019, When does label smoothing "
+          "help? (Sections 2 and 4)."),
+}
+
 # history key -> (axis label, which direction is better)
 HISTORY_METRICS: dict[str, tuple[str, str]] = {
     "train_loss": ("training loss (smoothed objective, running mean over the epoch)", "lower"),
-    "val_loss": ("validation loss, smoothed (the seed's curve: its floor rises with eps)", "lower"),
+    "val_loss": ("validation loss, smoothed (the blog experiment's curve: its floor rises with eps)", "lower"),
     "val_nll": ("validation NLL (unsmoothed; comparable across eps)", "lower"),
     "val_accuracy": ("validation accuracy", "higher"),
     "val_ece": ("validation ECE (15 equal-width bins)", "lower"),
@@ -61,35 +80,8 @@ HISTORY_METRICS: dict[str, tuple[str, str]] = {
 # test-split keys shown first, in this order; any other numeric key follows
 TEST_METRICS = ("accuracy", "nll", "ece", "loss")
 
-REPORT_SECTIONS: list[str] = [
-    "labelsmooth.lab.report:config_section",
-    "labelsmooth.lab.report:summary_section",
-    "labelsmooth.lab.report:overfitting_section",
-    "labelsmooth.lab.report:curves_section",
-    "labelsmooth.calibration.lab:report_section",
-    "labelsmooth.analysis.lab:report_section",
-]
 
-
-# 1. Reading and grouping ---------------------------------------------------------------------
-
-
-def load_results(run_dir: str | os.PathLike) -> dict:
-    """``results.json`` of a run directory (its ``config`` taken from ``config.json`` if absent)."""
-    run_dir = Path(run_dir)
-    path = run_dir / "results.json"
-    if not path.is_file():
-        raise ValueError(f"run_dir: expected a run directory containing results.json, got {run_dir} "
-                         f"({'no such directory' if not run_dir.is_dir() else 'no results.json in it'})")
-    with open(path, encoding="utf-8") as f:
-        results = json.load(f)
-    if not isinstance(results, dict) or not isinstance(results.get("runs"), list):
-        raise ValueError(f"run_dir: expected {path} to hold an object with a 'runs' list, "
-                         f"got {type(results).__name__}")
-    if "config" not in results and (run_dir / "config.json").is_file():
-        with open(run_dir / "config.json", encoding="utf-8") as f:
-            results["config"] = json.load(f)
-    return results
+# 1. Grouping ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, order=True)
@@ -159,7 +151,8 @@ def final_metric(name: str) -> Callable[[dict], float | None]:
     return value
 
 
-def _per_seed(runs: dict[int, dict], value: Callable[[dict], float | None]) -> dict[int, float]:
+def per_seed(runs: dict[int, dict], value: Callable[[dict], float | None]) -> dict[int, float]:
+    """seed -> ``value(run)`` of the runs where it is not None."""
     found = {seed: value(run) for seed, run in runs.items()}
     return {seed: v for seed, v in found.items() if v is not None}
 
@@ -169,7 +162,7 @@ def _per_seed(runs: dict[int, dict], value: Callable[[dict], float | None]) -> d
 
 @dataclass(frozen=True)
 class ClaimTest:
-    """How one claim of SEEDS.md is tested on a run: a per-run quantity eps > 0 should improve."""
+    """How one claim of :data:`CLAIMS` is tested on a run: a per-run quantity eps > 0 should improve."""
 
     claim: str
     statement: str
@@ -205,6 +198,24 @@ def judge(difference: Estimate | None, better: str, margin: float) -> str:
     return "inconclusive"
 
 
+def judge_decrease(difference: Estimate | None, margin: float, effect: str) -> tuple[str, str]:
+    """(verdict, reason) on "eps > 0 lowers the quantity", from the per-seed paired difference.
+
+    The rule is the report's (:func:`judge`); ``effect`` names the
+    smallest decrease that matters, e.g. ``"a decrease of 0.03"``.
+    """
+    verdict = judge(difference, "lower", margin)
+    reason = {
+        "supported": "the 95% interval of the paired difference lies below 0",
+        "not supported": f"the interval rules out {effect} or more",
+        "inconclusive": ("one seed gives no interval; run more seeds"
+                         if difference is None or not difference.has_interval else
+                         f"the interval contains both 0 and {effect}"),
+    }[verdict]
+    return verdict, reason
+
+
+
 # the baseline over-fits when its val NLL ends at least 1% above its minimum (and, with several
 # seeds, the rise's interval excludes 0)
 OVERFIT_MIN_RELATIVE_RISE = 0.01
@@ -226,21 +237,21 @@ def _baseline_does_not_overfit(baseline_runs: list[dict]) -> str | None:
 
 CLAIM_TESTS: dict[str, ClaimTest] = {
     "overfitting": ClaimTest(
-        claim="1", statement="Label smoothing over-fits less (seed 000, Fashion-MNIST)",
+        claim="1", statement="Label smoothing over-fits less (a blog experiment on Fashion-MNIST)",
         quantity="rise of val NLL from its minimum to the final epoch", value=overfitting_rise,
         better="lower", margin=lambda base: 0.1 * sum(base) / len(base),
         margin_text="10% of the baseline's rise", not_applicable=_baseline_does_not_overfit,
         also_report=("nll", "accuracy")),
     "calibration": ClaimTest(
         claim="2", statement="The model trained with label smoothing is better calibrated "
-        "(seed 002; raw test ECE, before any temperature scaling)",
+        "(a blog post; Müller et al. 2019; raw test ECE, before any temperature scaling)",
         quantity="test ECE", value=final_metric("ece"), better="lower",
         margin=lambda base: 0.1 * sum(base) / len(base), margin_text="10% of the baseline's ECE"),
     "accuracy": ClaimTest(
-        claim="3", statement="Label smoothing improves accuracy (seed 003 reports about +0.2 "
+        claim="3", statement="Label smoothing improves accuracy (Szegedy et al. 2016 report about +0.2 "
         "points on ImageNet; tested here on this run's data)",
         quantity="test accuracy", value=final_metric("accuracy"), better="higher",
-        margin=lambda base: 0.002, margin_text="0.2 accuracy points, the seed's own effect size"),
+        margin=lambda base: 0.002, margin_text="0.2 accuracy points, the ImageNet effect of Szegedy et al. 2016"),
 }
 
 
@@ -252,7 +263,7 @@ def claim_verdicts(test: ClaimTest, groups: dict) -> list[dict]:
         if base is None:
             continue
         scope = f"{condition_label(condition, groups)} vs {condition_label(base, groups)}"
-        treated, baseline = _per_seed(runs, test.value), _per_seed(groups[base], test.value)
+        treated, baseline = per_seed(runs, test.value), per_seed(groups[base], test.value)
         if not treated or not baseline:
             continue
         difference = paired_difference(treated, baseline)
@@ -264,8 +275,8 @@ def claim_verdicts(test: ClaimTest, groups: dict) -> list[dict]:
                     f" ({test.better} is better; smallest effect that matters: {margin:.4g}, "
                     f"{test.margin_text}).")
         for name in test.also_report:
-            extra = paired_difference(_per_seed(runs, final_metric(name)),
-                                      _per_seed(groups[base], final_metric(name)))
+            extra = paired_difference(per_seed(runs, final_metric(name)),
+                                      per_seed(groups[base], final_metric(name)))
             if extra is not None:
                 evidence += f" Final test {name}: paired difference {extra.format()}."
         verdict = "inconclusive" if reason else judge(difference, test.better, margin)
@@ -297,23 +308,12 @@ def _explain(verdict: str, reason: str | None, difference: Estimate | None, marg
 # 3. Sections ----------------------------------------------------------------------------------
 
 
-def _esc(value) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    """HTML table; every cell is escaped here."""
-    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def config_section(results: dict, run_dir: Path) -> tuple[str, list[dict]]:
     """The run's configuration, one row per key."""
     config = results.get("config") or {}
     rows = [[key, value if isinstance(value, str) else json.dumps(value)]
             for key, value in config.items()]
-    return "<h2>Configuration</h2>" + _table(["setting", "value"], rows), []
+    return "<h2>Configuration</h2>" + table(["setting", "value"], rows), []
 
 
 def _test_metric_names(groups: dict) -> list[str]:
@@ -329,12 +329,12 @@ def summary_section(results: dict, run_dir: Path) -> tuple[str, list[dict]]:
     rows, diff_rows = [], []
     for condition, runs in groups.items():
         label = condition_label(condition, groups)
-        cells = [_per_seed(runs, final_metric(name)) for name in names]
+        cells = [per_seed(runs, final_metric(name)) for name in names]
         rows.append([label, str(max(map(len, cells), default=0))]
                     + [estimate(list(c.values())).format() if c else "-" for c in cells])
         base = baseline_of(condition, groups)
         if base is not None:
-            diffs = [paired_difference(c, _per_seed(groups[base], final_metric(name)))
+            diffs = [paired_difference(c, per_seed(groups[base], final_metric(name)))
                      for c, name in zip(cells, names)]
             diff_rows.append([f"{label} - {condition_label(base, groups)}"]
                              + [d.format() if d else "-" for d in diffs])
@@ -342,11 +342,11 @@ def summary_section(results: dict, run_dir: Path) -> tuple[str, list[dict]]:
                 "[low, high]; with one seed the interval is unavailable. Test loss is the smoothed "
                 "objective, whose floor rises with eps: compare NLL, accuracy and ECE across eps."
                 "</p>"
-                + _table(["condition", "seeds"] + [f"test {n}" for n in names], rows))
+                + table(["condition", "seeds"] + [f"test {n}" for n in names], rows))
     if diff_rows:
         fragment += ("<h3>Paired difference to eps=0</h3><p>Per seed, treatment minus baseline "
                      "(same initial weights and batch order), then mean and 95% interval.</p>"
-                     + _table(["difference"] + [f"test {n}" for n in names], diff_rows))
+                     + table(["difference"] + [f"test {n}" for n in names], diff_rows))
     verdicts = (claim_verdicts(CLAIM_TESTS["calibration"], groups)
                 + claim_verdicts(CLAIM_TESTS["accuracy"], groups))
     return fragment, verdicts
@@ -362,7 +362,7 @@ def overfitting_section(results: dict, run_dir: Path) -> tuple[str, list[dict]]:
             continue
         rises = {seed: f[2] - f[1] for seed, f in found.items()}
         base = baseline_of(condition, groups)
-        difference = (paired_difference(rises, _per_seed(groups[base], overfitting_rise))
+        difference = (paired_difference(rises, per_seed(groups[base], overfitting_rise))
                       if base is not None else None)
         rows.append([condition_label(condition, groups),
                      ", ".join(f"{f[0]}" for _, f in sorted(found.items())),
@@ -372,11 +372,11 @@ def overfitting_section(results: dict, run_dir: Path) -> tuple[str, list[dict]]:
                      difference.format() if difference else "-"])
     fragment = ("<h2>Over-fitting: where validation NLL is lowest</h2>"
                 "<p>The unsmoothed validation NLL is used, not the smoothed validation loss the "
-                "seed plotted: the smoothed loss has a floor that rises with eps (a perfect model "
-                "still pays eps times the cross-entropy to the smoothing distribution), so its "
+                "blog experiment plotted: the smoothed loss has a floor that rises with eps (a "
+                "perfect model still pays eps times the cross-entropy to the smoothing distribution), so its "
                 "curves are not comparable across eps. A model over-fits when its validation NLL "
                 "passes a minimum and rises; the rise is the final value minus the minimum.</p>"
-                + _table(["condition", "best epoch per seed", "min val NLL", "final val NLL",
+                + table(["condition", "best epoch per seed", "min val NLL", "final val NLL",
                           "rise", "rise - baseline rise (paired)"], rows))
     return fragment, claim_verdicts(CLAIM_TESTS["overfitting"], groups)
 
@@ -393,8 +393,8 @@ def _curve(runs: dict[int, dict], metric: str) -> tuple[list[int], list[float], 
             [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs])
 
 
-def plot_metric(metric: str, groups: dict) -> bytes:
-    """PNG bytes: one line per condition (mean over seeds) with a min-max band over seeds."""
+def plot_metric(metric: str, groups: dict):
+    """A matplotlib figure: one line per condition (mean over seeds) with a min-max band over seeds."""
     from matplotlib.figure import Figure
 
     label, _ = HISTORY_METRICS.get(metric, (metric, "lower"))
@@ -417,9 +417,7 @@ def plot_metric(metric: str, groups: dict) -> bytes:
     axes.set_title(label, fontsize=10)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", metadata={"Software": None})
-    return buffer.getvalue()
+    return figure
 
 
 def curves_section(results: dict, run_dir: Path) -> tuple[str, list[dict]]:
@@ -428,130 +426,11 @@ def curves_section(results: dict, run_dir: Path) -> tuple[str, list[dict]]:
     present = {k for runs in groups.values() for run in runs.values()
                for row in run.get("history") or [] for k in row if k != "epoch"}
     metrics = [m for m in HISTORY_METRICS if m in present] + sorted(present - set(HISTORY_METRICS))
-    figures = []
-    for metric in metrics:
-        png = plot_metric(metric, groups)
-        write_atomic(run_dir / f"curves_{metric}.png", png)
-        data = base64.b64encode(png).decode("ascii")
-        figures.append(f'<figure><img alt="{_esc(metric)} per epoch" '
-                       f'src="data:image/png;base64,{data}"><figcaption>{_esc(metric)}'
-                       f'</figcaption></figure>')
+    figures = [embed_figure(plot_metric(metric, groups), Path(run_dir) / f"curves_{metric}.png",
+                            f"{metric} per epoch") for metric in metrics]
     return ("<h2>Curves per epoch</h2><p>Mean over seeds; the band spans the minimum and maximum "
             "over seeds; dots on the NLL plot mark the lowest mean validation NLL. val_* metrics "
             "are on the evaluation split (by default the full official test set). The val_loss "
-            "plot is the seed's figure, corrected (10-class head, full test set, several seeds); "
-            "its floor rises with eps, so compare eps on val_nll.</p>"
+            "plot is the blog experiment's figure, corrected (a 10-class output layer, the full test "
+            "set, several seeds); its floor rises with eps, so compare eps on val_nll.</p>"
             f'<div class="figures">{"".join(figures)}</div>'), []
-
-
-# 4. Assembly ----------------------------------------------------------------------------------
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (the sweep's temporary-file-and-rename writer)."""
-    from .sweep import write_atomic as write_through_temporary
-
-    write_through_temporary(path, lambda f: f.write(data), durable=False)
-
-
-def resolve_section(dotted: str) -> Callable[[dict, Path], tuple[str, list[dict]]]:
-    """The function named by ``"package.module:function"``."""
-    module_name, _, function_name = dotted.partition(":")
-    if not module_name or not function_name:
-        raise ValueError(f"REPORT_SECTIONS: expected 'module:function', got {dotted!r}")
-    return getattr(importlib.import_module(module_name), function_name)
-
-
-def _checked_verdicts(dotted: str, verdicts: list[dict]) -> list[dict]:
-    for verdict in verdicts:
-        if not set(VERDICT_KEYS) <= set(verdict) or verdict["verdict"] not in VERDICTS:
-            raise ValueError(f"report section {dotted}: expected verdicts with keys {VERDICT_KEYS} "
-                             f"and verdict in {VERDICTS}, got {verdict!r}")
-    return verdicts
-
-
-def _verdict_list_html(verdicts: list[dict]) -> str:
-    if not verdicts:
-        return "<p>No claim of SEEDS.md can be tested on this run (no eps=0 baseline or no results).</p>"
-    items = "".join(
-        f'<li class="{_esc(v["verdict"].replace(" ", "-"))}"><b>Claim {_esc(v["claim"])}, '
-        f'{_esc(v["scope"])}: {_esc(v["verdict"])}.</b> {_esc(v["statement"])}.<br>'
-        f'{_esc(v["evidence"])}</li>' for v in verdicts)
-    data = json.dumps(verdicts).replace("<", "\\u003c")
-    return (f'<ul class="verdicts">{items}</ul>'
-            f'<script type="application/json" id="verdicts-data">{data}</script>')
-
-
-_STYLE = """body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;
-color:#222}table{border-collapse:collapse;margin:.5rem 0 1rem}td,th{border:1px solid #ccc;
-padding:.25rem .5rem;font-size:.9rem;text-align:left}th{background:#f3f3f3}.figures{display:flex;
-flex-wrap:wrap;gap:1rem}figure{margin:0}img{max-width:100%}.verdicts li{margin:.5rem 0}
-.supported b{color:#1a7f37}.not-supported b{color:#b3261e}.inconclusive b{color:#8a6d00}"""
-
-
-def summary_text(results: dict, verdicts: list[dict]) -> str:
-    """The few lines a command prints: final test metrics per condition and the verdicts."""
-    groups = group_runs(results)
-    lines = ["Final test metrics, mean [95% CI] over seeds:"]
-    for condition, runs in groups.items():
-        parts = [f"{name} {estimate(list(v.values())).format()}" for name in ("accuracy", "nll", "ece")
-                 if (v := _per_seed(runs, final_metric(name)))]
-        lines.append(f"  {condition_label(condition, groups):<12} {'; '.join(parts) or 'not finished'}")
-    lines.append("Verdicts on the seed documents' claims:")
-    lines += [f"  claim {v['claim']} ({v['scope']}): {v['verdict'].upper()} - {v['statement'].split(' (')[0]}"
-              for v in verdicts]
-    if not verdicts:
-        lines.append("  none testable on this run")
-    return "\n".join(lines)
-
-
-def build_report(run_dir: str | os.PathLike, *, sections: list[str] | None = None) -> Path:
-    """Write the plots, report.html and summary.txt of a run directory; return report.html's path.
-
-    >>> import json, tempfile, pathlib
-    >>> run = pathlib.Path(tempfile.mkdtemp())
-    >>> history = [{"epoch": e, "val_nll": 1 / e} for e in (1, 2)]
-    >>> runs = [{"label_smoothing": 0.0, "seed": 0, "history": history, "test": {"nll": 0.5}}]
-    >>> _ = (run / "results.json").write_text(json.dumps({"config": {}, "runs": runs}))
-    >>> build_report(run).name
-    'report.html'
-    """
-    run_dir = Path(run_dir)
-    results = load_results(run_dir)
-    fragments, verdicts = [], []
-    for dotted in REPORT_SECTIONS if sections is None else sections:
-        fragment, found = resolve_section(dotted)(results, run_dir)
-        fragments.append(f"<section>{fragment}</section>")
-        verdicts += _checked_verdicts(dotted, found)
-    verdicts.sort(key=lambda v: str(v["claim"]))
-    status = "complete" if results.get("complete") else "not complete (partial results)"
-    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            f"<title>labelsmooth report: {_esc(run_dir.name)}</title><style>{_STYLE}</style></head>"
-            f"<body><h1>Label smoothing lab: {_esc(run_dir.name)}</h1>"
-            f"<p>Run directory <code>{_esc(run_dir.resolve())}</code>, {_esc(status)}, "
-            f"{len(results['runs'])} cells.</p><h2>Verdicts</h2>{_verdict_list_html(verdicts)}"
-            + "".join(fragments) + "</body></html>")
-    summary = summary_text(results, verdicts)
-    report = run_dir / "report.html"
-    write_atomic(run_dir / "summary.txt", (summary + "\n").encode("utf-8"))
-    write_atomic(report, page.encode("utf-8"))
-    return report
-
-
-# 5. The `labelsmooth report` command ----------------------------------------------------------
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("run_dir", type=Path, help="a run directory (with results.json)")
-
-
-def run(args) -> int:
-    """Rebuild the report of ``args.run_dir`` and print its summary."""
-    try:
-        report = build_report(args.run_dir)
-    except ValueError as error:
-        print(f"labelsmooth report: {error}", file=sys.stderr)
-        return 2
-    print((report.parent / "summary.txt").read_text(encoding="utf-8"), end="")
-    print(f"Report: {report}")
-    return 0

@@ -1,7 +1,8 @@
-"""The penultimate-layer picture in lab reports (claim 4 of SEEDS.md: tight, equidistant clusters).
+"""The penultimate-layer section of a lab report: does label smoothing make tight, equidistant
+class clusters (Müller, Kornblith & Hinton 2019, Section 2)?
 
-``report_section(results, run_dir)`` is registered in ``labelsmooth.lab.report.REPORT_SECTIONS``.
-For each model of a sweep it rebuilds the eps = 0 and the largest-eps models of every seed from
+``report_section(results, run_dir)`` is one of the sweep report's sections. For each model of a
+sweep it rebuilds the eps = 0 and the largest-eps models of every seed from
 ``cells/<key>/model.pt``, computes their penultimate activations on (a fixed sample of) the
 training and test images, and reports
 
@@ -14,7 +15,7 @@ training and test images, and reports
   and in each triple's plane, as mean [95% interval] over seeds;
 - verdicts on "smoothing tightens clusters" and "smoothing makes them equidistant", from the
   per-seed paired differences in the templates' span on the training split, by the report's
-  one rule (:func:`labelsmooth.lab.report.judge`).
+  one rule (:func:`labelsmooth.lab.report.overview.judge`).
 
 ``penultimate_section(results, sweep_dir, figure_dir)`` is the same for any sweep directory,
 so the distillation experiment can show its teachers in its own report.
@@ -22,9 +23,6 @@ so the distillation experiment can show its teachers in its own report.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -32,17 +30,23 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..lab.data import Dataset, load_dataset
-from ..lab.models import build_model
-from ..lab.report import Condition, _table, condition_label, group_runs, judge, write_atomic
-from ..lab.stats import Estimate, estimate, paired_difference
-from .penultimate import ProjectionPanel, cluster_measures, plot_projection_grid, template_plane, template_subspace
+from ...analysis.penultimate import (
+    ProjectionPanel,
+    cluster_measures,
+    plot_projection_grid,
+    template_plane,
+    template_subspace,
+)
+from ..data import Dataset, load_dataset
+from ..models import build_model
+from ..rundir import cell_file
+from ..stats import estimate, paired_difference
+from .html import embed_figure, escape, table
+from .overview import Condition, condition_label, group_runs, judge_decrease
 
 __all__ = [
     "CLASS_TRIPLES",
     "MAX_POINTS",
-    "embed_figure",
-    "judge_decrease",
     "load_cell_model",
     "penultimate_activations",
     "penultimate_section",
@@ -75,14 +79,6 @@ def class_triples(dataset: str, num_classes: int) -> list[tuple[tuple[int, int, 
 
 
 # 1. Models and activations -------------------------------------------------------------------
-
-
-def cell_file(run_dir: Path, run: dict, name: str) -> Path | None:
-    """``run_dir/cells/<cell>/<name>`` if the cell key is a plain folder name and the file exists."""
-    cell = str(run.get("cell") or "")
-    cells = (run_dir / "cells").resolve()
-    path = (cells / cell / name).resolve()
-    return path if cell and path.parent.parent == cells and path.is_file() else None
 
 
 def load_cell_model(run_dir: Path, run: dict, config: dict, dataset: Dataset) -> nn.Module | None:
@@ -177,20 +173,6 @@ def cell_measures(cell: CellActivations, triples: Sequence[tuple[int, int, int]]
 # 3. The section ------------------------------------------------------------------------------
 
 
-def _esc(value) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def embed_figure(figure, path: Path, caption: str) -> str:
-    """Save a matplotlib ``figure`` as PNG at ``path`` (atomically); return it as an HTML figure."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
-    write_atomic(path, buffer.getvalue())
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return (f'<figure><img alt="{_esc(caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{_esc(caption)} ({_esc(path.name)})</figcaption></figure>")
-
-
 def _pairs(groups: dict) -> list[tuple[Condition, Condition]]:
     """(eps = 0 condition, largest-eps condition) per model, preferring the uniform distribution."""
     pairs = []
@@ -235,35 +217,20 @@ def _table_rows(measures: dict, pair: tuple[Condition, Condition], groups: dict)
     return rows
 
 
-def judge_decrease(difference: Estimate | None, margin: float, effect: str) -> tuple[str, str]:
-    """(verdict, reason) on "eps > 0 lowers the quantity", from the per-seed paired difference.
-
-    The rule is the report's (:func:`labelsmooth.lab.report.judge`); ``effect`` names the
-    smallest decrease that matters, e.g. ``"a decrease of 0.03"``.
-    """
-    verdict = judge(difference, "lower", margin)
-    reason = {
-        "supported": "the 95% interval of the paired difference lies below 0",
-        "not supported": f"the interval rules out {effect} or more",
-        "inconclusive": ("one seed gives no interval; run more seeds"
-                         if difference is None or not difference.has_interval else
-                         f"the interval contains both 0 and {effect}"),
-    }[verdict]
-    return verdict, reason
-
-
 # measure -> (short name, what lower means, the claim)
-CLAIMS = {
+MEASURE_CLAIMS = {
     "tightness": ("cluster tightness", "tighter", "Label smoothing makes each class's penultimate "
-                  "activations a tight cluster (seed 004; Müller et al. 2019, Section 2)"),
+                  "activations a tight cluster (Müller et al. 2019, Section 2)"),
     "equidistance_cv": ("equidistance", "more equidistant", "Label smoothing makes the class clusters "
-                        "equidistant from each other (seed 004; Müller et al. 2019, Section 2)"),
+                        "equidistant from each other (Müller et al. 2019, Section 2)"),
 }
+
+
 def _verdicts(measures: dict, pair: tuple[Condition, Condition], groups: dict) -> list[dict]:
     verdicts = []
     base, treated = pair
     space = SPAN if SPAN in next(iter(measures[base].values())) else FULL
-    for name, (short, lower, statement) in CLAIMS.items():
+    for name, (short, lower, statement) in MEASURE_CLAIMS.items():
         scope = f"{condition_label(treated, groups)} vs {condition_label(base, groups)}: {short}, training split"
         values = {c: {seed: m[space]["train"][name] for seed, m in measures[c].items()} for c in pair}
         test = {c: {seed: m[space]["test"][name] for seed, m in measures[c].items()} for c in pair}
@@ -308,7 +275,7 @@ def penultimate_section(results: dict, sweep_dir: Path, figure_dir: Path, *,
         dataset = load_dataset(config.get("dataset", "digits"), data_dir=config.get("data_dir"),
                                train_fraction=config.get("train_fraction", 1.0), seed=config.get("data_seed", 0))
     except ValueError as error:  # a DataError, or a data set name this installation does not know
-        return heading + f"<p>The data set is not available here, so no activations: {_esc(error)}</p>", []
+        return heading + f"<p>The data set is not available here, so no activations: {escape(error)}</p>", []
     samples = split_sample(dataset, max_points)
     triples = class_triples(config.get("dataset", ""), dataset.num_classes)
     fragments, verdicts = [heading, INTRODUCTION.format(max_points=max_points)], []
@@ -319,7 +286,7 @@ def penultimate_section(results: dict, sweep_dir: Path, figure_dir: Path, *,
                 try:
                     model = load_cell_model(sweep_dir, run, config, dataset)
                 except ValueError as error:
-                    fragments.append(f"<p>Skipped a cell: {_esc(error)}</p>")
+                    fragments.append(f"<p>Skipped a cell: {escape(error)}</p>")
                     continue
                 if model is not None:
                     cells.setdefault(condition, {})[seed] = CellActivations(
@@ -327,16 +294,16 @@ def penultimate_section(results: dict, sweep_dir: Path, figure_dir: Path, *,
                         model.classifier.weight.detach().double())
         seeds = sorted(set(cells.get(pair[0], {})) & set(cells.get(pair[1], {})))
         if not seeds:
-            fragments.append(f"<p>{_esc(pair[0].model)}: no finished cells with model.pt for both eps.</p>")
+            fragments.append(f"<p>{escape(pair[0].model)}: no finished cells with model.pt for both eps.</p>")
             continue
         measures = {c: {s: cell_measures(cells[c][s], [t for t, _ in triples]) for s in seeds} for c in pair}
-        fragments.append(f"<h3>{_esc(pair[0].model)}: {_esc(condition_label(pair[1], groups))} vs "
-                         f"{_esc(condition_label(pair[0], groups))}</h3>")
-        figures = [f"<p>{_esc(why)}</p>" + _figure(
+        fragments.append(f"<h3>{escape(pair[0].model)}: {escape(condition_label(pair[1], groups))} vs "
+                         f"{escape(condition_label(pair[0], groups))}</h3>")
+        figures = [f"<p>{escape(why)}</p>" + _figure(
             cells, pair, seeds[0], triple, dataset, groups,
             figure_dir / f"penultimate_{pair[0].model}_{'-'.join(map(str, triple))}.png") for triple, why in triples]
         fragments.append(f'<div class="figures">{"".join(figures)}</div>')
-        fragments.append(_table(["space", "split", "condition", "seeds", "tightness", "equidistance CV"],
+        fragments.append(table(["space", "split", "condition", "seeds", "tightness", "equidistance CV"],
                                 _table_rows(measures, pair, groups)))
         verdicts += _verdicts(measures, pair, groups)
     return "".join(fragments), verdicts

@@ -1,4 +1,4 @@
-"""Calibration in the lab: cell_calibration against independent formulas, and the report section on
+"""lab.report.calibration: cell_calibration against independent formulas, and the report section on
 synthetic run directories (final.npz per cell as in the lab contract)."""
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from labelsmooth.calibration.lab import GAP_TOLERANCE, cell_calibration, report_section
-from labelsmooth.lab import report
+from labelsmooth.lab.report.builder import build_report
+from labelsmooth.lab.report.calibration import GAP_TOLERANCE, cell_calibration, report_section
+from labelsmooth.lab.report.overview import VERDICT_KEYS, VERDICTS
+from labelsmooth.lab.rundir import load_results
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -126,11 +128,11 @@ def test_report_section_flags_under_confidence_and_prefers_temperature_scaling(t
     cells = {(0.0, seed): cell_arrays(2.5, seed) for seed in range(3)}
     cells.update({(0.1, seed): cell_arrays(0.4, 10 + seed) for seed in range(3)})
     run_dir = write_run_dir(tmp_path / "run", cells)
-    results = report.load_results(run_dir)
+    results = load_results(run_dir)
     fragment, verdicts = report_section(results, run_dir, n_resamples=20)
 
     for verdict in verdicts:
-        assert set(report.VERDICT_KEYS) <= set(verdict) and verdict["verdict"] in report.VERDICTS
+        assert set(VERDICT_KEYS) <= set(verdict) and verdict["verdict"] in VERDICTS
     under = _verdicts_by(verdicts, "under-confident")
     assert [v["scope"] for v in under] == ["eps=0.1"]
     assert under[0]["verdict"] == "not supported" and "UNDER-CONFIDENT" in under[0]["evidence"]
@@ -164,7 +166,7 @@ def test_report_section_supports_a_calibrated_smoothed_model(tmp_path):
     calibrated = {"test_logits": logits, "test_target": target,
                   "holdout_logits": logits[:2000], "holdout_target": target[::5]}
     run_dir = write_run_dir(tmp_path / "run", {(0.0, 0): cell_arrays(2.5, 0, k=2), (0.1, 0): calibrated})
-    _, verdicts = report_section(report.load_results(run_dir), run_dir, n_resamples=50)
+    _, verdicts = report_section(load_results(run_dir), run_dir, n_resamples=50)
     under = _verdicts_by(verdicts, "under-confident")[0]
     assert under["verdict"] == "supported", under["evidence"]
     assert f"+-{GAP_TOLERANCE}" in under["evidence"]
@@ -176,7 +178,7 @@ def test_report_section_supports_a_calibrated_smoothed_model(tmp_path):
 def test_report_section_uses_stored_calibration_and_escapes_names(tmp_path):
     cells = {(0.0, 0): cell_arrays(2.0, 0), (0.1, 0): cell_arrays(1.0, 1)}
     run_dir = write_run_dir(tmp_path / "run", cells, model="<script>alert(1)</script>")
-    results = report.load_results(run_dir)
+    results = load_results(run_dir)
     for run in results["runs"]:
         run["calibration"] = cell_calibration(run_dir / "cells" / run["cell"] / "final.npz", n_resamples=10)
         run["calibration"]["raw"]["ece"]["estimate"] = 0.123456  # marks the stored numbers
@@ -190,13 +192,13 @@ def test_report_section_uses_stored_calibration_and_escapes_names(tmp_path):
 
 def test_report_section_without_finished_cells(tmp_path):
     run_dir = write_run_dir(tmp_path / "run", {})
-    fragment, verdicts = report_section(report.load_results(run_dir), run_dir)
+    fragment, verdicts = report_section(load_results(run_dir), run_dir)
     assert "nothing to score" in fragment and verdicts == []
 
 
 def test_build_report_with_the_calibration_section(tmp_path):
     run_dir = write_run_dir(tmp_path / "run", {(0.0, 0): cell_arrays(2.0, 0, n_test=300, n_holdout=300),
                                                (0.05, 0): cell_arrays(1.0, 1, n_test=300, n_holdout=300)})
-    page = report.build_report(run_dir, sections=["labelsmooth.calibration.lab:report_section"]).read_text()
+    page = build_report(run_dir, sections=[report_section]).read_text()
     assert "label smoothing or temperature scaling?" in page
     assert "http://" not in page and "https://" not in page

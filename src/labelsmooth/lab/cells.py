@@ -1,0 +1,264 @@
+"""Stacked cells: every cell of one model trained together in one module, C sets of weights.
+
+A *cell* is one (model, distribution, eps, seed). All cells of one model train together: their
+parameters are stacked along a leading cell axis (:class:`StackedCells`) and the model's
+``stacked_forward`` runs them at once (grouped convolutions, batched matmuls; see
+:mod:`labelsmooth.lab.models`), so one step of the optimizer is one step of every cell. The loss
+is :func:`labelsmooth.cross_entropy` on the (cells x batch) rows with a per-row eps (in training
+``cross_entropy_with_grad``, which also gives its gradient), summed over cells: cell ``c``'s
+parameters only reach its own rows, so the gradient of the sum with respect to them is exactly
+that cell's own gradient. The optimizer is ``torch.optim.SGD`` / ``Adam`` applied to the stacked
+tensors: both are elementwise (momentum, weight decay, moments), so each slice receives torch's
+own update for that cell.
+
+Paired design: every cell of one seed starts from the same initial weights
+(:func:`initial_model`) and sees the same order of batches (:func:`epoch_order`), so eps and
+distribution are the only differences. Neither draws from a global RNG, so there is no RNG state
+to carry across an interrupted run.
+
+Per epoch and cell :class:`CellGroup` gives the training loss (the smoothed objective per image,
+averaged over the epoch as it was trained) and, on any split, the smoothed loss, the unsmoothed
+NLL, accuracy and ECE (:data:`METRIC_NAMES`).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..calibration.metrics import expected_calibration_error
+from ..losses import cross_entropy, cross_entropy_with_grad
+from .config import OPTIMIZERS, Cell, SweepConfig
+from .data import Dataset
+from .models import build_model
+from .ranks import Ranks
+
+__all__ = ["ECE_BINS", "HISTORY_COLUMNS", "METRIC_NAMES", "CellGroup", "StackedCells", "epoch_order",
+           "initial_model"]
+
+ECE_BINS = 15
+METRIC_NAMES = ("loss", "nll", "accuracy", "ece")
+HISTORY_COLUMNS = ("epoch", "train_loss") + tuple(f"val_{m}" for m in METRIC_NAMES)
+
+
+def epoch_order(num_samples: int, seed: int, epoch: int) -> Tensor:
+    """The order in which ``seed``'s cells see the training images in ``epoch`` (0-based).
+
+    Drawn from a generator seeded by ``(seed, epoch)`` alone, so it needs no saved RNG state and
+    is the same for every cell of the seed.
+
+    >>> bool((epoch_order(5, 0, 1) == epoch_order(5, 0, 1)).all()), sorted(epoch_order(5, 0, 1).tolist())
+    (True, [0, 1, 2, 3, 4])
+    """
+    state = np.random.SeedSequence([seed, epoch]).generate_state(2, dtype=np.uint32)
+    generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+    return torch.randperm(num_samples, generator=generator)
+
+
+def initial_model(config: SweepConfig, model: str, seed: int, dataset: Dataset) -> nn.Module:
+    """``build_model`` under ``torch.manual_seed(seed)``: the weights every cell of the seed starts from."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(model, dataset.num_classes, dataset.in_shape,
+                           **config.model_options.get(model, {}))
+
+
+class StackedCells(nn.Module):
+    """``C`` copies of one architecture with stacked parameters; ``forward(x) -> (C, N, K)``.
+
+    ``x`` is (N, ...) shared by every cell; or (C, N, ...), one batch per cell, with
+    ``per_cell=True``; or (S, N, ...) read by ``counts[s]`` consecutive cells each. The
+    computation is the model's own ``stacked_forward`` (grouped convolutions, batched matmuls).
+    ``cell(i)`` returns an ordinary module holding cell ``i``'s weights (a copy).
+
+    >>> import torch
+    >>> models = [build_model("mlp", 3, (4,), widths=(5,)) for _ in range(2)]
+    >>> stacked = StackedCells(models)
+    >>> x = torch.randn(6, 4)
+    >>> stacked(x).shape, torch.allclose(stacked(x)[1], models[1](x))
+    (torch.Size([2, 6, 3]), True)
+    """
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.names = [name for name, _ in models[0].named_parameters()]
+        if list(models[0].buffers()):
+            raise ValueError("models must hold no buffers to be stacked")
+        self.stacked = nn.ParameterList([
+            nn.Parameter(torch.stack([dict(m.named_parameters())[name].detach() for m in models]))
+            for name in self.names])
+        # The architecture without weights; kept out of the module tree (no parameters of its own).
+        self.__dict__["template"] = copy.deepcopy(models[0]).to("meta")
+
+    @property
+    def num_cells(self) -> int:
+        return self.stacked[0].shape[0]
+
+    def forward(self, x: Tensor, per_cell: bool = False, counts: Sequence[int] | None = None) -> Tensor:
+        if counts is None:
+            counts = (1,) * self.num_cells if per_cell else (self.num_cells,)
+            x = x if per_cell else x.unsqueeze(0)
+        return self.template.stacked_forward(self.parameters_by_name(), x, counts)
+
+    def parameters_by_name(self) -> dict[str, nn.Parameter]:
+        """The stacked parameters, (C, *shape) each, by the model's parameter names."""
+        return dict(zip(self.names, self.stacked))
+
+    def cell_parameters(self, index: int) -> dict[str, Tensor]:
+        return {name: p[index] for name, p in zip(self.names, self.stacked)}
+
+    def cell_logits(self, index: int, x: Tensor, batch_size: int) -> Tensor:
+        """Cell ``index``'s logits for ``x`` (N, ...), in chunks, without autograd: (N, K)."""
+        params = {name: p[index:index + 1] for name, p in zip(self.names, self.stacked)}
+        with torch.inference_mode():
+            return torch.cat([self.template.stacked_forward(params, x[i:i + batch_size].unsqueeze(0), (1,))[0]
+                              for i in range(0, len(x), batch_size)])
+
+    def cell(self, index: int) -> nn.Module:
+        module = copy.deepcopy(self.template).to_empty(device=self.stacked[0].device)
+        module.load_state_dict({k: v.detach().clone() for k, v in self.cell_parameters(index).items()})
+        return module
+
+
+@dataclass
+class CellGroup:
+    """The cells of one model, trained together; ``epochs_done`` counts finished epochs.
+
+    ``ranks`` are the processes that share every batch and evaluation split.
+    """
+
+    cells: list[Cell]
+    stacked: StackedCells
+    optimizer: torch.optim.Optimizer
+    epochs_done: int = 0
+    ranks: Ranks = field(default_factory=Ranks)
+    loss_plan: list | None = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def create(cls, config: SweepConfig, cells: list[Cell], dataset: Dataset,
+               device: torch.device, ranks: Ranks = Ranks()) -> "CellGroup":
+        initial = {s: initial_model(config, cells[0].model, s, dataset) for s in {c.seed for c in cells}}
+        stacked = StackedCells([initial[c.seed] for c in cells]).to(device)
+        return cls(cells, stacked, OPTIMIZERS[config.optimizer](list(stacked.parameters()), config),
+                   ranks=ranks)
+
+    def state_dict(self) -> dict:
+        return {"epochs_done": self.epochs_done, "parameters": self.stacked.state_dict(),
+                "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epochs_done = state["epochs_done"]
+        self.stacked.load_state_dict(state["parameters"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def _loss_plan(self, device: torch.device) -> list[tuple[str, Tensor | None, Tensor]]:
+        """Per distribution: its cells' indices (None for all) and their eps as a (cells, 1) tensor."""
+        plan = []
+        for distribution in dict.fromkeys(c.distribution for c in self.cells):
+            index = [i for i, c in enumerate(self.cells) if c.distribution == distribution]
+            eps = torch.tensor([[self.cells[i].label_smoothing] for i in index], device=device)
+            cells = None if len(index) == len(self.cells) else torch.tensor(index, device=device)
+            plan.append((distribution, cells, eps))
+        return plan
+
+    def _by_distribution(self, logits: Tensor, target: Tensor, compute: Callable) -> list[Tensor]:
+        """``compute(logits (M, K), target (M,), eps (M,), distribution)`` -> per-row tensors (M, ...),
+        called once per distribution on its cells' rows of logits (C, N, K) and targets (C, N);
+        returns each output reassembled as (C, N, ...)."""
+        cells, n, k = logits.shape
+        if self.loss_plan is None:
+            self.loss_plan = self._loss_plan(logits.device)
+        outputs = None
+        for distribution, index, eps in self.loss_plan:
+            part_logits, part_target = (logits, target) if index is None else (logits[index], target[index])
+            parts = compute(part_logits.reshape(-1, k), part_target.reshape(-1), eps.expand(-1, n).reshape(-1),
+                            distribution)
+            parts = [part.view(-1, n, *part.shape[1:]) for part in parts]
+            if index is None:
+                return parts
+            if outputs is None:
+                outputs = [part.new_empty(cells, *part.shape[1:]) for part in parts]
+            for output, part in zip(outputs, parts):
+                output[index] = part
+        return outputs
+
+    def train_epoch(self, config: SweepConfig, dataset: Dataset) -> Tensor:
+        """One epoch of every cell; returns each cell's mean training loss, (C,) on the device.
+
+        Consecutive cells of one seed read one batch (their model's first layer runs once per
+        batch), so a group whose cells are sorted by seed reads one batch per seed. A step: the
+        model's ``stacked_vjp`` gives the logits, the core package's ``cross_entropy_with_grad``
+        the loss rows and their gradient with respect to the logits, the vjp turns that into the
+        parameters' gradients, and the optimizer steps. Each rank trains on its rows of every
+        batch and the ranks' gradients are summed (see :mod:`labelsmooth.lab.ranks`).
+        """
+        x, y = dataset.x_train, dataset.y_train
+        runs = [(seed, len(list(cells))) for seed, cells in itertools.groupby(c.seed for c in self.cells)]
+        counts = [count for _, count in runs]
+        orders = torch.stack([epoch_order(len(x), seed, self.epochs_done) for seed, _ in runs]).to(x.device)
+        run_of_cell = torch.tensor([r for r, count in enumerate(counts) for _ in range(count)],
+                                   device=x.device)
+        total = torch.zeros(len(self.cells), device=x.device)
+        params = self.stacked.parameters_by_name()
+        for start in range(0, len(x), config.batch_size):
+            index = orders[:, start:start + config.batch_size]
+            mine = index[:, self.ranks.rows(index.shape[1])]
+            logits, vjp = self.stacked.template.stacked_vjp(params, x[mine], counts)
+            rows, grad = self._by_distribution(logits, y[mine][run_of_cell], _loss_and_grad)
+            # d(sum over cells of each cell's batch mean)/d(cell c's weights) = cell c's gradient
+            grads = vjp(grad.div_(index.shape[1]))
+            for p, g in zip(params.values(), self.ranks.sum_gradients([grads[name] for name in params])):
+                p.grad = g
+            self.optimizer.step()
+            total += rows.detach().sum(1)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.epochs_done += 1
+        return self.ranks.sum(total) / len(x)
+
+    def logits(self, x: Tensor, batch_size: int) -> Tensor:
+        """Every cell's logits for ``x``: (C, N, K), without autograd; each rank computes its rows.
+
+        On a GPU all cells at once per chunk of ``batch_size`` images (few, large kernels); on the
+        CPU too for models that say so (``evaluates_cells_together``), else one cell at a time,
+        whose chunks stay in the caches (the same numbers bit for bit either way).
+        """
+        self.stacked.eval()
+        mine = x[self.ranks.rows(len(x))]
+        if x.device.type == "cpu" and not self.stacked.template.evaluates_cells_together:
+            logits = torch.stack([self.stacked.cell_logits(i, mine, batch_size) for i in range(len(self.cells))])
+        else:
+            with torch.inference_mode():
+                logits = torch.cat([self.stacked(mine[i:i + batch_size])
+                                    for i in range(0, len(mine), batch_size)], 1)
+        return self.ranks.gather_rows(logits, len(x), 1)
+
+    def cell_logits(self, index: int, x: Tensor, batch_size: int) -> Tensor:
+        """Cell ``index``'s logits for ``x``: (N, K), without autograd; each rank computes its rows."""
+        mine = self.stacked.cell_logits(index, x[self.ranks.rows(len(x))], batch_size)
+        return self.ranks.gather_rows(mine, len(x), 0)
+
+    def metrics(self, logits: Tensor, target: Tensor) -> Tensor:
+        """(C, 4): smoothed loss, NLL, accuracy, ECE of each cell's (N, K) logits."""
+        loss, nll = self._by_distribution(logits, target.expand(logits.shape[:2]), _loss_and_nll)
+        accuracy = (logits.argmax(2) == target).float().mean(1)
+        ece = torch.stack([expected_calibration_error(cell_logits, target, n_bins=ECE_BINS,
+                                                      from_logits=True, validate_args=False)
+                           for cell_logits in logits]).to(loss.dtype)
+        return torch.stack([loss.mean(1), nll.mean(1), accuracy, ece], 1)
+
+
+def _loss_and_grad(logits: Tensor, target: Tensor, eps: Tensor, distribution: str) -> tuple[Tensor, Tensor]:
+    return cross_entropy_with_grad(logits, target, reduction="none", label_smoothing=eps,
+                                   distribution=distribution, validate_args=False)
+
+
+def _loss_and_nll(logits: Tensor, target: Tensor, eps: Tensor, distribution: str) -> tuple[Tensor, Tensor]:
+    parts = cross_entropy(logits, target, reduction="none", label_smoothing=eps, distribution=distribution,
+                          return_parts=True, validate_args=False)
+    return parts.loss, parts.nll

@@ -1,0 +1,146 @@
+"""A sweep's configuration (:class:`SweepConfig`, stored as its ``config.json``) and its grid of cells.
+
+A *cell* is one (model, distribution, eps, seed); :func:`grid_cells` lists them in the grid's
+order (model, distribution, eps, seed), or one shard's share of them (``--shard i/n``, see
+:mod:`labelsmooth.lab.shard`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .models import MODELS
+from .shard import format_shard, select_cells
+
+__all__ = ["DISTRIBUTIONS", "OPTIMIZERS", "RESUME_IGNORES", "Cell", "SweepConfig", "as_tuples", "grid_cells"]
+
+DISTRIBUTIONS = ("uniform", "non_target")
+# Config keys that may differ when a run directory is resumed: where the data lives, not what it is.
+RESUME_IGNORES = frozenset({"data_dir"})
+
+# name -> constructor(params, config); both are elementwise, so stacking cells changes nothing.
+OPTIMIZERS: dict[str, Callable[[list[Tensor], "SweepConfig"], torch.optim.Optimizer]] = {
+    "sgd": lambda params, c: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum,
+                                             weight_decay=c.weight_decay),
+    "adam": lambda params, c: torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay),
+}
+
+
+def as_tuples(config, names: tuple[str, ...]) -> None:
+    """Make each field ``names`` of a config a tuple: a list or tuple as is, a single value as ``(value,)``."""
+    for name in names:
+        value = getattr(config, name)
+        setattr(config, name, tuple(value) if isinstance(value, (list, tuple)) else (value,))
+
+
+@dataclass
+class SweepConfig:
+    """Everything that determines a sweep's numbers (stored as the run's ``config.json``).
+
+    >>> config = SweepConfig(label_smoothing=(0.0, 0.1), epochs=2)
+    >>> SweepConfig.from_dict(config.to_dict()) == config
+    True
+    """
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    models: tuple[str, ...] = ("seed-cnn",)
+    model_options: dict = field(default_factory=dict)  # model name -> keyword options
+    label_smoothing: tuple[float, ...] = (0.0, 0.05, 0.1)
+    seeds: tuple[int, ...] = (0,)
+    distributions: tuple[str, ...] = ("uniform",)
+    epochs: int = 20
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    train_fraction: float = 1.0
+    data_seed: int = 0
+    eval_batch_size: int = 500
+    device: str = "cpu"
+    shard: str | None = None
+
+    def __post_init__(self) -> None:
+        as_tuples(self, ("models", "label_smoothing", "seeds", "distributions"))
+        self.validate()
+
+    def validate(self) -> None:
+        """ValueError naming the first bad setting, what was expected and what came."""
+        def need(ok: bool, name: str, expected: str) -> None:
+            if not ok:
+                raise ValueError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+
+        def distinct(values: tuple) -> bool:
+            return len(set(values)) == len(values) and len(values) > 0
+
+        need(distinct(self.models) and all(m in MODELS for m in self.models), "models",
+             f"distinct names from {sorted(MODELS)}")
+        need(isinstance(self.model_options, dict) and set(self.model_options) <= set(self.models)
+             and all(isinstance(v, dict) for v in self.model_options.values()), "model_options",
+             "a dict from a model name of the sweep to a dict of its options")
+        need(distinct(self.label_smoothing) and all(
+            isinstance(e, (int, float)) and math.isfinite(e) and e <= 1 for e in self.label_smoothing),
+            "label_smoothing", "distinct finite numbers at most 1")
+        need(distinct(self.seeds) and all(isinstance(s, int) and s >= 0 for s in self.seeds), "seeds",
+             "distinct non-negative integers")
+        need(distinct(self.distributions) and set(self.distributions) <= set(DISTRIBUTIONS),
+             "distributions", f"distinct names from {list(DISTRIBUTIONS)}")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "an integer >= 1")
+        need(self.optimizer in OPTIMIZERS, "optimizer", f"one of {sorted(OPTIMIZERS)}")
+        need(self.lr > 0, "lr", "positive")
+        need(0 <= self.momentum < 1, "momentum", "in [0, 1)")
+        need(self.weight_decay >= 0, "weight_decay", "non-negative")
+        need(0 < self.train_fraction <= 1, "train_fraction", "in (0, 1]")
+        need(isinstance(self.data_seed, int) and self.data_seed >= 0, "data_seed", "a non-negative integer")
+        if self.shard is not None:
+            self.shard = format_shard(self.shard)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "SweepConfig":
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"config has unknown keys {sorted(unknown)}; expected keys of "
+                             f"{sorted(f.name for f in fields(cls))}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of the grid; ``key`` names its folder under ``cells/``."""
+
+    model: str
+    distribution: str
+    label_smoothing: float
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}-{self.distribution}-eps{self.label_smoothing:g}-seed{self.seed}"
+
+    def describe(self) -> dict:
+        return {"label_smoothing": self.label_smoothing, "seed": self.seed,
+                "distribution": self.distribution, "model": self.model, "cell": self.key}
+
+
+def grid_cells(config: SweepConfig, *, sharded: bool = True) -> list[Cell]:
+    """Every cell in grid order (model, distribution, eps, seed), or this shard's share of them.
+
+    >>> [c.key for c in grid_cells(SweepConfig(label_smoothing=(0, 0.1), seeds=(0, 1)))][:2]
+    ['seed-cnn-uniform-eps0-seed0', 'seed-cnn-uniform-eps0-seed1']
+    """
+    cells = [Cell(m, d, float(e), s) for m in config.models for d in config.distributions
+             for e in config.label_smoothing for s in config.seeds]
+    if not sharded or config.shard is None:
+        return cells
+    return select_cells(cells, config.shard)

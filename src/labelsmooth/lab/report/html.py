@@ -1,0 +1,47 @@
+"""The HTML pieces of a lab report: escaping, tables, and figures embedded as PNG ``data:`` URIs.
+
+Every user-supplied string (run names, class names, config values) goes through :func:`escape`;
+a report page loads nothing from the network.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+from ..rundir import write_bytes
+
+__all__ = ["embed_figure", "escape", "table"]
+
+
+def escape(value) -> str:
+    """``str(value)`` with ``&``, ``<``, ``>`` and both quotes escaped for HTML text and attributes.
+
+    >>> escape('<b class="x">&</b>')
+    '&lt;b class=&quot;x&quot;&gt;&amp;&lt;/b&gt;'
+    """
+    return html.escape(str(value), quote=True)
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """An HTML table; every cell is escaped here.
+
+    >>> table(["a"], [["<1>"]])
+    '<table><thead><tr><th>a</th></tr></thead><tbody><tr><td>&lt;1&gt;</td></tr></tbody></table>'
+    """
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def embed_figure(figure, path: Path, caption: str) -> str:
+    """Save a matplotlib ``figure`` as PNG (100 dpi) at ``path``, atomically; return it as an
+    HTML ``<figure>`` whose image is the same PNG as a ``data:`` URI."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    write_bytes(path, buffer.getvalue(), durable=False)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (f'<figure><img alt="{escape(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{escape(caption)} ({escape(path.name)})</figcaption></figure>")

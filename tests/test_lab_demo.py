@@ -1,0 +1,31 @@
+"""lab.demo: ``labelsmooth demo`` falls back to digits with a notice when Fashion-MNIST is absent,
+and a complete demo run is left as it is."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from labelsmooth.cli import main as cli_main
+from labelsmooth.lab import presets
+
+
+def test_demo_falls_back_to_digits_with_a_notice(tmp_path, monkeypatch, capsys):
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    monkeypatch.setenv("LABELSMOOTH_DATA", str(empty))
+    monkeypatch.chdir(tmp_path)
+    short = dataclasses.replace(presets.PRESETS["seed-fashion-mnist"],
+                                quick=dict(epochs=2, seeds=[0, 1]))
+    monkeypatch.setitem(presets.PRESETS, "seed-fashion-mnist", short)
+    assert cli_main(["demo"]) == 0
+    printed = capsys.readouterr().out
+    assert "NOTICE: Fashion-MNIST is not available" in printed and str(empty) in printed
+    run_dir = tmp_path / "runs" / "demo-seed-fashion-mnist-digits"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (config["dataset"], config["train_fraction"], config["epochs"]) == ("digits", 1.0, 2)
+    assert f"Report: {run_dir / 'report.html'}" in printed and "accuracy" in printed
+
+    assert cli_main(["demo"]) == 0  # a complete demo run: exit 0, point to the report
+    again = capsys.readouterr().out
+    assert "already complete" in again and str(run_dir / "report.html") in again
