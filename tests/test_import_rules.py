@@ -24,7 +24,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "labelsmooth"
-APPLICATION = ("labelsmooth.lab", "labelsmooth.cli", "labelsmooth.demo", "labelsmooth.__main__")
+APPLICATION = ("labelsmooth.lab", "labelsmooth.cli", "labelsmooth.__main__")
 ENGINE_USERS = ("labelsmooth.ops", "labelsmooth.distributed")
 NOT_FOR_ENGINE_USERS = ("labelsmooth", "labelsmooth.losses")
 
@@ -33,14 +33,6 @@ NOT_FOR_ENGINE_USERS = ("labelsmooth", "labelsmooth.losses")
 # out of lab/sweep.py. They are left out of every rule below. Delete both constants once that
 # branch is merged: test_allow_lists_are_still_needed fails on any entry that no longer matches
 # an import, to say so.
-LAB_MOVING_OUT = {  # library modules that import the lab
-    "labelsmooth.calibration.lab",
-    "labelsmooth.analysis.lab",
-    "labelsmooth.analysis.distill_lab",
-}
-LAB_CYCLE_MOVING_OUT = {  # (importer, imported) closing lab/report.py <-> lab/sweep.py (write_atomic)
-    ("labelsmooth.lab.report", "labelsmooth.lab.sweep"),
-}
 
 
 @dataclass(frozen=True)
@@ -183,14 +175,9 @@ def report(title: str, violations: list[Import] | list[list[Import]]) -> str:
 # The package's own imports ------------------------------------------------------------------------
 
 
-def moving_out(i: Import) -> bool:
-    return (i.importer in LAB_MOVING_OUT and is_within(i.imported, APPLICATION)) or \
-        (i.importer, i.imported) in LAB_CYCLE_MOVING_OUT
-
-
 @pytest.fixture(scope="module")
 def imports() -> list[Import]:
-    return [i for i in collect_imports(SRC) if not moving_out(i)]
+    return collect_imports(SRC)
 
 
 def test_library_never_imports_the_application(imports):
@@ -210,13 +197,6 @@ def test_no_import_cycles(imports):
     if cycles:
         pytest.fail(report("import cycles:", cycles))
 
-
-def test_allow_lists_are_still_needed():
-    """The allow-lists are temporary: an entry that matches no import any more must be deleted."""
-    imports = collect_imports(SRC)
-    matched = {i.importer for i in imports if moving_out(i)} | {(i.importer, i.imported) for i in imports}
-    stale = sorted(map(str, (LAB_MOVING_OUT | LAB_CYCLE_MOVING_OUT) - matched))
-    assert not stale, f"delete these entries of the allow-lists in {Path(__file__).name}: {stale}"
 
 
 # The checker itself, on small packages written for the purpose ------------------------------------

@@ -39,6 +39,7 @@ from ...calibration.scaling import TemperatureScaling
 from ..rundir import cell_file
 from ..stats import Estimate, estimate, paired_difference
 from .html import embed_figure, escape, table
+from .overview import baseline_of, condition_label, group_runs, judge
 
 __all__ = ["GAP_TOLERANCE", "cell_calibration", "report_section"]
 
