@@ -33,6 +33,7 @@ from labelsmooth.integrations.transformers import (  # noqa: E402
     trainer_loss,
 )
 
+pytestmark = pytest.mark.usefixtures("single_thread")
 VOCAB = 97
 COMMON = dict(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
               num_key_value_heads=1, head_dim=8, max_position_embeddings=64, pad_token_id=0, bos_token_id=1,
@@ -410,3 +411,12 @@ def test_training_converges_as_without_the_patch():
     reference_curve = loss_curve(tiny_model("llama", dtype=torch.float32), patch=False)
     assert reference_curve[-5:].mean() < 0.8 * reference_curve[:5].mean()  # it learns
     torch.testing.assert_close(patched_curve, reference_curve, rtol=1e-5, atol=0)
+
+
+def test_the_hf_causal_lm_example_runs_and_saves_the_logits_memory(example):
+    pytest.importorskip("accelerate", reason="transformers' Trainer needs accelerate (pip install -e '.[dev]')")
+    out = example("hf_causal_lm.py")
+    losses = [float(x) for x in out.split("every 5 steps:")[1].splitlines()[0].split(",")]
+    assert losses[-1] < losses[0] - 1  # it learns
+    without, with_adapter, logits = (float(line.split(":")[-1].split()[0]) for line in out.splitlines()[-3:])
+    assert with_adapter < without - logits  # at least the logits' size saved
