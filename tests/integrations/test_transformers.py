@@ -201,6 +201,19 @@ def test_eval_mode_keeps_the_logits_and_gives_the_same_loss():
     torch.testing.assert_close(out.loss.detach(), ref_loss, **FLOAT64)
 
 
+def test_under_autocast_the_loss_is_taken_in_the_autocast_dtype():
+    model = tiny_model("llama", dtype=torch.float32)
+    ids, mask, labels = token_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        with apply_to(model, label_smoothing=EPS):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.bfloat16
+    target = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], 1)
+    expected = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), label_smoothing=EPS)
+    torch.testing.assert_close(loss.float(), expected, rtol=1e-2, atol=0)  # bf16: 8 bits of mantissa
+
+
 def test_tuples_precomputed_shift_labels_and_positional_arguments():
     model = tiny_model("gpt2")
     ids, mask, labels = token_batch()
@@ -274,6 +287,8 @@ def test_bad_arguments_are_refused_by_name():
         trainer_loss(EPS, shift_labels="yes")
     with pytest.raises(ValueError, match="unknown loss option.*'softcapping'"):
         trainer_loss(EPS, shift_labels=True, softcapping=30.0)
+    with pytest.raises(ValueError, match="labels must be a tensor"):
+        trainer_loss(EPS, shift_labels=True)({"logits": torch.zeros(1, 2, VOCAB)}, None)
     assert "forward" not in model.__dict__  # nothing was applied
 
 

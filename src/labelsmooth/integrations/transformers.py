@@ -125,6 +125,9 @@ def trainer_loss(label_smoothing: float = 0.0, *, shift_labels: bool, **loss_opt
     ignore_index = loss_options.get("ignore_index", -100)
 
     def compute_loss(outputs, labels: Tensor, num_items_in_batch: Tensor | int | None = None) -> Tensor:
+        if not isinstance(labels, Tensor):
+            raise ValueError(f"labels must be a tensor of class indices (the batch's 'labels'), got "
+                             f"{type(labels).__name__}")
         logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
         target = shifted_labels(labels, ignore_index) if shift_labels else labels
         return _logits_loss(logits, target, num_items_in_batch, label_smoothing, loss_options)
