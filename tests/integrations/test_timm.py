@@ -110,12 +110,19 @@ def mixed_batch(timm, label_smoothing, k=10, seed=0):
     return mixup(images, target)
 
 
+def as_float64_probabilities(soft_target):
+    """Mixup's float32 rows, whose sums are 1 within float32 rounding, in float64 with sums of 1."""
+    q = soft_target.double()
+    return q / q.sum(1, keepdim=True)
+
+
 def test_soft_target_cross_entropy_equals_timms_on_mixup_targets(timm):
     images, soft_target = mixed_batch(timm, label_smoothing=0.1)
     assert soft_target.shape == (8, 10) and not torch.equal(soft_target, soft_target.round())
     logits = torch.nn.Linear(64, 10).double()(images.flatten(1).double())
-    expected = loss_and_grad(timm.loss.SoftTargetCrossEntropy(), logits.detach(), soft_target.double())
-    got = loss_and_grad(SoftTargetCrossEntropy(), logits.detach(), soft_target.double())
+    q = as_float64_probabilities(soft_target)
+    expected = loss_and_grad(timm.loss.SoftTargetCrossEntropy(), logits.detach(), q)
+    got = loss_and_grad(SoftTargetCrossEntropy(), logits.detach(), q)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, **TIGHT)
 
@@ -125,7 +132,7 @@ def test_smoothing_in_the_loss_equals_smoothing_in_mixup(timm):
     _, plain = mixed_batch(timm, label_smoothing=0.0)  # the same lambdas and pairs (same seed)
     logits = logits_and_target(n=8)[0]
     # timm's Mixup builds its targets in float32: the two agree to float32 rounding
-    torch.testing.assert_close(SoftTargetCrossEntropy(label_smoothing=0.1)(logits, plain.double()),
+    torch.testing.assert_close(SoftTargetCrossEntropy(label_smoothing=0.1)(logits, as_float64_probabilities(plain)),
                                timm.loss.SoftTargetCrossEntropy()(logits, smoothed_by_mixup.double()),
                                rtol=1e-6, atol=0)
 

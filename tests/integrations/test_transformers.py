@@ -180,7 +180,8 @@ def test_gradient_accumulation_over_uneven_micro_batches_equals_one_batch(model_
         model.zero_grad()
         for x, m, y in micro_batches:
             (model(input_ids=x, attention_mask=m, labels=y).loss / len(micro_batches)).backward()
-    misweighted, expected = (torch.cat([g.flatten() for g in grads.values()]) for grads in (gradients(model), ref_grads))
+    misweighted, expected = (torch.cat([g.flatten() for g in grads.values()])
+                             for grads in (gradients(model), ref_grads))
     assert (misweighted - expected).norm() > 0.05 * expected.norm()
 
 

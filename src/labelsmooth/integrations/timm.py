@@ -8,7 +8,7 @@ A ``train.py``-style script switches by one import; timm's ``Mixup`` stays as it
     mixup_fn = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=K)
     train_loss_fn = SoftTargetCrossEntropy() if mixup_fn else LabelSmoothingCrossEntropy(smoothing=0.1)
 
-The values are timm's (timm 1.0.29, ``timm/loss/cross_entropy.py``), for every input timm accepts:
+The values are timm's (timm 1.0.29, ``timm/loss/cross_entropy.py``) wherever both accept the input:
 ``LabelSmoothingCrossEntropy(smoothing=eps)`` is ``(1 - eps) nll + eps mean_c(-log p_c)`` averaged
 over the batch, which is :func:`labelsmooth.cross_entropy` with ``label_smoothing=eps`` (uniform
 ``eps/K`` per class); ``SoftTargetCrossEntropy()`` is ``sum_c -q_c log p_c`` averaged over the
@@ -16,6 +16,8 @@ batch for probability targets q (Mixup's smoothed, mixed one-hots). Where they d
 
 - a target equal to ``ignore_index`` (-100) counts nowhere, a target out of range raises a
   ValueError (timm's gather fails on both); class indices also work in ``SoftTargetCrossEntropy``;
+- targets are checked as :func:`labelsmooth.cross_entropy` checks them, where timm computes with
+  whatever comes (``validate_args=False`` skips the checks of their contents);
 - logits may have extra dimensions, (N, K, d1, ...) as in ``F.cross_entropy`` (timm: (N, K) only);
 - fp16 / bf16 logits are reduced in fp32; class-index targets on CUDA use the fused Triton
   kernel when it is installed;
