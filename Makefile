@@ -5,6 +5,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
+# timm (tests of labelsmooth.integrations.timm) comes without its dependencies: it requires torchvision,
+# whose PyPI wheels load only beside the CUDA build of torch (and would pull that build in); the
+# tests use timm's loss and Mixup files, which need torch and NumPy alone.
+TIMM   ?= timm==1.0.29
 FMNIST := /usr/share/datasets/fashion-mnist
 
 .PHONY: demo test data clean bench bench-gpu
@@ -16,6 +20,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps "$(TIMM)"
 	touch $@
 
 # Fashion-MNIST comes from Debian's package; installed when missing and we are root.
