@@ -10,9 +10,9 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
+from labelsmooth.analysis.pixels import Standardize
 from labelsmooth.analysis.robustness import (
     Attack,
-    Standardize,
     attack_loss,
     correct_predictions,
     craft_adversarial,

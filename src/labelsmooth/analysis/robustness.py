@@ -8,7 +8,7 @@ depend on the defended model's gradient. This module gives the attacks and the t
 - :func:`fgsm` (Goodfellow et al. 2015) and :func:`pgd` (Madry et al. 2018, k steps with a random
   start), in pixel space ``[0, 1]``: the perturbation ``delta`` satisfies ``|delta|_inf <= budget``
   and the adversarial image stays in ``[0, 1]``. A model fed standardised images is attacked
-  through ``to_model_input`` (for example :class:`Standardize`), never in its own input space.
+  through ``to_model_input`` (for example :class:`.pixels.Standardize`), never in its own input space.
 - the *margin* (Carlini & Wagner 2017) loss beside cross-entropy: its gradient does not vanish when
   the softmax saturates, which is how smoothing's flat cross-entropy can mislead an attacker.
 - *transfer* attacks: :func:`robust_correct` with ``source_model`` crafts the examples on another
@@ -34,13 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import ContentChecks, check_class_indices, check_index_target, first_offender
+from .._checks import ContentChecks, check_class_indices, check_index_target
+from .pixels import check_pixels
 
 __all__ = [
     "ATTACKS",
     "ATTACK_LOSSES",
     "Attack",
-    "Standardize",
     "attack_loss",
     "correct_predictions",
     "craft_adversarial",
@@ -56,34 +56,6 @@ ATTACK_LOSSES = ("cross_entropy", "margin")
 DEFAULT_STEP_FACTOR = 2.5
 
 Model = Callable[[Tensor], Tensor]
-
-
-@dataclass(frozen=True)
-class Standardize:
-    """The map from pixels in ``[0, 1]`` to a model's standardised input: ``(pixels - mean) / std``.
-
-    ``mean`` and ``std`` are on the ``[0, 1]`` pixel scale (a data set stored as 0..255 bytes and
-    standardised by its raw mean and std has ``mean = raw_mean / 255``, ``std = raw_std / 255``).
-
-    >>> s = Standardize(mean=0.5, std=0.25)
-    >>> s(torch.tensor([0.0, 1.0])), s.pixels(torch.tensor([-2.0, 2.0]))
-    (tensor([-2.,  2.]), tensor([0., 1.]))
-    """
-
-    mean: float
-    std: float
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.mean) and math.isfinite(self.std) and self.std > 0):
-            raise ValueError(f"Standardize needs a finite mean and a finite std > 0, got mean={self.mean!r}, "
-                             f"std={self.std!r}")
-
-    def __call__(self, pixels: Tensor) -> Tensor:
-        return (pixels - self.mean) / self.std
-
-    def pixels(self, standardized: Tensor) -> Tensor:
-        """The inverse map: ``standardized * std + mean``."""
-        return standardized * self.std + self.mean
 
 
 # 1. Losses the attacker maximises -------------------------------------------------------------
@@ -149,21 +121,13 @@ def _check_attack(budget: float, steps: int, step_size: float | None, loss: str)
 
 def _check_inputs(pixels: Tensor, target: Tensor) -> None:
     """``pixels``: floating, in [0, 1], shaped ``target.shape + image``; ``target``: class indices."""
-    if not isinstance(pixels, Tensor) or not pixels.is_floating_point():
-        raise ValueError(f"pixels must be a floating tensor of images in [0, 1], got "
-                         f"{pixels.dtype if isinstance(pixels, Tensor) else type(pixels).__name__}")
+    check_pixels(pixels)
     check_index_target(target, pixels.shape[:target.dim()] if isinstance(target, Tensor) else (),
                        shape_source="the leading dimensions of pixels", unsupported_by="by an attack")
     if target.dim() == 0 or pixels.dim() <= target.dim():
         raise ValueError(f"pixels must have the target's shape (at least one dimension of examples) "
                          f"followed by the image's shape; got pixels {tuple(pixels.shape)} and target "
                          f"{tuple(target.shape)}")
-    checks = ContentChecks()
-    outside = ~((pixels >= 0) & (pixels <= 1))
-    checks.add(~outside.any(), lambda v: f"pixels must lie in [0, 1] (attack images, not standardised "
-                                         f"inputs: pass to_model_input), got {v:.6g}",
-               first_offender(pixels.detach(), outside))
-    checks.raise_if_failed()
 
 
 def _logits(model: Model, model_input: Tensor, target: Tensor) -> Tensor:
