@@ -263,6 +263,10 @@ def test_bad_inputs_are_refused_with_what_was_expected():
         fgsm(lambda inputs: model(inputs)[:, 0], x, y, 0.1)
     with pytest.raises(ValueError, match="budget must be"):
         pgd(model, x, y, 0)
+    with pytest.raises(ValueError, match=r"start must be a tensor of pixels' shape \(6, 4\)"):
+        Attack("pgd", 0.1)(model, x, y, start=torch.zeros(6, 3))
+    with pytest.raises(ValueError, match="attack must be an Attack"):
+        craft_adversarial(model, x, y, "pgd")
     with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
         correct_predictions(model, x, y, batch_size=0)
     with pytest.raises(ValueError, match="std > 0"):

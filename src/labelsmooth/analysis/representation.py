@@ -83,7 +83,7 @@ class ClassSubset:
     classes: tuple[int, ...]
 
 
-def select_classes(labels, classes: Sequence[int], *, split: str = "labels",
+def select_classes(labels, classes: Sequence[int], *, split: str = "split",
                    class_names: Sequence[str] | None = None) -> ClassSubset:
     """The rows of ``labels`` (N,) in ``classes``; a class with no row is refused, by name.
 
@@ -96,7 +96,7 @@ def select_classes(labels, classes: Sequence[int], *, split: str = "labels",
     Traceback (most recent call last):
     ValueError: the probe test split has no example of class 5; every class of (3, 5) must appear in it
     """
-    y = _as_labels(labels, len(labels), split)
+    y = _as_labels(labels, len(labels))
     chosen = tuple(int(k) for k in classes)
     if len(chosen) < 2 or len(set(chosen)) != len(chosen):
         raise ValueError(f"classes must be at least 2 distinct class indices, got {list(classes)}")
@@ -287,7 +287,7 @@ def class_collapse(features, labels, classes: Sequence[int] | None = None) -> Cl
     """
     h = _as_float64(features, "features", 2)
     y = _as_labels(labels, h.shape[0])
-    subset = select_classes(y, torch.unique(y).tolist() if classes is None else classes, split="labels")
+    subset = select_classes(y, torch.unique(y).tolist() if classes is None else classes)
     h, y = h[subset.indices], subset.labels
     num_classes = len(subset.classes)
     means = torch.zeros(num_classes, h.shape[1], dtype=torch.float64).index_add_(0, y, h)

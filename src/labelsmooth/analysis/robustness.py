@@ -240,15 +240,28 @@ class Attack:
 
     def __call__(self, model: Model, pixels: Tensor, target: Tensor, *, to_model_input: Model | None = None,
                  start: Tensor | None = None) -> Tensor:
-        """Adversarial pixels for one batch; ``start``: PGD's random start (drawn when None)."""
+        """Adversarial pixels for one batch (shapes: see the module).
+
+        ``start``: PGD's random start, of pixels' shape; drawn from the global RNG when None (to
+        reproduce a run, pass it, or use :func:`craft_adversarial` with a seed).
+        """
         _check_inputs(pixels, target)
+        if start is not None and (not isinstance(start, Tensor) or start.shape != pixels.shape):
+            raise ValueError(f"start must be a tensor of pixels' shape {tuple(pixels.shape)}, got "
+                             f"{tuple(start.shape) if isinstance(start, Tensor) else type(start).__name__}")
+        return self._run(model, pixels, target, to_model_input, start)
+
+    def _run(self, model: Model, pixels: Tensor, target: Tensor, to_model_input: Model | None,
+             start: Tensor | None) -> Tensor:
         if self.name == "fgsm":
             return _perturb(model, pixels, target, self.budget, 1, self.budget, self.loss, None, to_model_input)
-        if self.random_start and start is None:
+        if not self.random_start:
+            start = None
+        elif start is None:
             start = _random_start(pixels.shape, self.budget, pixels, None)
         step_size = self.step_size or DEFAULT_STEP_FACTOR * self.budget / self.steps
-        return _perturb(model, pixels, target, self.budget, self.steps, step_size, self.loss,
-                        start if self.random_start else None, to_model_input)
+        return _perturb(model, pixels, target, self.budget, self.steps, step_size, self.loss, start,
+                        to_model_input)
 
 
 def _batches(target: Tensor, batch_size: int):
@@ -272,12 +285,14 @@ def craft_adversarial(model: Model, pixels: Tensor, target: Tensor, attack: Atta
     >>> bool(((a - x).abs() <= 0.05 + 1e-6).all()), a.shape
     (True, torch.Size([10, 4]))
     """
+    if not isinstance(attack, Attack):
+        raise ValueError(f"attack must be an Attack (e.g. Attack('pgd', 0.1)), got {type(attack).__name__}")
     _check_inputs(pixels, target)
     start = None
     if attack.name == "pgd" and attack.random_start:
         start = _random_start(pixels.shape, attack.budget, pixels, torch.Generator().manual_seed(seed))
-    return torch.cat([attack(model, pixels[index], target[index], to_model_input=to_model_input,
-                             start=None if start is None else start[index])
+    return torch.cat([attack._run(model, pixels[index], target[index], to_model_input,
+                                  None if start is None else start[index])
                       for index in _batches(target, batch_size)], dim=target.dim() - 1)
 
 
