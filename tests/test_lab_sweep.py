@@ -209,8 +209,8 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, no_report, capsys)
 
 
 def cli_args(out: Path, epochs: int = 2) -> list[str]:
-    return ["sweep", "--train-fraction", "0.3", "--epochs", str(epochs), "--label-smoothing", "0",
-            "0.1", "--no-progress", "--out", str(out)]
+    return ["sweep", "--dataset", "digits", "--train-fraction", "0.3", "--epochs", str(epochs),
+            "--label-smoothing", "0", "0.1", "--no-progress", "--out", str(out)]
 
 
 def snapshot(folder: Path) -> dict:
