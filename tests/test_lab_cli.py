@@ -6,6 +6,7 @@ abbreviated and a typo gets a suggestion; ``reproduce`` finds NAME wherever it s
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -20,6 +21,7 @@ import pytest
 import torch
 
 import labelsmooth
+from labelsmooth import cli
 
 TINY = ["--dataset", "digits", "--model", "mlp", "--mlp-widths", "8", "--epochs", "1", "--label-smoothing", "0",
         "--threads", "1", "--no-progress"]
@@ -132,3 +134,17 @@ def test_reproduce_help_lists_distillation_and_finds_the_name_after_options():
     for args in (["reproduce", "--quick", "distillation", "--help"], ["reproduce", "distillation", "--quick", "--help"]):
         process = labelsmooth_cli(*args)
         assert process.returncode == 0 and "--temperatures" in process.stdout, process.stderr
+
+
+@pytest.mark.parametrize("name, args, line", [
+    ("sweep", argparse.Namespace(out="runs/sweep-20250101-120000", out_given=False),
+     "Interrupted; finished epochs are saved in runs/sweep-20250101-120000. Run the same command with --out "
+     "runs/sweep-20250101-120000 to resume."),
+    ("reproduce", argparse.Namespace(out="runs/overfitting"),
+     "Interrupted; finished epochs are saved in runs/overfitting. Run the same command to resume."),
+    ("calibrate", argparse.Namespace(out="plots"), "Interrupted."),
+])
+def test_the_interrupted_line_says_how_to_resume(capsys, name, args, line):
+    """(The whole path, Ctrl-C to a sweep process and its resume, is in test_lab_sweep.)"""
+    assert cli._interrupted(name, args) == 130
+    assert capsys.readouterr().err == f"\n{line}\n"
