@@ -74,7 +74,8 @@ def test_cuda_without_a_gpu(tmp_path):
     (["report", "{files}/run"], r"^labelsmooth report: error: cannot read \S*run/results\.json as JSON"),
     (["sweep", "--lr", "inf"], r"^labelsmooth sweep: error: lr must be a finite number > 0, got inf$"),
     (["sweep", "--weight-decay", "inf"], r"^labelsmooth sweep: error: weight_decay must be a finite number >= 0"),
-    (["sweep", "--epoch", "2"], r"^labelsmooth sweep: error: unrecognized arguments: --epoch 2 \(did you mean --epochs\?\)$"),
+    (["sweep", "--epoch", "2"],
+     r"^labelsmooth sweep: error: unrecognized arguments: --epoch 2 \(did you mean --epochs\?\)$"),
     (["swep"], r"^labelsmooth: error: argument COMMAND: invalid choice: 'swep' .*\(did you mean sweep\?\)$"),
     (["reproduce", "overfiting"], r"invalid choice: 'overfiting' .*\(did you mean overfitting\?\)$"),
 ])
@@ -100,7 +101,8 @@ def test_a_write_that_fails_during_a_checkpoint_names_the_file_and_resumes(tmp_p
 
     args = ["sweep", "--dataset", "digits", "--model", "mlp", "--mlp-widths", "64", "--epochs", "2",
             "--label-smoothing", "0", "--threads", "1", "--no-progress", "--out", str(tmp_path / "r")]
-    one_line_error(labelsmooth_cli(*args, limits=small_files), r"^labelsmooth sweep: error: cannot write \S*r/checkpoint\.pt: ")
+    one_line_error(labelsmooth_cli(*args, limits=small_files),
+                   r"^labelsmooth sweep: error: cannot write \S*r/checkpoint\.pt: ")
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["config.json"]  # no temporary file, no lock
     finished = labelsmooth_cli(*args)  # space again: the same command finishes the run
     assert finished.returncode == 0, finished.stderr
@@ -131,7 +133,8 @@ def test_a_lab_command_without_the_lab_extras_names_the_extra():
 def test_reproduce_help_lists_distillation_and_finds_the_name_after_options():
     listing = labelsmooth_cli("reproduce", "--help")
     assert listing.returncode == 0 and "distillation:" in listing.stdout
-    for args in (["reproduce", "--quick", "distillation", "--help"], ["reproduce", "distillation", "--quick", "--help"]):
+    for args in (["reproduce", "--quick", "distillation", "--help"],
+                 ["reproduce", "distillation", "--quick", "--help"]):
         process = labelsmooth_cli(*args)
         assert process.returncode == 0 and "--temperatures" in process.stdout, process.stderr
 

@@ -18,8 +18,8 @@ from torch import Tensor
 from .models import MODELS
 from .shard import format_shard, select_cells
 
-__all__ = ["ADDED_KEYS", "DISTRIBUTIONS", "OPTIMIZERS", "RESUME_IGNORES", "Cell", "SweepConfig", "as_tuples", "grid_cells",
-           "is_device_name"]
+__all__ = ["ADDED_KEYS", "DISTRIBUTIONS", "OPTIMIZERS", "RESUME_IGNORES", "Cell", "SweepConfig", "as_tuples",
+           "grid_cells", "is_device_name"]
 
 DISTRIBUTIONS = ("uniform", "non_target")
 # Config keys that may differ when a run directory is resumed: where the data lives, not what it is.

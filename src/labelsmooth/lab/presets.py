@@ -23,8 +23,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["OTHER_COMMANDS", "PRESETS", "Preset", "add_arguments", "preset_settings", "print_outcome", "reproduce", "run",
-           "sweep_namespace"]
+__all__ = ["OTHER_COMMANDS", "PRESETS", "Preset", "add_arguments", "preset_settings", "print_outcome", "reproduce",
+           "run", "sweep_namespace"]
 
 
 @dataclass(frozen=True)
