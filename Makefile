@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine: `make demo` and `make test` (see README.md).
-# Both create .venv, install torch's CPU build (a local file here; the default CUDA build is
-# several GB) and the package, then run.
+# Both create .venv, install torch (TORCH: pip's arguments for it, several words allowed, e.g.
+# TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"; see README.md) and the
+# package, then run.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -18,7 +19,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps "$(TIMM)"
 	touch $@

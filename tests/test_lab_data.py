@@ -192,11 +192,41 @@ def test_npz_with_and_without_splits(tmp_path):
     (dict(x=np.zeros((20, 3)), y=np.arange(20) % 2, x_val=np.zeros((2, 3))), "given together"),
     (dict(x=np.zeros((20, 3)), y=np.arange(20) % 2, class_names=np.array(["a"])), "'class_names' must be"),
     (dict(x=np.zeros((20, 3)), y=np.arange(20) % 2 - 1), "non-negative"),
+    (dict(x=np.full((20, 3), np.nan), y=np.arange(20) % 2), r"'x' must hold finite numbers, got nan at index \(0, 0\)"),
+    (dict(x=np.zeros((20, 3)), y=np.arange(20) % 2, x_test=np.array([[0, np.inf, 0]]), y_test=np.array([1])),
+     "'x_test' must hold finite numbers, got inf"),
 ])
 def test_npz_errors(tmp_path, arrays, message):
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(DataError, match=message):
         load_dataset(tmp_path / "bad.npz")
+
+
+def test_npz_labels_must_be_every_class_or_remapped(tmp_path):
+    """Labels {0, 2, 5} would make a 6-class model whose classes 1, 3, 4 never occur."""
+    rng = np.random.default_rng(0)
+    y = np.array([0, 2, 5] * 20)
+    x = rng.normal(size=(60, 4)).astype(np.float32)
+    x[:, 0] = y  # each image carries its label
+    np.savez(tmp_path / "gaps.npz", x=x, y=y)
+    with pytest.raises(DataError, match=r"gaps.npz: expected labels 0..K-1 \(K = 6: the largest label \+ 1\) to "
+                                        r"occur, got labels \[0, 2, 5\] \(3 distinct\).*--remap-labels"):
+        load_dataset(tmp_path / "gaps.npz")
+    ds = load_dataset(tmp_path / "gaps.npz", remap_labels=True)
+    assert (ds.num_classes, ds.original_labels, ds.class_names) == (3, (0, 2, 5), ("0", "2", "5"))
+    for split in ("train", "test", "holdout"):  # class k holds exactly the images of the k-th smallest label
+        images, labels = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
+        carried = images[:, 0]  # the file's label, standardised (an increasing map)
+        assert [labels[carried == v].unique().tolist() for v in carried.unique()] == [[0], [1], [2]]
+    # names are indexed by the file's labels, remapped or not
+    np.savez(tmp_path / "named.npz", x=x, y=y, class_names=np.array(list("abcdef")))
+    assert load_dataset(tmp_path / "named.npz", remap_labels=True).class_names == ("a", "c", "f")
+    with pytest.raises(DataError, match=r"expected every class 0..5 of its 6 'class_names' to occur"):
+        load_dataset(tmp_path / "named.npz")
+    np.savez(tmp_path / "ordinary.npz", x=x, y=y // 2)  # labels 0, 1, 2: remapping changes nothing
+    plain, remapped = (load_dataset(tmp_path / "ordinary.npz", remap_labels=r) for r in (False, True))
+    assert plain.original_labels is None and remapped.original_labels == (0, 1, 2)
+    assert torch.equal(plain.y_train, remapped.y_train)
 
 
 def test_npz_refuses_pickled_objects(tmp_path):

@@ -147,15 +147,31 @@ def test_quick_flag_and_given_flags_override_the_preset():
     assert config.teacher_widths == (1200, 1200) and config.training.dataset == "fashion-mnist"
 
 
-def test_command_on_the_finished_run_prints_its_summary(run, capsys):
+# the command-line flags of SETTINGS
+FLAGS = ["--dataset", "digits", "--teacher-widths", "32", "32", "--student-widths", "16",
+         "--label-smoothing", "0", "0.3", "--seeds", "0", "1", "--temperatures", "1", "4",
+         "--smoothed-temperatures", "1", "--beta", "0.25", "--epochs", "3", "--batch-size", "64",
+         "--lr", "0.01", "--train-fraction", "0.4"]
+
+
+@pytest.mark.parametrize("command", [["distill"], ["reproduce", "--quick", "distillation"]])
+def test_command_on_the_finished_run_prints_its_summary(run, capsys, command):
+    """Also as ``reproduce --quick distillation`` (NAME after an option; the flags given override --quick's)."""
     _, out, _ = run
-    flags = ["--dataset", "digits", "--teacher-widths", "32", "32", "--student-widths", "16",
-             "--label-smoothing", "0", "0.3", "--seeds", "0", "1", "--temperatures", "1", "4",
-             "--smoothed-temperatures", "1", "--beta", "0.25", "--epochs", "3", "--batch-size", "64",
-             "--lr", "0.01", "--train-fraction", "0.4", "--out", str(out)]
-    assert main(["distill", *flags]) == 0
+    assert main([*command, *FLAGS, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "already complete" in printed and "claim 4" in printed and "report.html" in printed
+
+
+def test_a_finished_run_without_its_report_gets_it_back(run, tmp_path, capsys):
+    _, out, _ = run
+    copy = tmp_path / out.name
+    shutil.copytree(out, copy)
+    (copy / "report.html").unlink()
+    assert main(["distill", *FLAGS, "--out", str(copy)]) == 0
+    printed = capsys.readouterr().out
+    assert "complete but its report is missing; rebuilding the report" in printed
+    assert f"Report: {(copy / 'report.html').resolve()}" in printed and (copy / "report.html").is_file()
 
 
 def test_report_command_rebuilds_the_distillation_report(run, tmp_path, capsys):
@@ -216,7 +232,9 @@ def test_a_stored_config_is_read_and_written_back_unchanged(tmp_path):
                                           seeds=(0, 1), epochs=3, batch_size=128, optimizer="adam", lr=0.001,
                                           train_fraction=0.1, eval_batch_size=1000)
     assert (config.teacher_widths, config.temperatures, config.beta) == ((64,), (1.0, 4.0), 0.0)
-    assert json.dumps(config.to_dict(), indent=1) + "\n" == STORED
+    # written back as stored, with the key added since (remap_labels, whose old value is false)
+    assert json.dumps(config.to_dict(), indent=1) + "\n" == json.dumps(
+        {**json.loads(STORED), "remap_labels": False}, indent=1) + "\n"
     # a run directory holding that config.json is this run's (resumed, not refused)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text(STORED)

@@ -1,9 +1,11 @@
 """lab.rundir: the one cell-file lookup and its path check, atomic writes that leave the old file
-on failure, and the checks that resume, report complete, or refuse a run directory."""
+on failure (and name it), the checks that resume, report complete, or refuse a run directory, and
+its lock (two processes: see test_lab_sweep)."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -12,6 +14,7 @@ from labelsmooth.lab.rundir import (
     cell_file,
     check_run_directory,
     load_results,
+    locked,
     write_atomic,
     write_json,
 )
@@ -41,7 +44,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         f.write(b"half")
         raise OSError("disk full")
 
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(RunDirectoryError, match=r"cannot write \S*results.json: disk full"):
         write_atomic(path, fail)
     assert json.loads(path.read_text()) == {"old": True}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
@@ -73,3 +76,21 @@ def test_load_results_takes_the_config_from_config_json_and_names_a_missing_file
         load_results(tmp_path / "empty")
     with pytest.raises(ValueError, match="no such directory"):
         load_results(tmp_path / "missing")
+
+
+def test_the_lock_refuses_a_second_holder_holds_the_pid_and_goes_with_its_holder(tmp_path):
+    out = tmp_path / "run"
+    with locked(out):  # flock locks belong to an open file, so a second open conflicts in one process too
+        assert (out / ".lock").read_text() == str(os.getpid())
+        with pytest.raises(RunDirectoryError, match=f"^{out} is being written by process {os.getpid()}; "):
+            with locked(out):
+                pass
+    assert list(out.iterdir()) == []
+    with locked(out):  # free again
+        pass
+
+
+def test_a_damaged_json_file_is_named(tmp_path):
+    (tmp_path / "config.json").write_text('{"epochs": ')
+    with pytest.raises(RunDirectoryError, match=r"cannot read \S*config.json as JSON"):
+        check_run_directory(tmp_path, {"epochs": 2})

@@ -177,28 +177,31 @@ def recorded_epochs(out: Path) -> tuple[int, bool]:
     return len(results["runs"][0]["history"]), results["complete"]
 
 
-def test_resume_after_kill_equals_uninterrupted_run(tmp_path, no_report, capsys):
-    """SIGKILL a sweep process after its second epoch, resume it, compare with an uninterrupted run."""
-    epochs = 20
-    interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "labelsmooth", "sweep", "--dataset", "digits", "--train-fraction", "0.5",
-         "--label-smoothing", "0", "0.1", "--epochs", str(epochs), "--lr", "0.05", "--threads", "1",
-         "--no-progress", "--out", str(interrupted)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while recorded_epochs(interrupted)[0] < 2 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    done, complete = recorded_epochs(interrupted)
-    assert 2 <= done < epochs and not complete, "the sweep was not interrupted mid-way"
-    assert (interrupted / "checkpoint.pt").is_file()
+# A sweep long enough to be interrupted mid-way (20 epochs), as a command and as its config.
+LONG_EPOCHS = 20
+LONG_ARGS = ["sweep", "--dataset", "digits", "--train-fraction", "0.5", "--label-smoothing", "0", "0.1",
+             "--epochs", str(LONG_EPOCHS), "--lr", "0.05", "--threads", "1", "--no-progress"]
+LONG_CONFIG = SweepConfig(dataset="digits", train_fraction=0.5, label_smoothing=(0.0, 0.1), epochs=LONG_EPOCHS,
+                          lr=0.05)
 
-    config = SweepConfig(dataset="digits", train_fraction=0.5, label_smoothing=(0.0, 0.1),
-                         epochs=epochs, lr=0.05)
-    resumed = run_sweep(config, interrupted, progress=False)
+
+def start_sweep(out: Path, args: list[str] = LONG_ARGS) -> subprocess.Popen:
+    """A sweep in a new process, once it has recorded two epochs."""
+    process = subprocess.Popen([sys.executable, "-m", "labelsmooth", *args, "--out", str(out)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while recorded_epochs(out)[0] < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return process
+
+
+def assert_resumes_to_the_uninterrupted_run(interrupted: Path, tmp_path: Path, capsys) -> None:
+    done, complete = recorded_epochs(interrupted)
+    assert 2 <= done < LONG_EPOCHS and not complete, "the sweep was not interrupted mid-way"
+    assert (interrupted / "checkpoint.pt").is_file()
+    resumed = run_sweep(LONG_CONFIG, interrupted, progress=False)
     assert "resuming" in capsys.readouterr().out
-    uninterrupted = run_sweep(config, tmp_path / "uninterrupted", progress=False)
+    uninterrupted = run_sweep(LONG_CONFIG, tmp_path / "uninterrupted", progress=False)
     assert resumed["complete"] and resumed == uninterrupted
     assert json.loads((interrupted / "results.json").read_text()) == uninterrupted
     for cell in resumed["runs"]:
@@ -206,11 +209,94 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, no_report, capsys)
                 for d in (interrupted, tmp_path / "uninterrupted"))
         for key in x.files:
             np.testing.assert_array_equal(x[key], y[key])
+    assert not list(interrupted.rglob(".*.tmp")) and not (interrupted / ".lock").exists()
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path, no_report, capsys):
+    """SIGKILL a sweep process after its second epoch, resume it, compare with an uninterrupted run.
+    The killed writer's lock file and temporary files (as a kill mid-write leaves them) are left
+    behind; the resume is not blocked and removes them."""
+    out = tmp_path / "interrupted"
+    process = start_sweep(out)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (out / ".lock").read_text() == str(process.pid)
+    key = grid_cells(LONG_CONFIG)[0].key
+    (out / "cells" / key).mkdir(parents=True, exist_ok=True)
+    for temporary in (out / f".results.json.{process.pid}.tmp", out / "cells" / key / f".final.npz.{process.pid}.tmp"):
+        temporary.write_bytes(b"half")
+    assert_resumes_to_the_uninterrupted_run(out, tmp_path, capsys)
+
+
+def test_ctrl_c_prints_one_resume_line_and_the_rerun_finishes_the_same_run(tmp_path, no_report, capsys):
+    out = tmp_path / "interrupted"
+    process = start_sweep(out)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert stderr.strip().splitlines() == [
+        f"Interrupted; finished epochs are saved in {out}. Run the same command to resume."]
+    assert_resumes_to_the_uninterrupted_run(out, tmp_path, capsys)
+
+
+def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
+    out = tmp_path / "run"
+    endless = [*LONG_ARGS, "--epochs", "100000"]  # still training when the second one tries
+    first = start_sweep(out, endless)
+    try:
+        second = subprocess.run([sys.executable, "-m", "labelsmooth", *endless, "--out", str(out)],
+                                capture_output=True, text=True, timeout=120)
+        assert first.poll() is None
+    finally:
+        first.kill()
+        first.wait()
+    assert second.returncode == 2 and second.stderr.splitlines() == [
+        f"labelsmooth sweep: error: {out} is being written by process {first.pid}; wait for it to finish, "
+        f"or choose another --out"]
+
+
+def test_a_run_killed_while_writing_its_report_gets_it_on_rerun(tmp_path, capsys):
+    out = tmp_path / "run"
+    kill_in_report = ("import os, signal\nfrom labelsmooth.lab import sweep\n"
+                      "sweep.build_report = lambda out: os.kill(os.getpid(), signal.SIGKILL)\n"
+                      f"from labelsmooth.cli import main\nmain({cli_args(out)!r})")
+    assert subprocess.run([sys.executable, "-c", kill_in_report], timeout=120).returncode == -signal.SIGKILL
+    assert json.loads((out / "results.json").read_text())["complete"] and not (out / "report.html").exists()
+    assert main(cli_args(out)) == 0
+    printed = capsys.readouterr().out
+    assert "complete but its report is missing; rebuilding the report" in printed
+    reports = [Path(line.removeprefix("Report: ")) for line in printed.splitlines() if line.startswith("Report: ")]
+    assert reports == [out / "report.html"] and reports[0].is_file()
+    assert main(cli_args(out)) == 0 and "already complete" in capsys.readouterr().out
+
+
+def test_a_diverging_cell_stops_and_leaves_its_neighbours_numbers_unchanged(tmp_path, no_report, capsys,
+                                                                            monkeypatch):
+    """eps = -1e6 drives the loss to -inf within the first epoch; the eps = 0 cell trained beside it
+    must end exactly as it does beside an ordinary eps = 0.1 cell (the stacking is the same)."""
+    settings = dict(SMALL, models=("mlp",), model_options={"mlp": {"widths": [32]}}, epochs=3)
+    out = tmp_path / "run"
+    message = r"^training diverged: cell mlp-uniform-eps-1e\+06-seed0 at epoch 1 \(train_loss nan\)\."
+    with pytest.raises(sweep.DivergenceError, match=message + ".*lower learning rate than --lr 0.05"):
+        run_sweep(SweepConfig(**settings, label_smoothing=(0.0, -1e6)), out, progress=False)
+    results = json.loads((out / "results.json").read_text())
+    neighbour = run_sweep(SweepConfig(**settings, label_smoothing=(0.0, 0.1)), tmp_path / "reference",
+                          progress=False)["runs"][0]
+    assert results["complete"] is False and no_report == [tmp_path / "reference"]
+    kept, diverged = results["runs"]
+    assert (kept["history"], kept["test"]) == (neighbour["history"], neighbour["test"]) and "diverged" not in kept
+    assert (diverged["diverged"], diverged["history"], diverged["test"]) == (
+        {"epoch": 1, "reason": "train_loss nan"}, [], None)
+    assert sorted(p.name for p in (out / "cells").iterdir()) == [kept["cell"]]
+    # the rerun repeats the verdict without training again
+    monkeypatch.setattr(sweep.CellGroup, "train_epoch", lambda *args: pytest.fail("trained again"))
+    with pytest.raises(sweep.DivergenceError, match=message):
+        run_sweep(SweepConfig(**settings, label_smoothing=(0.0, -1e6)), out, progress=False)
 
 
 def cli_args(out: Path, epochs: int = 2) -> list[str]:
-    return ["sweep", "--train-fraction", "0.3", "--epochs", str(epochs), "--label-smoothing", "0",
-            "0.1", "--no-progress", "--out", str(out)]
+    return ["sweep", "--dataset", "digits", "--train-fraction", "0.3", "--epochs", str(epochs),
+            "--label-smoothing", "0", "0.1", "--no-progress", "--out", str(out)]
 
 
 def snapshot(folder: Path) -> dict:
@@ -277,3 +363,33 @@ def test_bad_model_for_the_data_leaves_no_run_directory(tmp_path, capsys):
     assert main(args + ["--model", "mlp", "--mlp-widths", "8"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["complete"] and set(results["runs"][0]["test"]) == {"loss", "nll", "accuracy", "ece"}
+
+
+def test_labels_that_skip_classes_are_refused_or_remapped_and_recorded(tmp_path, no_report, capsys):
+    y = np.array([0, 2, 5] * 20)
+    np.savez(tmp_path / "gaps.npz", x=np.random.default_rng(0).normal(size=(60, 5)), y=y)
+    out = tmp_path / "run"
+    args = ["sweep", "--dataset", str(tmp_path / "gaps.npz"), "--model", "mlp", "--mlp-widths", "8", "--epochs",
+            "1", "--label-smoothing", "0", "0.1", "--no-progress", "--out", str(out)]
+    assert main(args) == 2
+    assert "got labels [0, 2, 5] (3 distinct)" in capsys.readouterr().err and not out.exists()
+    assert main([*args, "--remap-labels"]) == 0
+    assert "labels [0, 2, 5] are classes 0..2" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["remap_labels"] is True
+    results = json.loads((out / "results.json").read_text())
+    assert results["original_labels"] == [0, 2, 5] and results["complete"]
+    final = np.load(out / "cells" / results["runs"][0]["cell"] / "final.npz")
+    assert final["test_logits"].shape[1] == 3 and set(final["test_target"].tolist()) == {0, 1, 2}
+
+
+def test_class_names_holding_mathtext_reach_the_figures_as_written(tmp_path, capsys):
+    """Matplotlib would parse '$...$' as mathtext and fail on '$\\frac{1}$' while drawing the
+    penultimate-layer figure, after training."""
+    names = np.array([r"$\frac{1}$", "costs $5", "c"])
+    np.savez(tmp_path / "named.npz", x=np.random.default_rng(0).normal(size=(90, 5)), y=np.arange(90) % 3,
+             class_names=names)
+    out = tmp_path / "run"
+    assert main(["sweep", "--dataset", str(tmp_path / "named.npz"), "--model", "mlp", "--mlp-widths", "8",
+                 "--epochs", "1", "--label-smoothing", "0", "0.1", "--no-progress", "--out", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    assert list(out.glob("penultimate_*.png")) and r"$\frac{1}$, costs $5, c: penultimate activations" in page

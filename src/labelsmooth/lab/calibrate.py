@@ -113,8 +113,13 @@ def run(args: argparse.Namespace) -> int:
     print("(ECE, MCE and class-wise ECE are biased upward on finite samples; their bootstrap "
           "interval can lie above a small estimate.)")
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
         path = args.out / "reliability.png"
-        reliability_diagrams(models, path, n_bins=args.n_bins)
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+            reliability_diagrams(models, path, n_bins=args.n_bins)
+        except OSError as error:  # a read-only or full file system
+            print(f"labelsmooth calibrate: error: --out: cannot write {path}: {error.strerror or error}",
+                  file=sys.stderr)
+            return 2
         print(f"reliability diagram: {path}")
     return 0

@@ -243,6 +243,17 @@ class CellGroup:
         mine = self.stacked.cell_logits(index, x[self.ranks.rows(len(x))], batch_size)
         return self.ranks.gather_rows(mine, len(x), 0)
 
+    def divergence(self, values: Tensor) -> list[str | None]:
+        """Per cell, why it diverged (the first of ``values`` that is not finite, or its weights), or
+        None when it did not. ``values`` (C, M): each cell's numbers of the epoch, named by
+        :data:`HISTORY_COLUMNS` after ``epoch``."""
+        finite_weights = torch.stack([p.detach().isfinite().flatten(1).all(1) for p in self.stacked.stacked]).all(0)
+        reasons = []
+        for row, weights_ok in zip(values.tolist(), finite_weights.tolist()):
+            bad = [f"{name} {value}" for name, value in zip(HISTORY_COLUMNS[1:], row) if not np.isfinite(value)]
+            reasons.append(bad[0] if bad else None if weights_ok else "non-finite weights")
+        return reasons
+
     def metrics(self, logits: Tensor, target: Tensor) -> Tensor:
         """(C, 4): smoothed loss, NLL, accuracy, ECE of each cell's (N, K) logits."""
         loss, nll = self._by_distribution(logits, target.expand(logits.shape[:2]), _loss_and_nll)

@@ -18,11 +18,14 @@ from torch import Tensor
 from .models import MODELS
 from .shard import format_shard, select_cells
 
-__all__ = ["DISTRIBUTIONS", "OPTIMIZERS", "RESUME_IGNORES", "Cell", "SweepConfig", "as_tuples", "grid_cells"]
+__all__ = ["ADDED_KEYS", "DISTRIBUTIONS", "OPTIMIZERS", "RESUME_IGNORES", "Cell", "SweepConfig", "as_tuples",
+           "grid_cells", "is_device_name"]
 
 DISTRIBUTIONS = ("uniform", "non_target")
 # Config keys that may differ when a run directory is resumed: where the data lives, not what it is.
 RESUME_IGNORES = frozenset({"data_dir"})
+# Keys added to config.json after run directories existed -> the value an older directory had.
+ADDED_KEYS = {"remap_labels": False}
 
 # name -> constructor(params, config); both are elementwise, so stacking cells changes nothing.
 OPTIMIZERS: dict[str, Callable[[list[Tensor], "SweepConfig"], torch.optim.Optimizer]] = {
@@ -30,6 +33,18 @@ OPTIMIZERS: dict[str, Callable[[list[Tensor], "SweepConfig"], torch.optim.Optimi
                                              weight_decay=c.weight_decay),
     "adam": lambda params, c: torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay),
 }
+
+
+def is_device_name(name: object) -> bool:
+    """Whether ``name`` is a device torch can parse (whether it is present is checked when training).
+
+    >>> [is_device_name(n) for n in ("cpu", "cuda:1", "gpu0", 3)]
+    [True, True, False, False]
+    """
+    try:
+        return isinstance(name, str) and torch.device(name) is not None
+    except RuntimeError:
+        return False
 
 
 def as_tuples(config, names: tuple[str, ...]) -> None:
@@ -48,7 +63,7 @@ class SweepConfig:
     True
     """
 
-    dataset: str = "digits"
+    dataset: str = "fashion-mnist"
     data_dir: str | None = None
     models: tuple[str, ...] = ("seed-cnn",)
     model_options: dict = field(default_factory=dict)  # model name -> keyword options
@@ -66,6 +81,7 @@ class SweepConfig:
     eval_batch_size: int = 500
     device: str = "cpu"
     shard: str | None = None
+    remap_labels: bool = False
 
     def __post_init__(self) -> None:
         as_tuples(self, ("models", "label_smoothing", "seeds", "distributions"))
@@ -95,11 +111,14 @@ class SweepConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "an integer >= 1")
         need(self.optimizer in OPTIMIZERS, "optimizer", f"one of {sorted(OPTIMIZERS)}")
-        need(self.lr > 0, "lr", "positive")
+        need(math.isfinite(self.lr) and self.lr > 0, "lr", "a finite number > 0")
         need(0 <= self.momentum < 1, "momentum", "in [0, 1)")
-        need(self.weight_decay >= 0, "weight_decay", "non-negative")
+        need(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay",
+             "a finite number >= 0")
         need(0 < self.train_fraction <= 1, "train_fraction", "in (0, 1]")
         need(isinstance(self.data_seed, int) and self.data_seed >= 0, "data_seed", "a non-negative integer")
+        need(is_device_name(self.device), "device", "a torch device such as cpu, cuda or cuda:1")
+        need(isinstance(self.remap_labels, bool), "remap_labels", "true or false")
         if self.shard is not None:
             self.shard = format_shard(self.shard)
 

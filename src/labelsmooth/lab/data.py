@@ -13,6 +13,13 @@ Three sources, one registry (:data:`SOURCES`):
   (otherwise a fixed stratified 20% test split is taken from ``x``), optional ``x_val``/``y_val``
   (a separate evaluation split; by default evaluation uses the test set) and optional
   ``class_names``; (N, H, W) images get a channel axis. Loaded with ``allow_pickle=False``.
+  Images must be finite numbers.
+
+Labels: the labels found (over every split) must be exactly 0..K-1, K the number of classes (one
+per class name when an .npz gives ``class_names``): a class that never occurs would still take
+its share of the smoothing mass. ``remap_labels=True`` instead numbers the distinct labels found
+0..K-1 in increasing order; ``Dataset.original_labels[k]`` is then the file's label of class
+``k`` (and ``class_names``, when given, are indexed by the file's labels).
 
 Splits: ``x_eval`` is the per-epoch evaluation split, by default the full official
 test set; ``x_holdout`` is a seeded stratified sample of training images not used for training
@@ -28,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -52,7 +60,8 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
 INSTALL_HINT = ("Install it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or "
                 "point --data-dir / LABELSMOOTH_DATA at a folder holding the four original files "
                 "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-                "t10k-labels-idx1-ubyte (each optionally .gz).")
+                "t10k-labels-idx1-ubyte (each optionally .gz), or use --dataset digits (bundled "
+                "with scikit-learn).")
 HOLDOUT_FRACTION = 0.1  # of the training pool
 TEST_FRACTION = 0.2     # of a source without an official test split
 SPLIT_SEED = 0          # the fixed seed of such an official-style test split
@@ -77,6 +86,7 @@ class Dataset:
     y_holdout: Tensor
     num_classes: int
     class_names: tuple[str, ...]
+    original_labels: tuple[int, ...] | None = None  # the file's label of each class, when remapped
 
     @property
     def in_shape(self) -> tuple[int, ...]:
@@ -162,7 +172,7 @@ def _read_idx_split(folder: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
 # 2. Sources: each returns (x_pool, y_pool, x_test, y_test, x_val | None, y_val | None, names) -------
 
 RawData = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, "np.ndarray | None",
-                "np.ndarray | None", tuple[str, ...]]
+                "np.ndarray | None", "tuple[str, ...] | np.ndarray | None"]
 
 
 def _fashion_mnist(data_dir: str | Path | None) -> RawData:
@@ -203,6 +213,10 @@ def _npz_array(arrays, key: str, path: Path) -> np.ndarray:
     if key.startswith("x") and not (np.issubdtype(value.dtype, np.number) and value.ndim >= 2):
         raise DataError(f"{path}: '{key}' must be a numeric array (N, ...) with N samples, got "
                         f"{value.dtype} {value.shape}")
+    if key.startswith("x") and not np.isfinite(value).all():
+        bad = np.argwhere(~np.isfinite(value))[0]
+        raise DataError(f"{path}: '{key}' must hold finite numbers, got {value[tuple(bad)]} at index "
+                        f"{tuple(int(i) for i in bad)} ({int((~np.isfinite(value)).sum())} non-finite values)")
     return value
 
 
@@ -218,11 +232,11 @@ def _npz(path: str | Path) -> RawData:
             loaded = {k: _npz_array(arrays, k, path) for k in present
                       if k in ("x", "y", "x_test", "y_test", "x_val", "y_val")}
             names = arrays["class_names"] if "class_names" in present else None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         if isinstance(exc, DataError):
             raise
         raise DataError(f"cannot read {path} as an .npz of plain arrays (allow_pickle=False): "
-                        f"{exc}") from None
+                        f"{exc or type(exc).__name__}") from None
     for split in ("", "_test", "_val"):
         xs, ys = loaded.get("x" + split), loaded.get("y" + split)
         if (xs is None) != (ys is None):
@@ -242,17 +256,6 @@ def _npz(path: str | Path) -> RawData:
         x, y, x_test, y_test = x[pool], y[pool], x[test], y[test]
     x_val = loaded["x_val"].astype(np.float32) if "x_val" in loaded else None
     y_val = loaded["y_val"].astype(np.int64) if "y_val" in loaded else None
-    labels = [a for a in (y, y_test, y_val) if a is not None]
-    if min(int(a.min()) for a in labels if a.size) < 0:
-        raise DataError(f"{path}: class indices must be non-negative")
-    num_classes = max(int(a.max()) for a in labels if a.size) + 1
-    if names is None:
-        names = tuple(str(k) for k in range(num_classes))
-    elif names.ndim != 1 or len(names) < num_classes or names.dtype.kind not in "US":
-        raise DataError(f"{path}: 'class_names' must be a 1-D array of at least {num_classes} "
-                        f"strings (one per class), got {names.dtype} {names.shape}")
-    else:
-        names = tuple(str(n) for n in names)
     return x, y, x_test, y_test, x_val, y_val, names
 
 
@@ -261,6 +264,38 @@ SOURCES: dict[str, Callable[[str | Path | None], RawData]] = {
     "fashion-mnist": _fashion_mnist,
     "digits": _digits,
 }
+
+
+def _class_labels(source: str, labels: tuple, names, remap: bool) -> tuple:
+    """``(original_labels, class_names, labels)``: the labels of every split checked to be exactly
+    0..K-1 (K: one per class name when names are given, else the largest label + 1), or with
+    ``remap`` renumbered 0..K-1 in increasing order (``original_labels``: the source's label of
+    each class, else None). ``labels`` may hold None for an absent split."""
+    found = np.unique(np.concatenate([y for y in labels if y is not None]))
+    if not found.size:
+        raise DataError(f"{source}: expected labels, got none (every split is empty)")
+    if names is not None and (np.ndim(names) != 1 or np.asarray(names).dtype.kind not in "US"):
+        raise DataError(f"{source}: 'class_names' must be a 1-D array of strings, got "
+                        f"{np.asarray(names).dtype} {np.shape(names)}")
+    if found.size and found[0] < 0:
+        raise DataError(f"{source}: class indices must be non-negative, got {found[found < 0].tolist()}")
+    if names is not None and len(names) <= found[-1]:  # indexed by the source's labels, remapped or not
+        raise DataError(f"{source}: 'class_names' must be one name per label (labels go up to {found[-1]}), "
+                        f"got {len(names)} names")
+    if remap:
+        lookup = np.full(found[-1] + 1, -1, dtype=np.int64)
+        lookup[found] = np.arange(found.size)
+        return (tuple(int(k) for k in found), tuple(str(names[k] if names is not None else k) for k in found),
+                tuple(None if y is None else lookup[y] for y in labels))
+    classes = len(names) if names is not None else int(found[-1]) + 1
+    if not np.array_equal(found, np.arange(classes)):
+        expected = (f"every class 0..{classes - 1} of its {classes} 'class_names'" if names is not None
+                    else f"labels 0..K-1 (K = {classes}: the largest label + 1)")
+        shown = f"{found[:20].tolist()}{' ...' if found.size > 20 else ''} ({found.size} distinct)"
+        raise DataError(f"{source}: expected {expected} to occur, got labels {shown}; a class that never "
+                        f"occurs still takes a share of the smoothing mass. Renumber the labels 0..K-1, "
+                        f"or pass --remap-labels to number the labels found 0..K-1 in increasing order")
+    return None, tuple(str(n) for n in names) if names is not None else tuple(map(str, range(classes))), labels
 
 
 def _train_holdout_indices(y: np.ndarray, train_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -291,7 +326,7 @@ def _mean_std(x: np.ndarray, rows: int = 4096) -> tuple[float, float]:
 
 
 def load_dataset(name_or_path: str | Path, *, data_dir: str | Path | None = None,
-                 train_fraction: float = 1.0, seed: int = 0) -> Dataset:
+                 train_fraction: float = 1.0, seed: int = 0, remap_labels: bool = False) -> Dataset:
     """Load a data set by name (:data:`SOURCES`) or ``.npz`` path, split and standardise it.
 
     ``seed`` fixes the training subsample and hold-out split (the official test split never
@@ -312,6 +347,8 @@ def load_dataset(name_or_path: str | Path, *, data_dir: str | Path | None = None
     else:
         raise ValueError(f"dataset must be one of {sorted(SOURCES)} or a path ending in .npz, got {name!r}")
     x_pool, y_pool, x_test, y_test, x_val, y_val, class_names = raw
+    original_labels, class_names, (y_pool, y_test, y_val) = _class_labels(
+        name, (y_pool, y_test, y_val), class_names, remap_labels)
     train, holdout = _train_holdout_indices(y_pool, train_fraction, seed)
     mean, std = _mean_std(x_pool)
 
@@ -323,4 +360,4 @@ def load_dataset(name_or_path: str | Path, *, data_dir: str | Path | None = None
     x_eval_t, y_eval_t = tensors(x_val, y_val) if x_val is not None else (x_test_t, y_test_t)
     return Dataset(name, *tensors(x_pool[train], y_pool[train]), x_eval_t, y_eval_t, x_test_t,
                    y_test_t, *tensors(x_pool[holdout], y_pool[holdout]), len(class_names),
-                   class_names)
+                   class_names, original_labels)

@@ -4,7 +4,9 @@ Runs ``labelsmooth reproduce seed-fashion-mnist --quick --out runs/demo-seed-fas
 when the Fashion-MNIST files can be read; otherwise says so plainly and runs the same preset on
 scikit-learn's bundled digits, all of its training images (``runs/demo-seed-fashion-mnist-digits``).
 Rerunning on a complete run directory retrains nothing: the sweep says it is complete and the
-demo points to the report. It ends by printing the headline numbers and where the report is.
+demo points to the report. Before training it prints what it trains and where the report will
+be; while training, a progress bar on a terminal, else (CI, ``> log``) one line per epoch. It
+ends by printing the headline numbers and where the report is.
 """
 
 from __future__ import annotations
@@ -30,17 +32,38 @@ def fashion_mnist_problem(data_dir: str | None) -> str | None:
     return None
 
 
+def plan(settings: dict, out: Path) -> str:
+    """What the demo trains and where its report goes, in two lines.
+
+    >>> print(plan({"dataset": "digits", "model": ["mlp"], "label_smoothing": [0.0, 0.1], "seeds": [0],
+    ...             "epochs": 2, "train_fraction": 1.0}, Path("runs/x")))
+    Training mlp on digits (all of its training images), eps 0, 0.1 x seeds 0, 2 epochs each.
+    The report will be runs/x/report.html.
+    """
+    fraction = settings["train_fraction"]
+    share = "all of its training images" if fraction == 1 else f"{fraction:.0%} of its training images"
+    return (f"Training {' and '.join(settings['model'])} on {settings['dataset']} ({share}), eps "
+            f"{', '.join(f'{e:g}' for e in settings['label_smoothing'])} x seeds "
+            f"{', '.join(map(str, settings['seeds']))}, {settings['epochs']} epochs each.\n"
+            f"The report will be {out / 'report.html'}.")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .sweep import add_threads_argument
+
     parser.add_argument("--out", type=Path, default=None,
                         help=f"run directory (default {OUT_DIR}, or {OUT_DIR}-digits on the fallback)")
     parser.add_argument("--data-dir", default=None,
                         help="folder of the Fashion-MNIST IDX files (default: LABELSMOOTH_DATA or "
                              "/usr/share/datasets/fashion-mnist)")
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from .presets import print_outcome, reproduce
+    from .presets import preset_settings, print_outcome, reproduce
+    from .sweep import use_threads
 
+    use_threads(args)
     overrides = {"data_dir": args.data_dir} if args.data_dir else {}
     out = args.out or OUT_DIR
     problem = fashion_mnist_problem(args.data_dir)
@@ -51,9 +74,11 @@ def run(args: argparse.Namespace) -> int:
         print("=" * 78)
         overrides.update(FALLBACK)
         out = args.out or OUT_DIR.with_name(f"{OUT_DIR.name}-{FALLBACK['dataset']}")
+    args.out = out  # for Ctrl-C's resume line
+    print(plan({**preset_settings(PRESET, quick=True), **overrides}, out), flush=True)
     try:
         run_dir = reproduce(PRESET, quick=True, out=str(out), **overrides)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         print(f"labelsmooth demo: error: {error}", file=sys.stderr)
         return 2
     print_outcome(run_dir)

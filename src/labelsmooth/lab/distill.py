@@ -43,10 +43,17 @@ from .cells import METRIC_NAMES, CellGroup, epoch_order
 from .config import OPTIMIZERS, Cell, SweepConfig, as_tuples
 from .data import Dataset, load_dataset
 from .presets import print_outcome
-from .report.builder import build_report
 from .report.distillation import DIRECT, TEACHER, distilled_role
-from .rundir import cell_file, open_run_directory, write_json
-from .sweep import progress_bar, run_sweep
+from .rundir import cell_file, check_run_directory, locked, open_run_directory, write_json
+from .sweep import (
+    DivergenceError,
+    add_threads_argument,
+    divergence_message,
+    finish_run_directory,
+    progress_bar,
+    run_sweep,
+    use_threads,
+)
 
 __all__ = ["QUICK", "DistillationConfig", "add_arguments", "run", "run_distillation"]
 
@@ -56,11 +63,13 @@ __all__ = ["QUICK", "DistillationConfig", "add_arguments", "run", "run_distillat
 # The training settings a distillation run shares with its sweeps, in the order config.json stores
 # them; everything else of the teachers' and students' sweeps follows from the widths.
 TRAINING_KEYS = ("dataset", "data_dir", "label_smoothing", "seeds", "epochs", "batch_size", "optimizer", "lr",
-                 "momentum", "weight_decay", "train_fraction", "data_seed", "eval_batch_size", "device")
+                 "momentum", "weight_decay", "train_fraction", "data_seed", "eval_batch_size", "device",
+                 "remap_labels")
 # config.json's keys, in its order
 STORED_KEYS = ("dataset", "data_dir", "teacher_widths", "student_widths", "label_smoothing", "seeds",
                "temperatures", "smoothed_temperatures", "beta", "epochs", "batch_size", "optimizer", "lr",
-               "momentum", "weight_decay", "train_fraction", "data_seed", "eval_batch_size", "device")
+               "momentum", "weight_decay", "train_fraction", "data_seed", "eval_batch_size", "device",
+               "remap_labels")
 
 # The distillation preset's training (the paper's optimizer, on Fashion-MNIST).
 TRAINING = SweepConfig(dataset="fashion-mnist", models=("mlp",), label_smoothing=(0.0, 0.1), seeds=(0, 1, 2),
@@ -216,7 +225,14 @@ def train_distilled_students(config: DistillationConfig, teachers_dir: Path, tea
     history: list[list[dict]] = [[] for _ in specs]
     bar = progress_bar(sweep.epochs, progress, desc="distilled students")
     for _ in range(sweep.epochs):
-        for rows, loss in zip(history, group.train_epoch(sweep, dataset).tolist()):
+        losses = group.train_epoch(sweep, dataset)
+        diverged = {f"distilled-T{t:g}-{run['cell']}": {"epoch": group.epochs_done, "reason": f"train_loss {loss}"}
+                    for (_, run, t), loss, reason in zip(specs, losses.tolist(), group.divergence(losses[:, None]))
+                    if reason is not None}
+        if diverged:
+            bar.close()
+            raise DivergenceError(divergence_message(diverged, sweep.lr))
+        for rows, loss in zip(history, losses.tolist()):
             rows.append({"epoch": group.epochs_done, "train_loss": loss})
         bar.update(1)
     bar.close()
@@ -248,18 +264,29 @@ def run_distillation(config: DistillationConfig, out_dir: str | Path, *, progres
     """Teachers, direct students and distilled students into ``out_dir``; returns the results.
 
     Resumes the teacher and student sweeps where they stopped (distilled students are retrained
-    if the run was interrupted before they finished); a finished run is left as it is.
+    if the run was interrupted before they finished); a finished run is left as it is (its report
+    rebuilt if missing). One process at a time writes ``out_dir`` (the sweep's lock).
     """
     out = Path(out_dir)
+    check_run_directory(out, config.to_dict())  # refuse another run's directory before creating anything
+    with locked(out):
+        return _run_distillation(config, out, progress)
+
+
+def _run_distillation(config: DistillationConfig, out: Path, progress: bool) -> dict:
     finished = open_run_directory(out, config.to_dict())  # the sweep's rules: create, resume, or refuse
     if finished is not None:
-        print(f"{out}: this distillation run is already complete; nothing to do.")
+        if (out / "report.html").is_file():
+            print(f"{out}: this distillation run is already complete; nothing to do.")
+        else:
+            print(f"{out}: this distillation run is complete but its report is missing; rebuilding the report.")
+            finish_run_directory(out)
         return finished
     teachers = run_sweep(config.sweep_config(config.teacher_widths), out / "teachers", progress=progress)
     direct = run_sweep(config.sweep_config(config.student_widths), out / "students", progress=progress)
     training = config.training
     dataset = load_dataset(training.dataset, data_dir=training.data_dir, train_fraction=training.train_fraction,
-                           seed=training.data_seed)
+                           seed=training.data_seed, remap_labels=training.remap_labels)
     distilled = train_distilled_students(config, out / "teachers", teachers["runs"], dataset, progress=progress)
     teacher_records = _with_role(teachers["runs"], TEACHER, "teachers")
     for record, run in zip(teacher_records, teachers["runs"]):
@@ -268,7 +295,7 @@ def run_distillation(config: DistillationConfig, out_dir: str | Path, *, progres
     runs = teacher_records + _with_role(direct["runs"], DIRECT, "students") + distilled
     results = {"config": config.to_dict(), "runs": runs, "complete": True}
     write_json(out / "results.json", results)
-    build_report(out)
+    finish_run_directory(out)
     return results
 
 
@@ -311,24 +338,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             else f"{text} (default: {shown})")
     parser.add_argument("--quick", action="store_true",
                         help="a short version: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
+    parser.add_argument("--remap-labels", action="store_true", default=None,
+                        help="number the labels of an .npz data set 0..K-1 in increasing order")
     parser.add_argument("--out", default=None, help="run directory (default: runs/distillation[-quick])")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    add_threads_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def config_from_args(args: argparse.Namespace) -> DistillationConfig:
     """Preset, then --quick overrides, then every flag that was given."""
-    given = {name: getattr(args, name) for name, *_ in FLAGS.values() if getattr(args, name, None) is not None}
+    given = {name: getattr(args, name) for name in [*(name for name, *_ in FLAGS.values()), "remap_labels"]
+             if getattr(args, name, None) is not None}
     return DistillationConfig.from_dict({**(QUICK if args.quick else {}), **given})
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out or Path("runs") / ("distillation-quick" if args.quick else "distillation"))
+    use_threads(args)
+    args.out = out = Path(args.out or Path("runs") / ("distillation-quick" if args.quick else "distillation"))
     try:
         run_distillation(config_from_args(args), out, progress=not args.no_progress)
-    except ValueError as error:  # bad settings, missing data, a run directory that is not ours
+    except (ValueError, OSError) as error:  # bad settings, missing data, a run directory that is not ours
         print(f"labelsmooth distill: error: {error}", file=sys.stderr)
         return 2
     print_outcome(out)

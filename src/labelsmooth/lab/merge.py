@@ -216,6 +216,8 @@ def merge_shards(run_dirs: list[str | os.PathLike], out: str | os.PathLike, *,
     runs = [run for _, run in owners]
     complete = len(runs) == len(grid) and all(run.get("test") is not None for run in runs)
     results = {"config": config.to_dict(), "runs": runs, "complete": complete}
+    if "original_labels" in shards[0].results:  # --remap-labels: the same data, so the same mapping
+        results["original_labels"] = shards[0].results["original_labels"]
     write_run_directory(out, results, owners)
     if report:
         build_report(out)

@@ -23,8 +23,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["PRESETS", "Preset", "add_arguments", "preset_settings", "print_outcome", "reproduce", "run",
-           "sweep_namespace"]
+__all__ = ["OTHER_COMMANDS", "PRESETS", "Preset", "add_arguments", "preset_settings", "print_outcome", "reproduce",
+           "run", "sweep_namespace"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,12 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# Experiments that are other commands, reachable as `labelsmooth reproduce NAME` too (with that
+# command's options): NAME -> (command, description).
+OTHER_COMMANDS = {"distillation": ("distill", "do smoothed teachers distil worse? (Müller et al. 2019; the "
+                                              "options of labelsmooth distill)")}
+
+
 def preset_settings(name: str, *, quick: bool = False) -> dict:
     """The sweep settings of preset ``name`` (with its --quick overrides when ``quick``).
 
@@ -107,14 +113,15 @@ class _PresetFlags:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``NAME``, ``--quick``, and every sweep flag (given ones win over the preset)."""
-    from .sweep import add_sweep_arguments
+    from .sweep import add_sweep_arguments, add_threads_argument
 
-    parser.add_argument("preset", choices=sorted(PRESETS), metavar="NAME",
-                        help="; ".join(f"{n}: {p.description}" for n, p in PRESETS.items()))
+    experiments = {**{n: p.description for n, p in PRESETS.items()},
+                   **{n: text for n, (_, text) in OTHER_COMMANDS.items()}}
+    parser.add_argument("preset", choices=list(experiments), metavar="NAME",
+                        help="; ".join(f"{n}: {text}" for n, text in experiments.items()))
     parser.add_argument("--quick", action="store_true",
                         help="the preset's short version (a couple of minutes on two CPU cores)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's choice)")
+    add_threads_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_sweep_arguments(_PresetFlags(parser.add_argument_group(
         "sweep settings (each overrides the preset; see labelsmooth sweep --help)")))
@@ -129,7 +136,7 @@ def sweep_namespace(name: str, quick: bool, given: dict) -> argparse.Namespace:
     """
     from .sweep import add_sweep_arguments
 
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     add_sweep_arguments(parser)
     parser.set_defaults(**preset_settings(name, quick=quick), out=str(default_out_dir(name, quick)))
     namespace = parser.parse_args([])
@@ -152,23 +159,25 @@ def reproduce(name: str, *, quick: bool = False, progress: bool = True, **overri
 
 
 def print_outcome(run_dir: Path) -> None:
-    """The run's text summary (headline numbers, verdicts) and where its report is."""
+    """The run's text summary (headline numbers, verdicts) and where its report is (if it is)."""
     summary = run_dir / "summary.txt"
     if summary.is_file():
         print(summary.read_text(encoding="utf-8"), end="")
-    print(f"Report: {(run_dir / 'report.html').resolve()}")
+    report = run_dir / "report.html"
+    print(f"Report: {report.resolve()}" if report.is_file() else f"No report in {run_dir} (run: labelsmooth "
+          f"report {run_dir})")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from .sweep import use_threads
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    use_threads(args)
     given = {k: v for k, v in vars(args).items() if k not in REPRODUCE_ONLY_FLAGS}
+    args.out = given.get("out", str(default_out_dir(args.preset, args.quick)))  # for Ctrl-C's resume line
     print(f"Preset {args.preset}{' --quick' if args.quick else ''}: {PRESETS[args.preset].rationale}")
     try:
         out = reproduce(args.preset, quick=args.quick, progress=not args.no_progress, **given)
-    except ValueError as error:  # bad settings, missing data, a run directory of another sweep
+    except (ValueError, OSError) as error:  # bad settings, missing data, a run directory of another sweep
         print(f"labelsmooth reproduce: error: {error}", file=sys.stderr)
         return 2
     print_outcome(out)

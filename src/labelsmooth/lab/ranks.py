@@ -59,6 +59,14 @@ class Ranks:
     def device(self, name: str) -> torch.device:
         """The configured device; on CUDA with several ranks, this rank's GPU (``torch.cuda.current_device()``)."""
         device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device: expected a device this machine has, got {name!r}, but this torch "
+                             f"build finds no CUDA GPU (torch {torch.__version__}); use --device cpu")
+        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+            raise ValueError(f"device: expected cuda or cuda:0 to cuda:{torch.cuda.device_count() - 1} "
+                             f"(the GPUs torch sees), got {name!r}")
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device: expected cpu or cuda[:N], got {name!r}")
         if self.size > 1 and device.type == "cuda" and device.index is None:
             return torch.device("cuda", torch.cuda.current_device())
         return device

@@ -7,23 +7,31 @@ histories; removed when the sweep finishes), and per finished cell ``cells/<key>
 (test, hold-out and training logits and targets) and ``cells/<key>/model.pt``. Every file is
 written through a temporary file and renamed into place, so a killed process leaves the old
 file or the new one, never a mix; a directory holding another run is never overwritten.
+
+One process writes a run directory at a time: :func:`locked` holds an exclusive ``flock`` on its
+``.lock`` file (holding the writer's pid) and refuses a second writer, naming that pid. The
+kernel drops the lock when its process dies, so a killed writer never blocks the next one, which
+removes the temporary files the killed writer left.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import fcntl
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from .cells import HISTORY_COLUMNS, CellGroup
-from .config import RESUME_IGNORES, Cell, SweepConfig
+from .config import ADDED_KEYS, RESUME_IGNORES, Cell, SweepConfig
 from .data import Dataset
 
 __all__ = [
@@ -36,7 +44,9 @@ __all__ = [
     "is_plain_cell_key",
     "load_checkpoint",
     "load_results",
+    "locked",
     "open_run_directory",
+    "read_json",
     "save_checkpoint",
     "write_atomic",
     "write_bytes",
@@ -46,10 +56,13 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = 1
+TEMPORARY_SUFFIX = ".tmp"  # of write_atomic's temporary files, named .<file>.<pid>.tmp
+LOCK_FILE = ".lock"
 
 
 class RunDirectoryError(ValueError):
-    """The run directory holds something else (another run, or files that are not a run)."""
+    """The run directory holds something else (another run, or files that are not a run), another
+    process is writing it, or a file of it cannot be read or written."""
 
 
 # 1. Atomic writes ---------------------------------------------------------------------------------
@@ -63,7 +76,7 @@ def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None], *, dura
     per-epoch ``results.json`` and ``metrics.csv`` skip it (~10 ms each), since the checkpoint
     rebuilds them.
     """
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
     try:
         with open(temporary, "wb") as f:
             write(f)
@@ -71,8 +84,10 @@ def write_atomic(path: Path, write: Callable[[io.BufferedWriter], None], *, dura
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError):  # a full disk, a read-only file system: name the file
+            raise RunDirectoryError(f"cannot write {path}: {error.strerror or error}") from error
         raise
 
 
@@ -101,14 +116,17 @@ def write_metrics_csv(path: Path, runs: list[dict]) -> None:
 
 @dataclass
 class Progress:
-    """What the run directory records: histories and test metrics by cell key."""
+    """What the run directory records: histories and test metrics by cell key, and the cells that
+    diverged (key -> ``{"epoch": e, "reason": ...}``; their training stopped, a run with any is
+    not complete)."""
 
     histories: dict[str, list[dict]]
     tests: dict[str, dict]
+    diverged: dict[str, dict] = field(default_factory=dict)
 
     def results(self, config: SweepConfig, cells: list[Cell]) -> dict:
-        runs = [{**c.describe(), "history": self.histories.get(c.key, []), "test": self.tests.get(c.key)}
-                for c in cells]
+        runs = [{**c.describe(), "history": self.histories.get(c.key, []), "test": self.tests.get(c.key),
+                 **({"diverged": self.diverged[c.key]} if c.key in self.diverged else {})} for c in cells]
         return {"config": config.to_dict(), "runs": runs,
                 "complete": all(c.key in self.tests for c in cells)}
 
@@ -120,26 +138,35 @@ def load_results(run_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ValueError(f"run_dir: expected a run directory containing results.json, got {run_dir} "
                          f"({'no such directory' if not run_dir.is_dir() else 'no results.json in it'})")
-    with open(path, encoding="utf-8") as f:
-        results = json.load(f)
+    results = read_json(path)
     if not isinstance(results, dict) or not isinstance(results.get("runs"), list):
         raise ValueError(f"run_dir: expected {path} to hold an object with a 'runs' list, "
                          f"got {type(results).__name__}")
     if "config" not in results and (run_dir / "config.json").is_file():
-        with open(run_dir / "config.json", encoding="utf-8") as f:
-            results["config"] = json.load(f)
+        results["config"] = read_json(run_dir / "config.json")
     return results
+
+
+def read_json(path: Path):
+    """The JSON value in ``path``; :class:`RunDirectoryError` naming the file when it is not JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, OSError) as error:
+        raise RunDirectoryError(f"cannot read {path} as JSON ({error}); the file is damaged: restore it "
+                                f"or choose another run directory") from None
 
 
 # 3. Create, resume, or refuse -------------------------------------------------------------------------
 
 
 def config_differences(stored: dict, config: dict) -> list[str]:
-    """Keys (not in RESUME_IGNORES) whose values differ, as ``key: stored -> new`` lines.
+    """Keys (not in RESUME_IGNORES) whose values differ, as ``key: stored -> new`` lines; a key
+    of ADDED_KEYS that is absent (from an older run directory) has its old value.
 
-    >>> config_differences({"epochs": 2, "data_dir": "a"}, {"epochs": 3, "data_dir": "b"})
+    >>> config_differences({"epochs": 2, "data_dir": "a"}, {"epochs": 3, "data_dir": "b", "remap_labels": False})
     ['epochs: 2 -> 3']
     """
+    stored, config = {**ADDED_KEYS, **stored}, {**ADDED_KEYS, **config}
     return [f"{key}: {json.dumps(stored.get(key))} -> {json.dumps(config.get(key))}"
             for key in sorted((set(stored) | set(config)) - RESUME_IGNORES)
             if stored.get(key) != config.get(key)]
@@ -154,23 +181,71 @@ def check_run_directory(out: Path, config: dict) -> dict | None:
     """
     config_path = out / "config.json"
     if config_path.is_file():
-        stored = json.loads(config_path.read_text(encoding="utf-8"))
+        stored = read_json(config_path)
         differences = config_differences(stored, config)
         if differences:
             raise RunDirectoryError(
                 f"{out} holds a different sweep; refusing to overwrite it. Differences "
-                f"(stored -> requested):\n  " + "\n  ".join(differences)
-                + "\nChoose another --out, or rerun with the stored settings to resume it.")
+                f"(stored -> requested): {'; '.join(differences)}. Choose another --out, or rerun "
+                f"with the stored settings to resume it.")
         results_path = out / "results.json"
         if results_path.is_file():
-            results = json.loads(results_path.read_text(encoding="utf-8"))
-            if results.get("complete"):
+            results = read_json(results_path)
+            if isinstance(results, dict) and results.get("complete"):
                 return results
         return None
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or any(p.name != LOCK_FILE for p in out.iterdir())):
         raise RunDirectoryError(f"{out} exists and is not a sweep's run directory (no config.json); "
                                 f"refusing to write into it. Choose another --out.")
     return None
+
+
+def _holder(lock_path: Path) -> str:
+    try:
+        return f"process {int(lock_path.read_text(encoding='ascii'))}"
+    except (OSError, ValueError):  # just created, not yet written
+        return "another process"
+
+
+@contextlib.contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on run directory ``out`` (created if missing) for the block.
+
+    :class:`RunDirectoryError` naming the holder's pid when another process holds it. Once the
+    lock is held, no other writer is alive, so temporary files under ``out`` (left by a killed
+    writer) are removed. The lock file is removed on release.
+    """
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunDirectoryError(f"cannot create the run directory {out}: {error.strerror or error}") from error
+    lock_path = out / LOCK_FILE
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(fd)
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise RunDirectoryError(f"{out} is being written by {_holder(lock_path)}; wait for it to finish, "
+                                    f"or choose another --out") from None
+        try:  # the file may have been removed by the holder we waited behind; lock the current one
+            if os.fstat(fd).st_ino == os.stat(lock_path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode("ascii"))
+        for temporary in out.rglob(f".*{TEMPORARY_SUFFIX}"):
+            temporary.unlink(missing_ok=True)
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+        os.close(fd)
 
 
 def open_run_directory(out: Path, config: dict) -> dict | None:
@@ -188,7 +263,8 @@ def open_run_directory(out: Path, config: dict) -> dict | None:
 def save_checkpoint(path: Path, config: SweepConfig, progress: Progress, group: CellGroup | None) -> None:
     """The sweep's progress and, mid-model, the training group's state (weights, optimizer)."""
     state = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "histories": progress.histories,
-             "tests": progress.tests, "group": group.state_dict() if group else None,
+             "tests": progress.tests, "diverged": progress.diverged,
+             "group": group.state_dict() if group else None,
              "group_model": group.cells[0].model if group else None}
     write_atomic(path, lambda f: torch.save(state, f))
 

@@ -11,7 +11,17 @@ as it was trained), and on the evaluation split ``val_loss`` (the smoothed objec
 same four on the test split, and each cell's ``final.npz`` and ``model.pt`` (see the lab
 contract). A checkpoint (weights, optimizer state, histories) is written atomically after every
 epoch; an interrupted sweep resumes from it and ends with the same numbers, bit for bit on the
-CPU, as one that was not interrupted.
+CPU, as one that was not interrupted. One process writes a run directory at a time (a lock; see
+:mod:`labelsmooth.lab.rundir`). A complete run whose report is missing (killed while writing it)
+gets its report rebuilt when rerun.
+
+Divergence: a cell whose training loss, evaluation metrics or weights stop being finite numbers
+stops recording there (its history ends at its last finite epoch, and it gets no test metrics or
+cell files); the run is then not complete and :class:`DivergenceError` names the cells, the epoch
+and suggests a lower learning rate. The other cells of its model keep training: cell ``c``'s
+weights only reach its own rows of the loss, so a diverged neighbour cannot change their numbers
+(the test suite checks them against a run without it), and their results are kept. A rerun
+reports the same divergence without training again.
 
 Data parallel: under ``torchrun --nproc-per-node N -m labelsmooth sweep ...`` (or after any
 ``torch.distributed.init_process_group``) the processes train every cell together, data
@@ -23,6 +33,7 @@ the same outcome.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import sys
@@ -41,6 +52,7 @@ from .rundir import (
     Progress,
     check_run_directory,
     load_checkpoint,
+    locked,
     open_run_directory,
     save_checkpoint,
     write_cell_files,
@@ -48,43 +60,101 @@ from .rundir import (
     write_metrics_csv,
 )
 
-__all__ = ["add_arguments", "add_sweep_arguments", "config_from_args", "progress_bar", "run", "run_sweep"]
+__all__ = ["DivergenceError", "add_arguments", "add_sweep_arguments", "add_threads_argument", "config_from_args",
+           "finish_run_directory", "progress_bar", "run", "run_sweep", "use_threads"]
+
+
+class DivergenceError(ValueError):
+    """Training diverged (non-finite loss, metrics or weights); the message names the cells and epochs."""
+
+
+def divergence_message(diverged: dict[str, dict], lr: float) -> str:
+    """One line naming the diverged cells, their epochs and reasons, and what to try."""
+    cells = "; ".join(f"cell {key} at epoch {d['epoch']} ({d['reason']})" for key, d in diverged.items())
+    return (f"training diverged: {cells}. Its training stopped, the other cells' results are kept and the run "
+            f"is not complete; try a lower learning rate than --lr {lr:g} (with another --out)")
+
+
+class EpochLines:
+    """Progress as one printed line per epoch (for logs and CI), with tqdm's ``update`` /
+    ``set_postfix_str`` / ``close``."""
+
+    def __init__(self, total: int, initial: int, desc: str | None) -> None:
+        self.n, self.total, self.desc, self.postfix = initial, total, f"{desc}: " if desc else "", ""
+
+    def set_postfix_str(self, text: str) -> None:
+        self.postfix = f", {text}"
+
+    def update(self, n: int) -> None:
+        self.n += n
+        print(f"{self.desc}{self.n}/{self.total} epochs{self.postfix}", flush=True)
+
+    def close(self) -> None:
+        pass
 
 
 def progress_bar(total: int, enabled: bool, *, initial: int = 0, desc: str | None = None):
-    """A tqdm bar counting epochs on stderr; silent unless ``enabled`` and stderr is a terminal."""
+    """Progress over epochs when ``enabled``: a tqdm bar on stderr when both stdout and stderr are
+    a terminal, else (CI, ``> log``) one line per epoch on stdout (:class:`EpochLines`)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="epoch", dynamic_ncols=True,
-                disable=not (enabled and sys.stderr.isatty()))
+    if enabled and not (sys.stdout.isatty() and sys.stderr.isatty()):
+        return EpochLines(total, initial, desc)
+    return tqdm(total=total, initial=initial, desc=desc, unit="epoch", dynamic_ncols=True, disable=not enabled)
+
+
+def finish_run_directory(out: Path) -> None:
+    """The last steps of a complete run, repeatable: drop the checkpoint, write the report."""
+    (out / "checkpoint.pt").unlink(missing_ok=True)
+    build_report(out)
 
 
 def run_sweep(config: SweepConfig, out_dir: str | os.PathLike, *, progress: bool = True) -> dict:
     """Train every cell of ``config`` into ``out_dir`` (create, resume, or report complete).
 
     Returns the results dict (as in ``results.json``). A finished run directory with the same
-    config is left untouched; one with a different config raises
-    :class:`~labelsmooth.lab.rundir.RunDirectoryError`. Ends by building the report
-    (:func:`~labelsmooth.lab.report.builder.build_report`). Inside an initialized
-    ``torch.distributed`` group every rank calls it and trains data-parallel; rank 0 alone
-    touches ``out_dir`` (see the module docstring), and every rank returns the results.
+    config is left untouched (its report rebuilt if missing); one with a different config, or
+    one another process is writing, raises :class:`~labelsmooth.lab.rundir.RunDirectoryError`;
+    a run in which cells diverged raises :class:`DivergenceError` after recording the others.
+    Ends by building the report (:func:`~labelsmooth.lab.report.builder.build_report`). Inside
+    an initialized ``torch.distributed`` group every rank calls it and trains data-parallel;
+    rank 0 alone touches ``out_dir`` (see the module docstring), and every rank returns the results.
     """
-    out = Path(out_dir)
+    with contextlib.ExitStack() as lock:
+        return _run_sweep(config, Path(out_dir), progress, lock)
+
+
+def _open_locked(out: Path, config: SweepConfig, lock: contextlib.ExitStack) -> dict | None:
+    lock.enter_context(locked(out))
+    return open_run_directory(out, config.to_dict())
+
+
+def _run_sweep(config: SweepConfig, out: Path, progress: bool, lock: contextlib.ExitStack) -> dict:
     ranks = Ranks.current()
     say = print if ranks.writes else (lambda *args, **kwargs: None)
     finished = ranks.first(lambda: check_run_directory(out, config.to_dict()))
     if finished is not None:
-        say(f"{out}: this sweep is already complete; nothing to do.")
+        if ranks.writes and not (out / "report.html").is_file():
+            say(f"{out}: this sweep is complete but its report is missing; rebuilding the report.")
+            with locked(out):
+                finish_run_directory(out)
+        else:
+            say(f"{out}: this sweep is already complete; nothing to do.")
         return finished
     device = ranks.device(config.device)
     # Data and models are checked before the run directory is made, so a bad setting leaves nothing.
     dataset = load_dataset(config.dataset, data_dir=config.data_dir, train_fraction=config.train_fraction,
-                           seed=config.data_seed).to(device)
+                           seed=config.data_seed, remap_labels=config.remap_labels).to(device)
     for model in config.models:
         initial_model(config, model, 0, dataset)
     ranks.check_splits(config, dataset)
-    if ranks.writes:
-        open_run_directory(out, config.to_dict())
+    finished = ranks.first(lambda: _open_locked(out, config, lock))
+    if finished is not None:  # another process finished this sweep while the data loaded
+        say(f"{out}: this sweep is already complete; nothing to do.")
+        return finished
+    if dataset.original_labels is not None:
+        say(f"{config.dataset}: labels {list(dataset.original_labels)} are classes 0..{dataset.num_classes - 1} "
+            f"(--remap-labels; recorded as original_labels in results.json)")
     checkpoint_path = out / "checkpoint.pt"
     cells = grid_cells(config)
     # a model's cells, sorted by seed: the cells of a seed share one input batch
@@ -94,53 +164,65 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike, *, progress: bool
     progress_state, saved_group = Progress({}, {}), None
     saved = ranks.first(lambda: load_checkpoint(checkpoint_path))
     if saved is not None:
-        progress_state = Progress(saved["histories"], saved["tests"])
+        progress_state = Progress(saved["histories"], saved["tests"], saved.get("diverged", {}))
         saved_group = (saved["group_model"], saved["group"]) if saved["group"] else None
         say(f"{out}: resuming an unfinished sweep ({len(progress_state.tests)} of {len(cells)} cells "
             f"finished, {sum(len(h) for h in progress_state.histories.values())} cell-epochs recorded).")
 
     def record() -> dict:
         results = progress_state.results(config, cells)
+        if dataset.original_labels is not None:
+            results["original_labels"] = list(dataset.original_labels)
         if ranks.writes:
             write_json(out / "results.json", results, durable=results["complete"])
             write_metrics_csv(out / "metrics.csv", results["runs"])
         return results
 
-    epochs_done = sum(config.epochs if all(c.key in progress_state.tests for c in g)
+    stopped = progress_state.tests.keys() | progress_state.diverged.keys()
+    epochs_done = sum(config.epochs if all(c.key in stopped for c in g)
                       else len(progress_state.histories.get(g[0].key, [])) for g in groups.values())
     bar = progress_bar(len(groups) * config.epochs, progress and ranks.writes, initial=epochs_done)
     try:
         for model, group_cells in groups.items():
-            if all(c.key in progress_state.tests for c in group_cells):
+            if all(c.key in stopped for c in group_cells):
                 continue
             group = CellGroup.create(config, group_cells, dataset, device, ranks)
             if saved_group is not None and saved_group[0] == model:
                 group.load_state_dict(saved_group[1])
-            while group.epochs_done < config.epochs:
+            while group.epochs_done < config.epochs and not all(c.key in stopped for c in group_cells):
                 train_loss = group.train_epoch(config, dataset)
                 val = group.metrics(group.logits(dataset.x_eval, config.eval_batch_size), dataset.y_eval)
-                values = torch.cat([train_loss[:, None], val], 1).tolist()
-                for cell, row in zip(group_cells, values):
-                    progress_state.histories.setdefault(cell.key, []).append(
-                        dict(zip(HISTORY_COLUMNS, [group.epochs_done, *row])))
+                epoch_values = torch.cat([train_loss[:, None], val], 1)
+                values = epoch_values.tolist()
+                for cell, row, reason in zip(group_cells, values, group.divergence(epoch_values)):
+                    if reason is not None and cell.key not in stopped:
+                        progress_state.diverged[cell.key] = {"epoch": group.epochs_done, "reason": reason}
+                        stopped.add(cell.key)
+                    if cell.key not in stopped:
+                        progress_state.histories.setdefault(cell.key, []).append(
+                            dict(zip(HISTORY_COLUMNS, [group.epochs_done, *row])))
                 if ranks.writes:
                     save_checkpoint(checkpoint_path, config, progress_state, group)
                 record()
+                live = [r[3] for c, r in zip(group_cells, values) if c.key not in stopped]
+                bar.set_postfix_str(f"{model} val_acc {np.mean(live) if live else float('nan'):.3f}")
                 bar.update(1)
-                bar.set_postfix_str(f"{model} val_acc {np.mean([r[3] for r in values]):.3f}")
-            test_logits = group.logits(dataset.x_test, config.eval_batch_size)
-            test = group.metrics(test_logits, dataset.y_test).tolist()
-            for index, (cell, row) in enumerate(zip(group_cells, test)):
+            live = [(index, cell) for index, cell in enumerate(group_cells) if cell.key not in stopped]
+            test = group.metrics(group.logits(dataset.x_test, config.eval_batch_size), dataset.y_test).tolist() \
+                if live else []
+            for index, cell in live:
                 write_cell_files(out, cell, index, group, dataset, config)
-                progress_state.tests[cell.key] = dict(zip(METRIC_NAMES, row))
+                progress_state.tests[cell.key] = dict(zip(METRIC_NAMES, test[index]))
+                stopped.add(cell.key)
             if ranks.writes:
                 save_checkpoint(checkpoint_path, config, progress_state, None)
     finally:
         bar.close()
     results = record()
+    if progress_state.diverged:  # the checkpoint stays: a rerun reports this without training again
+        raise DivergenceError(divergence_message(progress_state.diverged, config.lr))
     if ranks.writes:
-        checkpoint_path.unlink(missing_ok=True)
-        build_report(out)
+        finish_run_directory(out)
     return results
 
 
@@ -186,6 +268,9 @@ def add_sweep_arguments(parser) -> None:
     parser.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size,
                         help=f"(default: {d.eval_batch_size})")
     parser.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ... (default: cpu)")
+    parser.add_argument("--remap-labels", action="store_true",
+                        help="number the labels of an .npz data set 0..K-1 in increasing order when they "
+                             "are not already (the mapping is recorded in results.json)")
     parser.add_argument("--shard", default=None, metavar="I/N",
                         help="train only shard I of N of the grid's cells (1-based; see labelsmooth merge)")
     parser.add_argument("--out", default=None,
@@ -209,33 +294,51 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         momentum=args.momentum, weight_decay=args.weight_decay, train_fraction=args.train_fraction,
         data_seed=args.data_seed, eval_batch_size=args.eval_batch_size, device=args.device,
-        shard=args.shard)
+        shard=args.shard, remap_labels=args.remap_labels)
+
+
+def thread_count(text: str) -> int:
+    """``--threads``: an integer >= 1 (argparse names the flag in its one-line error).
+
+    >>> thread_count("2")
+    2
+    """
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return int(text)
+
+
+def add_threads_argument(parser) -> None:
+    """``--threads`` (shared by the commands that train)."""
+    parser.add_argument("--threads", type=thread_count, default=None,
+                        help="CPU threads for torch (default: torch's choice; 1 is faster on a "
+                             "machine whose cores are busy with other work)")
+
+
+def use_threads(args: argparse.Namespace) -> None:
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_sweep_arguments(parser)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's choice; 1 is faster on a "
-                             "machine whose cores are busy with other work)")
+    add_threads_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out or Path("runs") / datetime.datetime.now().strftime("sweep-%Y%m%d-%H%M%S"))
+    use_threads(args)
+    # the default run directory is new for every command; Ctrl-C's resume line names it (labelsmooth.cli)
+    args.out_given = args.out is not None
+    args.out = out = Path(args.out or Path("runs") / datetime.datetime.now().strftime("sweep-%Y%m%d-%H%M%S"))
     try:
         config = config_from_args(args)
         with torchrun_process_group(config.device):
             run_sweep(config, out, progress=not args.no_progress)
             writes = Ranks.current().writes
-    except ValueError as error:  # bad settings, DataError, RunDirectoryError
+    except (ValueError, OSError) as error:  # bad settings, DataError, RunDirectoryError, DivergenceError
         print(f"labelsmooth sweep: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\nInterrupted; the last finished epoch is saved. Run the same command to resume "
-              f"{out}.", file=sys.stderr)
-        return 130
     if writes:
         print(f"Results: {out / 'results.json'}\nReport: {out / 'report.html'}")
     return 0

@@ -155,7 +155,7 @@ def run(args) -> int:
     try:
         report = build_report(args.run_dir)
     except ValueError as error:
-        print(f"labelsmooth report: {error}", file=sys.stderr)
+        print(f"labelsmooth report: error: {error}", file=sys.stderr)
         return 2
     print((report.parent / "summary.txt").read_text(encoding="utf-8"), end="")
     print(f"Report: {report}")

@@ -1,7 +1,8 @@
 """The HTML pieces of a lab report: escaping, tables, and figures embedded as PNG ``data:`` URIs.
 
-Every user-supplied string (run names, class names, config values) goes through :func:`escape`;
-a report page loads nothing from the network.
+Every user-supplied string (run names, class names, config values) goes through :func:`escape`
+on the page and through :func:`figure_text` where it is drawn into a figure; a report page loads
+nothing from the network.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from ..rundir import write_bytes
 
-__all__ = ["embed_figure", "escape", "table"]
+__all__ = ["embed_figure", "escape", "figure_text", "table"]
 
 
 def escape(value) -> str:
@@ -23,6 +24,16 @@ def escape(value) -> str:
     '&lt;b class=&quot;x&quot;&gt;&amp;&lt;/b&gt;'
     """
     return html.escape(str(value), quote=True)
+
+
+def figure_text(value) -> str:
+    r"""``str(value)`` drawn by matplotlib as written: each ``$`` escaped, so that no mathtext
+    (``$...$``, which fails on input such as ``$\frac{1}$``) is parsed.
+
+    >>> print(figure_text(r"$\frac{1}$ costs $5"))
+    \$\frac{1}\$ costs \$5
+    """
+    return str(value).replace("$", r"\$")
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:

@@ -41,7 +41,7 @@ from ..data import Dataset, load_dataset
 from ..models import build_model
 from ..rundir import cell_file
 from ..stats import estimate, paired_difference
-from .html import embed_figure, escape, table
+from .html import embed_figure, escape, figure_text, table
 from .overview import Condition, condition_label, group_runs, judge_decrease
 
 __all__ = [
@@ -191,12 +191,13 @@ def _figure(cells: dict, pair: tuple[Condition, Condition], seed: int, triple: t
             dataset: Dataset, groups: dict, path: Path) -> str:
     """The paper's grid for one triple and one seed, written to ``path``; returns an HTML figure."""
     names = {k: dataset.class_names[k] for k in triple}
+    drawn = {k: figure_text(name) for k, name in names.items()}
     rows = []
     for split in SPLITS:
         row = []
         for condition in pair:
             title = f"{condition_label(condition, groups)}, {split}, seed {seed}"
-            row.append(ProjectionPanel(*_plane_points(cells[condition][seed], split, triple), names, title))
+            row.append(ProjectionPanel(*_plane_points(cells[condition][seed], split, triple), drawn, title))
         rows.append(row)
     caption = (f"{', '.join(names.values())}: penultimate activations projected onto the plane through "
                f"the three class templates")
@@ -273,7 +274,8 @@ def penultimate_section(results: dict, sweep_dir: Path, figure_dir: Path, *,
         return heading + "<p>No eps=0 and eps&gt;0 pair of the same model in this run.</p>", []
     try:
         dataset = load_dataset(config.get("dataset", "digits"), data_dir=config.get("data_dir"),
-                               train_fraction=config.get("train_fraction", 1.0), seed=config.get("data_seed", 0))
+                               train_fraction=config.get("train_fraction", 1.0), seed=config.get("data_seed", 0),
+                               remap_labels=config.get("remap_labels", False))
     except ValueError as error:  # a DataError, or a data set name this installation does not know
         return heading + f"<p>The data set is not available here, so no activations: {escape(error)}</p>", []
     samples = split_sample(dataset, max_points)
