@@ -13,7 +13,7 @@ The kernels compute them in fp32 (fp64 for fp64 logits), with softcap
     dL/dx_k = (g_lse exp(x_k - lse) + g_xy [k == y] + g_dot v_k) * (1 - tanh^2(raw_k / softcap))
 
 (the last factor only with softcap). How a row is walked (:func:`labelsmooth.ops.utils.row_launch`):
-a row of up to 32k classes is *resident*: loaded once into registers, its statistics and its
+a row of up to 16k classes (fp32 statistics) is *resident*: loaded once into registers, its statistics and its
 gradient computed there, one read and one write; a wider row is streamed in blocks with an online
 log-sum-exp (a running maximum m and sum of exp(x - m), rescaled when m grows), and read a second
 time for the gradient (mostly from L2). Smoothing ``"uniform"`` / ``"non_target"`` without class

@@ -35,13 +35,14 @@ __all__ = [
 ]
 
 # Widest row (classes) held in registers whole, by the byte size of the accumulation dtype: fp32
-# statistics take one register per value, fp64 two. 32768 fp32 values over 32 warps are 32 per
-# thread, the most that leaves room for the smoothing row and temporaries without spilling.
-RESIDENT_ROW_LIMIT = {4: 32 * 1024, 8: 8 * 1024}
-# (block, warps) for rows streamed in blocks, by accumulation bytes. 16 values per thread.
-STREAM_BLOCK = {4: (16 * 1024, 32), 8: (4 * 1024, 16)}
+# statistics take one register per value, fp64 two. 16 fp32 values per thread (16384 over 32
+# warps) leave room for the smoothing row, softcap and temporaries: at 32 per thread ptxas spills
+# (sm_80 and sm_90 both cap a 32-warp program at 64 registers a thread).
+RESIDENT_ROW_LIMIT = {4: 16 * 1024, 8: 4 * 1024}
+# (block, warps) for rows streamed in blocks, by accumulation bytes: 16 (fp64: 8) values per thread.
+STREAM_BLOCK = {4: (4 * 1024, 8), 8: (2 * 1024, 8)}
 # Values per thread for resident rows: warps = block / (32 threads * this), clamped to [4, 32].
-VALUES_PER_THREAD = {4: 32, 8: 16}
+VALUES_PER_THREAD = {4: 16, 8: 8}
 
 # torch dtype -> Triton dtype, for constexpr dtype arguments (accumulators, stores).
 _TRITON_DTYPES = {
@@ -64,10 +65,10 @@ class RowLaunch(NamedTuple):
 def row_launch(num_columns: int, accumulation: torch.dtype) -> RowLaunch:
     """Block, warps and mode of the row kernels for rows of ``num_columns`` classes.
 
-    >>> row_launch(10, torch.float32), row_launch(32000, torch.float32)
-    (RowLaunch(block=16, num_warps=4, resident=True), RowLaunch(block=32768, num_warps=32, resident=True))
+    >>> row_launch(10, torch.float32), row_launch(16000, torch.float32)
+    (RowLaunch(block=16, num_warps=4, resident=True), RowLaunch(block=16384, num_warps=32, resident=True))
     >>> row_launch(128256, torch.float32), row_launch(10000, torch.float64)
-    (RowLaunch(block=16384, num_warps=32, resident=False), RowLaunch(block=4096, num_warps=16, resident=False))
+    (RowLaunch(block=4096, num_warps=8, resident=False), RowLaunch(block=2048, num_warps=8, resident=False))
     """
     size = 8 if accumulation == torch.float64 else 4
     if num_columns <= RESIDENT_ROW_LIMIT[size]:
