@@ -332,8 +332,8 @@ def step_lab(device: str, dry: bool) -> bool:
     seeds, epochs = (1, 2) if dry else (10, 3)  # 3 eps x 10 seeds: the protocol's 30 cells
     r = recorder()
     with tempfile.TemporaryDirectory() as tmp:
-        t1 = _sweep(Path(tmp) / "one", device, 1, seeds, dataset, data_dir)
         tn = _sweep(Path(tmp) / "gpu", device, epochs, seeds, dataset, data_dir)
+        t1 = tn if dry else _sweep(Path(tmp) / "one", device, 1, seeds, dataset, data_dir)  # dry: no extrapolation
         cpu = "gpu" if device == "cpu" else "cpu"  # the dry run is on the CPU already
         if cpu == "cpu":
             _sweep(Path(tmp) / "cpu", "cpu", epochs, seeds, dataset, data_dir)

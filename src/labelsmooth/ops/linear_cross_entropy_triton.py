@@ -43,8 +43,8 @@ def triton_chunk_size(num_tokens: int, vocab: int, dtype: torch.dtype, device: t
     """Tokens per tile: ``chunk_size``, else the tile bytes (1/8 of free memory, clamped to
     64 MiB .. 1 GiB; 64 MiB off CUDA) over a row's bytes, a multiple of 128 when that large.
 
-    >>> triton_chunk_size(16384, 128256, torch.bfloat16, torch.device("cpu"))   # 64 MiB / 256512 B
-    261
+    >>> triton_chunk_size(16384, 128256, torch.bfloat16, torch.device("cpu"))   # 64 MiB / 256512 B = 261 -> 256
+    256
     >>> triton_chunk_size(100, 50, torch.float32, torch.device("cpu"), chunk_size=32)
     32
     """
