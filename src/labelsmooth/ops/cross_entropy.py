@@ -6,41 +6,52 @@
 
     lse = log sum_c exp(x_c),    x_y = x[y],    dot = sum_c v_c x_c
 
-:func:`row_statistics` computes them reading each row once (an online log-sum-exp: a running
-maximum m and a running sum of exp(x - m), rescaled whenever m grows), all in fp32 (fp64 for fp64
-logits), and keeps ``lse`` for backward. Softcap ``x -> softcap * tanh(x / softcap)`` is applied
-on the fly, so ``x_y`` and ``dot`` refer to the capped logits. Weights, eps, masks, reductions,
-the non-target correction and z-loss stay in torch on (M,) vectors.
-
-Gradient. For upstream gradients (g_lse, g_xy, g_dot) of the three statistics, since
-``d lse / d x_k = softmax_k = exp(x_k - lse)``, ``d x_y / d x_k = [k == y]`` and
-``d dot / d x_k = v_k``::
+The kernels compute them in fp32 (fp64 for fp64 logits), with softcap
+``x -> softcap * tanh(x / softcap)`` applied on the fly, and the gradient for upstream gradients
+(g_lse, g_xy, g_dot) of the three statistics::
 
     dL/dx_k = (g_lse exp(x_k - lse) + g_xy [k == y] + g_dot v_k) * (1 - tanh^2(raw_k / softcap))
 
-(the last factor only with softcap), one pass that reads the row and writes the gradient, into a
-new buffer or, with ``inplace_backward=True``, into the logits' own storage.
+(the last factor only with softcap). How a row is walked (:func:`labelsmooth.ops.utils.row_launch`):
+a row of up to 16k classes (fp32 statistics) is *resident*: loaded once into registers, its statistics and its
+gradient computed there, one read and one write; a wider row is streamed in blocks with an online
+log-sum-exp (a running maximum m and sum of exp(x - m), rescaled when m grows), and read a second
+time for the gradient (mostly from L2). Smoothing ``"uniform"`` / ``"non_target"`` without class
+weights gives every v_c one value, so ``dot = v * sum_c x_c`` and no vector is read (the *scalar*
+path); a prior or class weights read the (K,) vector, a (K, K) table its row y.
 
-Single backward (:func:`fused_cross_entropy_with_grad`). Forward and backward above read the
-logits twice from memory. For the standard loss the upstream gradients are known before the
-kernel runs, up to the one scalar (or per-row vector) that arrives in backward: per row, with
-``s = valid / denominator`` for mean (``valid`` for sum and none), class weight ``w_y``, row mass
-``m_y = sum_c v_c`` and ``c_y = w_y / (K - 1)`` for ``non_target`` (else 0)::
+Single backward (:func:`fused_cross_entropy_with_grad`). For the standard loss the upstream
+gradients are known before the kernel runs, up to the one scalar (or per-row vector) that arrives
+in backward: per row, with ``s = valid / denominator`` for mean (``valid`` for sum and none),
+class weight ``w_y``, row mass ``m_y = sum_c v_c`` and ``c_y = w_y / (K - 1)`` for ``non_target``
+(else 0)::
 
     g_lse = s ((1 - eps) w_y + eps (m_y - c_y)) + 2 z_loss s lse
     g_xy  = -s ((1 - eps) w_y - eps c_y)
     g_dot = -s eps
 
-(the derivative of ``combine_row_statistics`` and the reduction). One kernel then computes the
-statistics and writes the gradient of the loss in a second pass over the same row, just read
-and so mostly still in L2 cache (a 128k-class bf16 row is 256 KB), so the logits come from
-memory about once. Backward only multiplies by the incoming gradient, in place, and skips every
-row whose factor is exactly 1 (tested on the device: no host sync). This is exact for any
-upstream gradient of the returned loss (for fp16/bf16 logits a factor other than 1 rounds twice),
-but the stored gradient is used up: the loss may be backpropagated once.
+(``engine.loss_gradient_coefficients``). One kernel computes the statistics and writes the
+gradient of the loss; ignored rows are written as zeros without reading their logits. Backward
+only multiplies by the incoming gradient, in place, skipping every row whose factor is exactly 1
+(tested on the device: no host sync). The stored gradient is used up: backpropagate once.
 
-Layout: 1. constants, 2. kernels, 3. host functions, 4. autograd Functions, 5. entry points.
-Offsets are int64 (``row * stride``), so N x K above 2^31 elements is fine.
+In place. ``inplace_backward=True`` writes the gradient into the logits' storage, and the
+logits' autograd version counter is bumped, so an operation that saved them for its own backward
+(``exp``, a second loss term) raises torch's in-place error instead of computing with the
+gradient. Where writing in place cannot be right the gradient goes to a new buffer instead: a leaf
+tensor (or a view of one: its ``.grad`` would alias its data) and rows that share memory
+(expanded, stride 0).
+
+Compilation and graphs. The launches are ``torch.library`` custom operators
+(``labelsmooth::row_statistics`` and friends, with fake implementations), so
+``torch.compile(fullgraph=True)`` traces ``impl="triton"``; in eager mode the same functions are
+called directly (no dispatcher overhead). Under compilation in-place backward falls back to a
+new buffer. Nothing here synchronises with the host; with ``validate_args=False`` the whole loss
+can be captured in a CUDA graph. Every launch runs with the logits' device made current.
+
+Layout: 1. constants, 2. kernels, 3. host functions (launchers and their custom operators),
+4. autograd Functions, 5. entry points. Offsets are int64 (``row * stride``), so N x K above 2^31
+elements is fine; column indices and target compares are int32.
 
 Without a GPU. The kernels take CUDA tensors. On a machine without one they can still run, on
 CPU tensors and slowly, through Triton's interpreter (this is how they are tested). Triton decides
@@ -56,22 +67,30 @@ raises a ``ValueError`` that says this.
 
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
 from ..engine import (accumulation_dtype, check_class_index_call, class_target_loss, loss_gradient_coefficients,
-                      prepare_class_targets, single_backward, to_rows)
+                      prepare_class_targets, single_backward, to_rows, writable_in_place)
 from ..targets import Distribution, Smoothing
-from .utils import check_kernel_device, row_block_size, row_num_warps, triton_dtype
+from .utils import check_kernel_device, device_guard, row_launch, triton_dtype
 
 __all__ = ["fused_cross_entropy_with_grad", "row_statistics"]
 
 # 1. Constants ------------------------------------------------------------------------------------
 
-# Passed for an absent softcap: the kernels never read it then (HAS_SOFTCAP is False).
-_NO_SOFTCAP = 1.0
+# How the kernels read the smoothing row v (a constexpr): not at all (no smoothing term), as one
+# scalar shared by every class, as a (K,) vector, or as row y of a (K, K) table.
+NO_SMOOTHING, SCALAR_SMOOTHING, VECTOR_SMOOTHING, MATRIX_SMOOTHING = 0, 1, 2, 3
+_SCALAR = tl.constexpr(SCALAR_SMOOTHING)
+_VECTOR = tl.constexpr(VECTOR_SMOOTHING)
+_MATRIX = tl.constexpr(MATRIX_SMOOTHING)
+# Passed for an absent softcap or smoothing scalar: the kernels never read it then.
+_UNUSED = 1.0
 
 
 # 2. Kernels --------------------------------------------------------------------------------------
@@ -86,127 +105,236 @@ def _tanh(u):
 
 
 @triton.jit
-def _row_target(target_ptr, row, smoothing_ptr, num_classes, CLASS_CONDITIONAL: tl.constexpr):
-    """Target column of a row (-1 when out of range), its smoothing weights v and how many to read.
-
-    An out-of-range target (possible with validate_args=False) reads nothing: x_y = dot = 0 for
-    that row, and no gradient column is its one-hot column.
-    """
-    y = tl.load(target_ptr + row)
-    y_in_range = (y >= 0) & (y < num_classes)
-    v_ptr = smoothing_ptr
-    if CLASS_CONDITIONAL:
-        v_ptr = smoothing_ptr + tl.where(y_in_range, y, 0) * num_classes  # row y of V, int64 offset
-    return tl.where(y_in_range, y, -1), v_ptr, tl.where(y_in_range, num_classes, 0)
+def _row_target(target_ptr, row, num_classes):
+    """The row's target column as int32, -1 when out of range (possible with validate_args=False:
+    such a row reads no target logit and no smoothing row, and has no one-hot column)."""
+    y = tl.load(target_ptr + row).to(tl.int64)
+    return tl.where((y >= 0) & (y < num_classes), y, -1).to(tl.int32)
 
 
 @triton.jit
-def _row_statistics(row_ptr, v_ptr, v_columns, y, num_classes, softcap,
-                    HAS_SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-                    BLOCK: tl.constexpr, ACC: tl.constexpr):
-    """(lse, x_y, dot) of one row of logits, reading it once in blocks of BLOCK columns."""
-    # 1. the target logit: one masked scalar load
+def _smoothing_row(smoothing_ptr, y, num_classes, SMOOTHING: tl.constexpr):
+    """Where row y's smoothing weights start, and how many columns of them to read (0 for y = -1)."""
+    v_ptr = smoothing_ptr
+    if SMOOTHING == _MATRIX:
+        v_ptr = smoothing_ptr + tl.maximum(y, 0).to(tl.int64) * num_classes
+    return v_ptr, tl.where(y >= 0, num_classes, 0)
+
+
+@triton.jit
+def _load_block(row_ptr, cols, num_classes, softcap, HAS_SOFTCAP: tl.constexpr, ACC: tl.constexpr):
+    """(capped logits, tanh) of one block in ACC; columns past the row read 0 (and tanh 0)."""
+    x = tl.load(row_ptr + cols, mask=cols < num_classes, other=0.0).to(ACC)
+    t = x
+    if HAS_SOFTCAP:
+        t = _tanh(x / softcap)
+        x = softcap * t
+    return x, t
+
+
+@triton.jit
+def _block_smoothing(v_ptr, cols, v_columns, SMOOTHING: tl.constexpr, ACC: tl.constexpr):
+    """v of one block for a vector or table (0 past the row); call only for those two modes."""
+    return tl.load(v_ptr + cols, mask=cols < v_columns, other=0.0).to(ACC)
+
+
+@triton.jit
+def _block_dot(x, cols, v_ptr, v_columns, SMOOTHING: tl.constexpr, ACC: tl.constexpr):
+    """This block's share of dot: sum v_c x_c, or sum x_c for the scalar path (scaled at the end)."""
+    if SMOOTHING == _SCALAR:
+        return tl.sum(x, 0)
+    return tl.sum(_block_smoothing(v_ptr, cols, v_columns, SMOOTHING, ACC) * x, 0)
+
+
+@triton.jit
+def _finish_dot(dot, v_scalar, v_columns, SMOOTHING: tl.constexpr):
+    if SMOOTHING == _SCALAR:
+        dot = tl.where(v_columns > 0, dot * v_scalar, 0.0)
+    return dot
+
+
+@triton.jit
+def _target_logit(row_ptr, y, softcap, HAS_SOFTCAP: tl.constexpr, ACC: tl.constexpr):
+    """x_y: one masked scalar load (0 for y = -1)."""
     x_y = tl.load(row_ptr + tl.maximum(y, 0), mask=y >= 0, other=0.0).to(ACC)
     if HAS_SOFTCAP:
         x_y = softcap * _tanh(x_y / softcap)
+    return x_y
+
+
+@triton.jit
+def _resident_statistics(row_ptr, y, v_ptr, v_columns, v_scalar, num_classes, softcap,
+                         SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr, BLOCK: tl.constexpr,
+                         ACC: tl.constexpr):
+    """A whole row (BLOCK >= K) read once: (lse, x_y, dot) and, kept in registers for the
+    gradient, softmax numerators e = exp(x - shift), their sum, and tanh (softcap)."""
+    cols = tl.arange(0, BLOCK)
+    x, t = _load_block(row_ptr, cols, num_classes, softcap, HAS_SOFTCAP, ACC)
+    dot = tl.zeros((), ACC)
+    if SMOOTHING != 0:
+        dot = _finish_dot(_block_dot(x, cols, v_ptr, v_columns, SMOOTHING, ACC), v_scalar, v_columns, SMOOTHING)
+    x = tl.where(cols < num_classes, x, float("-inf"))
+    m = tl.max(x, 0)
+    shift = tl.where(m == float("-inf"), 0.0, m)  # an all -inf row: exp(-inf - 0) = 0, no nan
+    e = tl.exp(x - shift)
+    total = tl.sum(e, 0)
+    lse = shift + tl.log(total)
+    return lse, _target_logit(row_ptr, y, softcap, HAS_SOFTCAP, ACC), dot, e, total, t
+
+
+@triton.jit
+def _streamed_statistics(row_ptr, y, v_ptr, v_columns, v_scalar, num_classes, softcap,
+                         SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr, BLOCK: tl.constexpr,
+                         ACC: tl.constexpr):
+    """(lse, x_y, dot) of a row read once in blocks, with an online log-sum-exp."""
     m = tl.full((), float("-inf"), ACC)
     s = tl.zeros((), ACC)
     dot = tl.zeros((), ACC)
     for start in range(0, num_classes, BLOCK):
         cols = start + tl.arange(0, BLOCK)
-        in_row = cols < num_classes
-        x = tl.load(row_ptr + cols, mask=in_row, other=0.0).to(ACC)
-        if HAS_SOFTCAP:
-            x = softcap * _tanh(x / softcap)
-        # 2. online log-sum-exp: s = sum exp(x - m) so far; rescale it when the maximum m grows.
-        #    While the row is all -inf, shift by 0 (exp(-inf - -inf) would be nan) and keep s = 0.
-        x_for_max = tl.where(in_row, x, float("-inf"))
-        m_new = tl.maximum(m, tl.max(x_for_max, 0))
+        x, t = _load_block(row_ptr, cols, num_classes, softcap, HAS_SOFTCAP, ACC)
+        if SMOOTHING != 0:
+            dot += _block_dot(x, cols, v_ptr, v_columns, SMOOTHING, ACC)
+        # s = sum exp(x - m) so far; rescaled when the maximum m grows. While the row is all -inf
+        # the shift is 0 (exp(-inf - -inf) would be nan) and s stays 0.
+        x = tl.where(cols < num_classes, x, float("-inf"))
+        m_new = tl.maximum(m, tl.max(x, 0))
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)
-        s = s * tl.exp(m - shift) + tl.sum(tl.exp(x_for_max - shift), 0)
+        s = s * tl.exp(m - shift) + tl.sum(tl.exp(x - shift), 0)
         m = m_new
-        # 3. the smoothing dot product sum_c v_c x_c (padding columns hold x = 0, v = 0)
-        if HAS_SMOOTHING:
-            v = tl.load(v_ptr + cols, mask=cols < v_columns, other=0.0).to(ACC)
-            dot += tl.sum(v * x, 0)
     lse = m + tl.log(s)
-    return lse, x_y, dot
+    dot = _finish_dot(dot, v_scalar, v_columns, SMOOTHING)
+    return lse, _target_logit(row_ptr, y, softcap, HAS_SOFTCAP, ACC), dot
 
 
 @triton.jit
-def _write_row_gradient(row_ptr, grad_row_ptr, v_ptr, v_columns, y, num_classes, softcap,
-                        lse, g_lse, g_xy, g_dot,
-                        HAS_SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-                        BLOCK: tl.constexpr, ACC: tl.constexpr):
-    """grad_k = (g_lse exp(x_k - lse) + g_xy [k == y] + g_dot v_k) (1 - tanh^2), one pass.
+def _gradient_block(softmax, t, cols, y, v_ptr, v_columns, v_scalar, g_lse, g_xy, g_dot,
+                    SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr, ACC: tl.constexpr):
+    """(g_lse softmax + g_xy [k == y] + g_dot v) (1 - t^2) for one block; int32 column compare."""
+    grad = g_lse * softmax
+    if SMOOTHING == _SCALAR:
+        grad += tl.where(v_columns > 0, g_dot * v_scalar, 0.0)
+    elif SMOOTHING != 0:
+        grad += g_dot * _block_smoothing(v_ptr, cols, v_columns, SMOOTHING, ACC)
+    grad = tl.where(cols == y, grad + g_xy, grad)
+    if HAS_SOFTCAP:
+        grad = grad * (1.0 - t * t)
+    return grad
 
-    Each block is read before it is written, so grad_row_ptr may be row_ptr (in place).
-    """
+
+@triton.jit
+def _write_streamed_gradient(row_ptr, grad_row_ptr, y, v_ptr, v_columns, v_scalar, num_classes, softcap,
+                             lse, g_lse, g_xy, g_dot, SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+                             BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """The gradient of a row read again in blocks; each block is read before it is written, so
+    grad_row_ptr may be row_ptr (in place)."""
     for start in range(0, num_classes, BLOCK):
         cols = start + tl.arange(0, BLOCK)
-        in_row = cols < num_classes
-        x = tl.load(row_ptr + cols, mask=in_row, other=0.0).to(ACC)
-        if HAS_SOFTCAP:
-            t = _tanh(x / softcap)
-            x = softcap * t
-        grad = g_lse * tl.exp(x - lse)
-        if HAS_SMOOTHING:
-            v = tl.load(v_ptr + cols, mask=cols < v_columns, other=0.0).to(ACC)
-            grad += g_dot * v
-        grad = tl.where(cols == y, grad + g_xy, grad)
-        if HAS_SOFTCAP:
-            grad = grad * (1.0 - t * t)
-        tl.store(grad_row_ptr + cols, grad.to(grad_row_ptr.dtype.element_ty), mask=in_row)
+        x, t = _load_block(row_ptr, cols, num_classes, softcap, HAS_SOFTCAP, ACC)
+        grad = _gradient_block(tl.exp(x - lse), t, cols, y, v_ptr, v_columns, v_scalar, g_lse, g_xy, g_dot,
+                               SMOOTHING, HAS_SOFTCAP, ACC)
+        tl.store(grad_row_ptr + cols, grad.to(grad_row_ptr.dtype.element_ty), mask=cols < num_classes)
 
 
 @triton.jit
-def _forward_kernel(logits_ptr, logits_row_stride, target_ptr, smoothing_ptr,
-                    lse_ptr, target_logit_ptr, dot_ptr, num_classes, softcap,
-                    HAS_SMOOTHING: tl.constexpr, CLASS_CONDITIONAL: tl.constexpr,
-                    HAS_SOFTCAP: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+def _write_zeros(grad_row_ptr, num_classes, BLOCK: tl.constexpr):
+    """A row whose gradient is exactly zero (ignored): written without reading the logits."""
+    for start in range(0, num_classes, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        tl.store(grad_row_ptr + cols, tl.zeros((BLOCK,), grad_row_ptr.dtype.element_ty), mask=cols < num_classes)
+
+
+@triton.jit
+def _statistics_kernel(logits_ptr, row_stride, target_ptr, smoothing_ptr, v_scalar,
+                       lse_ptr, target_logit_ptr, dot_ptr, num_classes, softcap,
+                       SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr, BLOCK: tl.constexpr,
+                       RESIDENT: tl.constexpr, ACC: tl.constexpr):
     """One program per row: (lse, x_y, dot) into three (M,) vectors."""
     row = tl.program_id(0).to(tl.int64)
-    y, v_ptr, v_columns = _row_target(target_ptr, row, smoothing_ptr, num_classes, CLASS_CONDITIONAL)
-    lse, x_y, dot = _row_statistics(logits_ptr + row * logits_row_stride, v_ptr, v_columns, y,
-                                    num_classes, softcap, HAS_SMOOTHING, HAS_SOFTCAP, BLOCK, ACC)
+    row_ptr = logits_ptr + row * row_stride
+    y = _row_target(target_ptr, row, num_classes)
+    v_ptr, v_columns = _smoothing_row(smoothing_ptr, y, num_classes, SMOOTHING)
+    if RESIDENT:
+        lse, x_y, dot, e, total, t = _resident_statistics(row_ptr, y, v_ptr, v_columns, v_scalar, num_classes,
+                                                          softcap, SMOOTHING, HAS_SOFTCAP, BLOCK, ACC)
+    else:
+        lse, x_y, dot = _streamed_statistics(row_ptr, y, v_ptr, v_columns, v_scalar, num_classes, softcap,
+                                             SMOOTHING, HAS_SOFTCAP, BLOCK, ACC)
     tl.store(lse_ptr + row, lse)
     tl.store(target_logit_ptr + row, x_y)
     tl.store(dot_ptr + row, dot)
 
 
 @triton.jit
-def _backward_kernel(logits_ptr, logits_row_stride, grad_ptr, grad_row_stride, target_ptr,
-                     smoothing_ptr, lse_ptr, g_lse_ptr, g_xy_ptr, g_dot_ptr, num_classes, softcap,
-                     HAS_SMOOTHING: tl.constexpr, CLASS_CONDITIONAL: tl.constexpr,
-                     HAS_SOFTCAP: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    """One program per row: the gradient for upstream gradients given per row."""
+def _gradient_kernel(logits_ptr, row_stride, grad_ptr, grad_row_stride, target_ptr, smoothing_ptr, v_scalar,
+                     lse_ptr, g_lse_ptr, g_xy_ptr, g_dot_ptr, num_classes, softcap,
+                     SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr, BLOCK: tl.constexpr,
+                     ACC: tl.constexpr):
+    """One program per row: the gradient for upstream gradients given per row (one read of the
+    row, resident or streamed alike: lse is known). A row whose three
+    upstream gradients are all 0 (ignored) is written as zeros without reading its logits."""
     row = tl.program_id(0).to(tl.int64)
-    y, v_ptr, v_columns = _row_target(target_ptr, row, smoothing_ptr, num_classes, CLASS_CONDITIONAL)
-    _write_row_gradient(logits_ptr + row * logits_row_stride, grad_ptr + row * grad_row_stride,
-                        v_ptr, v_columns, y, num_classes, softcap, tl.load(lse_ptr + row),
-                        tl.load(g_lse_ptr + row).to(ACC), tl.load(g_xy_ptr + row).to(ACC),
-                        tl.load(g_dot_ptr + row).to(ACC), HAS_SMOOTHING, HAS_SOFTCAP, BLOCK, ACC)
+    row_ptr = logits_ptr + row * row_stride
+    grad_row_ptr = grad_ptr + row * grad_row_stride
+    g_lse = tl.load(g_lse_ptr + row).to(ACC)
+    g_xy = tl.load(g_xy_ptr + row).to(ACC)
+    g_dot = tl.load(g_dot_ptr + row).to(ACC)
+    if (g_lse == 0.0) & (g_xy == 0.0) & (g_dot == 0.0):
+        _write_zeros(grad_row_ptr, num_classes, BLOCK)
+    else:
+        y = _row_target(target_ptr, row, num_classes)
+        v_ptr, v_columns = _smoothing_row(smoothing_ptr, y, num_classes, SMOOTHING)
+        lse = tl.load(lse_ptr + row)
+        _write_streamed_gradient(row_ptr, grad_row_ptr, y, v_ptr, v_columns, v_scalar, num_classes, softcap,
+                                 lse, g_lse, g_xy, g_dot, SMOOTHING, HAS_SOFTCAP, BLOCK, ACC)
 
 
 @triton.jit
-def _forward_with_grad_kernel(logits_ptr, logits_row_stride, grad_ptr, grad_row_stride, target_ptr,
-                              smoothing_ptr, lse_ptr, target_logit_ptr, dot_ptr,
-                              g_lse_ptr, g_lse_per_lse_ptr, g_xy_ptr, g_dot_ptr, num_classes, softcap,
-                              HAS_SMOOTHING: tl.constexpr, CLASS_CONDITIONAL: tl.constexpr,
-                              HAS_SOFTCAP: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    """One program per row: the statistics, then the gradient for g_lse = a + b lse (z-loss)."""
+def _statistics_and_gradient_kernel(logits_ptr, row_stride, grad_ptr, grad_row_stride, target_ptr, ignore_index,
+                                    smoothing_ptr, v_scalar, lse_ptr, target_logit_ptr, dot_ptr,
+                                    a_ptr, b_ptr, g_xy_ptr, g_dot_ptr, num_classes, softcap,
+                                    HAS_Z_LOSS: tl.constexpr, SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+                                    BLOCK: tl.constexpr, RESIDENT: tl.constexpr, ACC: tl.constexpr):
+    """One program per row: the statistics, then the gradient for g_lse = a + b lse (b: z-loss).
+
+    ``target_ptr`` holds the caller's targets: a row whose target equals ``ignore_index`` reads
+    nothing, gets statistics 0 and a zero gradient. A resident row is read once: the gradient
+    comes from the registers the statistics were computed in.
+    """
     row = tl.program_id(0).to(tl.int64)
-    row_ptr = logits_ptr + row * logits_row_stride
-    y, v_ptr, v_columns = _row_target(target_ptr, row, smoothing_ptr, num_classes, CLASS_CONDITIONAL)
-    lse, x_y, dot = _row_statistics(row_ptr, v_ptr, v_columns, y, num_classes, softcap,
-                                    HAS_SMOOTHING, HAS_SOFTCAP, BLOCK, ACC)
-    tl.store(lse_ptr + row, lse)
-    tl.store(target_logit_ptr + row, x_y)
-    tl.store(dot_ptr + row, dot)
-    g_lse = tl.load(g_lse_ptr + row) + tl.load(g_lse_per_lse_ptr + row) * lse
-    _write_row_gradient(row_ptr, grad_ptr + row * grad_row_stride, v_ptr, v_columns, y,
-                        num_classes, softcap, lse, g_lse, tl.load(g_xy_ptr + row),
-                        tl.load(g_dot_ptr + row), HAS_SMOOTHING, HAS_SOFTCAP, BLOCK, ACC)
+    row_ptr = logits_ptr + row * row_stride
+    grad_row_ptr = grad_ptr + row * grad_row_stride
+    raw_target = tl.load(target_ptr + row).to(tl.int64)
+    if raw_target == ignore_index:
+        _write_zeros(grad_row_ptr, num_classes, BLOCK)
+        tl.store(lse_ptr + row, tl.zeros((), ACC))
+        tl.store(target_logit_ptr + row, tl.zeros((), ACC))
+        tl.store(dot_ptr + row, tl.zeros((), ACC))
+    else:
+        y = _row_target(target_ptr, row, num_classes)
+        v_ptr, v_columns = _smoothing_row(smoothing_ptr, y, num_classes, SMOOTHING)
+        g_xy = tl.load(g_xy_ptr + row).to(ACC)
+        g_dot = tl.load(g_dot_ptr + row).to(ACC)
+        if RESIDENT:
+            lse, x_y, dot, e, total, t = _resident_statistics(row_ptr, y, v_ptr, v_columns, v_scalar, num_classes,
+                                                              softcap, SMOOTHING, HAS_SOFTCAP, BLOCK, ACC)
+        else:
+            lse, x_y, dot = _streamed_statistics(row_ptr, y, v_ptr, v_columns, v_scalar, num_classes, softcap,
+                                                 SMOOTHING, HAS_SOFTCAP, BLOCK, ACC)
+        tl.store(lse_ptr + row, lse)
+        tl.store(target_logit_ptr + row, x_y)
+        tl.store(dot_ptr + row, dot)
+        g_lse = tl.load(a_ptr + row).to(ACC)
+        if HAS_Z_LOSS:
+            g_lse += tl.load(b_ptr + row).to(ACC) * lse
+        if RESIDENT:
+            cols = tl.arange(0, BLOCK)
+            grad = _gradient_block(e * (1.0 / total), t, cols, y, v_ptr, v_columns, v_scalar, g_lse, g_xy, g_dot,
+                                   SMOOTHING, HAS_SOFTCAP, ACC)
+            tl.store(grad_row_ptr + cols, grad.to(grad_row_ptr.dtype.element_ty), mask=cols < num_classes)
+        else:
+            _write_streamed_gradient(row_ptr, grad_row_ptr, y, v_ptr, v_columns, v_scalar, num_classes, softcap,
+                                     lse, g_lse, g_xy, g_dot, SMOOTHING, HAS_SOFTCAP, BLOCK, ACC)
 
 
 @triton.jit
@@ -219,30 +347,42 @@ def _scale_rows_kernel(grad_ptr, grad_row_stride, scale_ptr, scale_stride, num_c
         grad_row_ptr = grad_ptr + row * grad_row_stride
         for start in range(0, num_classes, BLOCK):
             cols = start + tl.arange(0, BLOCK)
-            in_row = cols < num_classes
-            grad = tl.load(grad_row_ptr + cols, mask=in_row, other=0.0).to(ACC)
-            tl.store(grad_row_ptr + cols, (grad * scale).to(grad_row_ptr.dtype.element_ty), mask=in_row)
+            grad = tl.load(grad_row_ptr + cols, mask=cols < num_classes, other=0.0).to(ACC)
+            tl.store(grad_row_ptr + cols, (grad * scale).to(grad_row_ptr.dtype.element_ty), mask=cols < num_classes)
 
 
 # 3. Host functions -------------------------------------------------------------------------------
 
 
-def _launch_options(logits: Tensor, smoothing: Tensor | None, class_conditional: bool,
-                    softcap: float | None) -> dict:
-    """Compile-time flags and launch sizes shared by the row kernels."""
-    block = row_block_size(logits.shape[1])
-    return dict(HAS_SMOOTHING=smoothing is not None, CLASS_CONDITIONAL=class_conditional,
-                HAS_SOFTCAP=softcap is not None, BLOCK=block,
-                ACC=triton_dtype(accumulation_dtype(logits.dtype)), num_warps=row_num_warps(block))
+class SmoothingOperand(NamedTuple):
+    """What the kernels read v from: ``tensor`` (a (K,) vector or (K, K) table; None for the
+    scalar path or no smoothing), ``mode`` (a ``*_SMOOTHING`` constant) and ``scalar`` (v_c for
+    the scalar path)."""
+
+    tensor: Tensor | None
+    mode: int
+    scalar: float
 
 
-def _smoothing_operand(smoothing: Smoothing | None) -> tuple[Tensor | None, bool]:
-    """The tensor the kernels read v from, and whether it is a (K, K) table indexed by y."""
+def smoothing_operand(smoothing: Smoothing | None, accumulation: torch.dtype) -> SmoothingOperand:
+    """The kernels' view of a resolved distribution: the scalar path when every v_c is one value
+    known on the host and the statistics are fp32 (a float kernel argument is fp32: exactly the
+    value an fp32 vector would hold)."""
     if smoothing is None:
-        return None, False
+        return SmoothingOperand(None, NO_SMOOTHING, _UNUSED)
     if smoothing.matrix is not None:
-        return smoothing.matrix.contiguous(), True
-    return smoothing.vector.contiguous(), False
+        return SmoothingOperand(smoothing.matrix.contiguous(), MATRIX_SMOOTHING, _UNUSED)
+    if smoothing.constant is not None and accumulation == torch.float32:
+        return SmoothingOperand(None, SCALAR_SMOOTHING, smoothing.constant)
+    return SmoothingOperand(smoothing.vector.contiguous(), VECTOR_SMOOTHING, _UNUSED)
+
+
+def _launch_options(logits: Tensor, mode: int, softcap: float | None) -> dict:
+    """Compile-time flags and launch sizes shared by the row kernels (one heuristic: row_launch)."""
+    acc = accumulation_dtype(logits.dtype)
+    launch = row_launch(logits.shape[1], acc)
+    return dict(SMOOTHING=mode, HAS_SOFTCAP=softcap is not None, BLOCK=launch.block, RESIDENT=launch.resident,
+                ACC=triton_dtype(acc), num_warps=launch.num_warps)
 
 
 def _statistics_buffers(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -250,54 +390,148 @@ def _statistics_buffers(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return tuple(torch.empty(logits.shape[0], dtype=acc, device=logits.device) for _ in range(3))
 
 
-def _launch_forward(logits: Tensor, target: Tensor, smoothing: Tensor | None, class_conditional: bool,
-                    softcap: float | None) -> tuple[Tensor, Tensor, Tensor]:
-    """(lse, x_y, dot) for (M, K) logits with unit column stride; no host sync."""
+def _new_gradient(logits: Tensor) -> Tensor:
+    return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+
+
+def _kernel_op(name: str, schema: str, mutates: tuple[str, ...], fake: Callable) -> Callable[[Callable], Callable]:
+    """Registers a launcher as the custom operator ``labelsmooth::<name>`` (with ``fake`` for
+    tracing) and returns a function that calls the operator while ``torch.compile`` traces and
+    the launcher itself otherwise (eager calls skip the dispatcher)."""
+
+    def register(launcher: Callable) -> Callable:
+        op = torch.library.custom_op(f"labelsmooth::{name}", launcher, mutates_args=mutates, schema=schema)
+        op.register_fake(fake)
+
+        def call(*args):
+            return op(*args) if torch.compiler.is_compiling() else launcher(*args)
+
+        call.__doc__, call.__name__ = launcher.__doc__, launcher.__name__
+        return call
+
+    return register
+
+
+_SMOOTHING_ARGS = "Tensor? smoothing, int mode, float scalar, float? softcap"
+
+
+def _fake_statistics(logits, *args):
+    return _statistics_buffers(logits)
+
+
+def _fake_gradient(logits, *args):
+    return _new_gradient(logits)
+
+
+def _fake_statistics_and_gradient(logits, *args):
+    return (*_statistics_buffers(logits), _new_gradient(logits))
+
+
+def _fake_nothing(*args):
+    return None
+
+
+@_kernel_op("row_statistics", f"(Tensor logits, Tensor target, {_SMOOTHING_ARGS}) -> (Tensor, Tensor, Tensor)",
+            (), _fake_statistics)
+def _statistics(logits: Tensor, target: Tensor, smoothing: Tensor | None, mode: int, scalar: float,
+                softcap: float | None) -> tuple[Tensor, Tensor, Tensor]:
+    """(lse, x_y, dot) of (M, K) logits with unit column stride."""
     lse, target_logit, dot = _statistics_buffers(logits)
     if logits.shape[0]:
-        _forward_kernel[(logits.shape[0],)](
-            logits, logits.stride(0), target, lse if smoothing is None else smoothing,
-            lse, target_logit, dot, logits.shape[1], _NO_SOFTCAP if softcap is None else softcap,
-            **_launch_options(logits, smoothing, class_conditional, softcap))
+        with device_guard(logits):
+            _statistics_kernel[(logits.shape[0],)](
+                logits, logits.stride(0), target, lse if smoothing is None else smoothing, scalar,
+                lse, target_logit, dot, logits.shape[1], _UNUSED if softcap is None else softcap,
+                **_launch_options(logits, mode, softcap))
     return lse, target_logit, dot
 
 
-def _launch_backward(logits: Tensor, grad: Tensor, target: Tensor, smoothing: Tensor | None,
-                     class_conditional: bool, softcap: float | None, lse: Tensor,
-                     upstream: tuple[Tensor, Tensor, Tensor]) -> None:
-    """Write the gradient for upstream (g_lse, g_xy, g_dot) into ``grad`` (may be ``logits``)."""
-    g_lse, g_xy, g_dot = (g.to(lse.dtype).contiguous() for g in upstream)
-    if logits.shape[0]:
-        _backward_kernel[(logits.shape[0],)](
-            logits, logits.stride(0), grad, grad.stride(0), target,
-            lse if smoothing is None else smoothing, lse, g_lse, g_xy, g_dot, logits.shape[1],
-            _NO_SOFTCAP if softcap is None else softcap,
-            **_launch_options(logits, smoothing, class_conditional, softcap))
+def _launch_gradient(logits: Tensor, grad: Tensor, target: Tensor, smoothing: Tensor | None, mode: int,
+                     scalar: float, softcap: float | None, lse: Tensor, g_lse: Tensor, g_xy: Tensor,
+                     g_dot: Tensor) -> None:
+    """Write the gradient for upstream (g_lse, g_xy, g_dot), each (M,) of any stride, into ``grad``."""
+    if not logits.shape[0]:
+        return
+    options = _launch_options(logits, mode, softcap)
+    del options["RESIDENT"]  # one read of the row either way: lse is known
+    g_lse, g_xy, g_dot = (g.contiguous() for g in (g_lse, g_xy, g_dot))
+    with device_guard(logits):
+        _gradient_kernel[(logits.shape[0],)](
+            logits, logits.stride(0), grad, grad.stride(0), target, lse if smoothing is None else smoothing,
+            scalar, lse, g_lse, g_xy, g_dot, logits.shape[1], _UNUSED if softcap is None else softcap, **options)
 
 
-def _launch_forward_with_grad(logits: Tensor, grad: Tensor, target: Tensor, smoothing: Tensor | None,
-                              class_conditional: bool, softcap: float | None,
-                              coefficients: tuple[Tensor, Tensor, Tensor, Tensor]
-                              ) -> tuple[Tensor, Tensor, Tensor]:
-    """(lse, x_y, dot), and the gradient for g_lse = a + b lse, g_xy, g_dot written into ``grad``."""
+_GRADIENT_ARGS = f"Tensor target, {_SMOOTHING_ARGS}, Tensor lse, Tensor g_lse, Tensor g_xy, Tensor g_dot"
+
+
+@_kernel_op("row_statistics_gradient", f"(Tensor logits, {_GRADIENT_ARGS}) -> Tensor", (), _fake_gradient)
+def _gradient(logits: Tensor, target: Tensor, smoothing: Tensor | None, mode: int, scalar: float,
+              softcap: float | None, lse: Tensor, g_lse: Tensor, g_xy: Tensor, g_dot: Tensor) -> Tensor:
+    """The gradient of the row statistics for upstream (g_lse, g_xy, g_dot), in a new buffer."""
+    grad = _new_gradient(logits)
+    _launch_gradient(logits, grad, target, smoothing, mode, scalar, softcap, lse, g_lse, g_xy, g_dot)
+    return grad
+
+
+@_kernel_op("row_statistics_gradient_", f"(Tensor(a!) logits, {_GRADIENT_ARGS}) -> ()", ("logits",),
+            _fake_nothing)
+def _gradient_(logits: Tensor, target: Tensor, smoothing: Tensor | None, mode: int, scalar: float,
+               softcap: float | None, lse: Tensor, g_lse: Tensor, g_xy: Tensor, g_dot: Tensor) -> None:
+    """The same gradient, written over the logits."""
+    _launch_gradient(logits, logits, target, smoothing, mode, scalar, softcap, lse, g_lse, g_xy, g_dot)
+
+
+def _launch_statistics_and_gradient(logits: Tensor, grad: Tensor, target: Tensor, ignore_index: int,
+                                    smoothing: Tensor | None, mode: int, scalar: float, softcap: float | None,
+                                    a: Tensor, b: Tensor | None, g_xy: Tensor, g_dot: Tensor
+                                    ) -> tuple[Tensor, Tensor, Tensor]:
+    """(lse, x_y, dot), and the gradient for g_lse = a + b lse (b None: no z-loss) into ``grad``."""
     lse, target_logit, dot = _statistics_buffers(logits)
     if logits.shape[0]:
-        _forward_with_grad_kernel[(logits.shape[0],)](
-            logits, logits.stride(0), grad, grad.stride(0), target,
-            lse if smoothing is None else smoothing, lse, target_logit, dot, *coefficients,
-            logits.shape[1], _NO_SOFTCAP if softcap is None else softcap,
-            **_launch_options(logits, smoothing, class_conditional, softcap))
+        with device_guard(logits):
+            _statistics_and_gradient_kernel[(logits.shape[0],)](
+                logits, logits.stride(0), grad, grad.stride(0), target, ignore_index,
+                lse if smoothing is None else smoothing, scalar, lse, target_logit, dot,
+                a, a if b is None else b, g_xy, g_dot, logits.shape[1], _UNUSED if softcap is None else softcap,
+                HAS_Z_LOSS=b is not None, **_launch_options(logits, mode, softcap))
     return lse, target_logit, dot
 
 
-def _launch_scale_rows(grad: Tensor, scale: Tensor) -> None:
+_COEFFICIENT_ARGS = f"Tensor target, int ignore_index, {_SMOOTHING_ARGS}, Tensor a, Tensor? b, Tensor g_xy, Tensor g_dot"
+
+
+@_kernel_op("loss_statistics_and_gradient", f"(Tensor logits, {_COEFFICIENT_ARGS}) -> (Tensor, Tensor, Tensor, Tensor)",
+            (), _fake_statistics_and_gradient)
+def _statistics_and_gradient(logits: Tensor, target: Tensor, ignore_index: int, smoothing: Tensor | None,
+                             mode: int, scalar: float, softcap: float | None, a: Tensor, b: Tensor | None,
+                             g_xy: Tensor, g_dot: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(lse, x_y, dot, gradient) of the loss whose per-row coefficients are given."""
+    grad = _new_gradient(logits)
+    return (*_launch_statistics_and_gradient(logits, grad, target, ignore_index, smoothing, mode, scalar, softcap,
+                                             a, b, g_xy, g_dot), grad)
+
+
+@_kernel_op("loss_statistics_and_gradient_", f"(Tensor(a!) logits, {_COEFFICIENT_ARGS}) -> (Tensor, Tensor, Tensor)",
+            ("logits",), _fake_statistics)
+def _statistics_and_gradient_(logits: Tensor, target: Tensor, ignore_index: int, smoothing: Tensor | None,
+                              mode: int, scalar: float, softcap: float | None, a: Tensor, b: Tensor | None,
+                              g_xy: Tensor, g_dot: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The same, the gradient written over the logits."""
+    return _launch_statistics_and_gradient(logits, logits, target, ignore_index, smoothing, mode, scalar, softcap,
+                                           a, b, g_xy, g_dot)
+
+
+@_kernel_op("scale_rows_", "(Tensor(a!) grad, Tensor scale) -> ()", ("grad",), _fake_nothing)
+def _scale_rows_(grad: Tensor, scale: Tensor) -> None:
     """grad (M, K) *= scale, a 0-dim tensor or one factor per row; rows with factor 1 are skipped."""
-    scale = scale.to(accumulation_dtype(grad.dtype)).reshape(-1).contiguous()
+    scale = scale.reshape(-1)
     if grad.shape[0]:
-        block = row_block_size(grad.shape[1])
-        _scale_rows_kernel[(grad.shape[0],)](
-            grad, grad.stride(0), scale, 0 if scale.numel() == 1 else 1, grad.shape[1],
-            BLOCK=block, ACC=triton_dtype(scale.dtype), num_warps=row_num_warps(block))
+        acc = accumulation_dtype(grad.dtype)
+        launch = row_launch(grad.shape[1], acc)
+        with device_guard(grad):
+            _scale_rows_kernel[(grad.shape[0],)](
+                grad, grad.stride(0), scale, 0 if scale.numel() == 1 else scale.stride(0), grad.shape[1],
+                BLOCK=launch.block, ACC=triton_dtype(acc), num_warps=launch.num_warps)
 
 
 def _unit_column_stride(logits: Tensor) -> Tensor:
@@ -311,21 +545,27 @@ class _RowStatistics(torch.autograd.Function):
     """(lse, x_y, dot) of (M, K) logits; backward writes dL/dx with one read of the logits."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, target: Tensor, smoothing: Tensor | None, class_conditional: bool,
+    def forward(ctx, logits: Tensor, target: Tensor, smoothing: Tensor | None, mode: int, scalar: float,
                 softcap: float | None, inplace_backward: bool):
-        lse, target_logit, dot = _launch_forward(logits, target, smoothing, class_conditional, softcap)
+        lse, target_logit, dot = _statistics(logits, target, smoothing, mode, scalar, softcap)
         ctx.save_for_backward(logits, target, smoothing, lse)
-        ctx.class_conditional, ctx.softcap, ctx.inplace_backward = class_conditional, softcap, inplace_backward
+        ctx.options = (mode, scalar, softcap)
+        # a traced graph gets a new buffer: AOTAutograd does not keep a backward write into a forward input
+        ctx.inplace_backward = inplace_backward and not torch.compiler.is_compiling()
         return lse, target_logit, dot
 
     @staticmethod
     @single_backward("The Triton cross-entropy")
     def backward(ctx, grad_lse: Tensor, grad_target_logit: Tensor, grad_dot: Tensor):
         logits, target, smoothing, lse = ctx.saved_tensors
-        grad = logits if ctx.inplace_backward else torch.empty_like(logits)
-        _launch_backward(logits, grad, target, smoothing, ctx.class_conditional, ctx.softcap, lse,
-                         (grad_lse, grad_target_logit, grad_dot))
-        return grad, None, None, None, None, None
+        arguments = (target, smoothing, *ctx.options, lse, grad_lse, grad_target_logit, grad_dot)
+        if ctx.inplace_backward:
+            _gradient_(logits, *arguments)
+            torch.autograd.graph.increment_version(logits)  # whoever saved the logits now raises
+            grad = logits
+        else:
+            grad = _gradient(logits, *arguments)
+        return grad, None, None, None, None, None, None
 
 
 class _LossWithPrecomputedGradient(torch.autograd.Function):
@@ -341,7 +581,8 @@ class _LossWithPrecomputedGradient(torch.autograd.Function):
     @single_backward("fused_cross_entropy_with_grad")
     def backward(ctx, grad_loss: Tensor):
         (grad_rows,) = ctx.saved_tensors
-        _launch_scale_rows(grad_rows, grad_loss)
+        _scale_rows_(grad_rows, grad_loss)
+        torch.autograd.graph.increment_version(grad_rows)
         return _from_rows(grad_rows, ctx.input_shape), None, None
 
 
@@ -361,11 +602,12 @@ def row_statistics(logits: Tensor, target: Tensor, smoothing: Smoothing | None,
     """The Triton row-statistics provider: ``(lse, x_y, dot)`` per row, differentiable in logits.
 
     Same contract as :func:`labelsmooth.engine.torch_row_statistics`: ``logits`` (M, K) on CUDA
-    (or on CPU under ``TRITON_INTERPRET=1``), ``target`` (M,) int64 class indices in range,
+    (or on CPU under ``TRITON_INTERPRET=1``), ``target`` (M,) integer class indices in range,
     ``smoothing`` the resolved distribution (``None`` when no smoothing term is needed), and
     ``dot = sum_c v_c x_c`` with ``v = smoothing.vector`` or ``smoothing.matrix[y]``. Outputs are
     fp32 (M,) (fp64 for fp64 logits). With ``inplace_backward=True`` backward writes the gradient
-    into the logits' storage: the caller's logits are overwritten (saves one (M, K) buffer).
+    into the logits' storage (saves one (M, K) buffer) and bumps their version counter; for a
+    leaf tensor, a view of one, or rows that share memory it uses a new buffer instead.
     With ``predictions``, a fourth output: each row's arg-max (int64), for the accuracy of
     ``return_parts``; it is a separate ``argmax`` over the logits (the kernel does not track it).
 
@@ -379,9 +621,11 @@ def row_statistics(logits: Tensor, target: Tensor, smoothing: Smoothing | None,
         (True, [2.0, 0.0])
     """
     check_kernel_device(logits, "logits")
-    smoothing_tensor, class_conditional = _smoothing_operand(smoothing)
-    statistics = _RowStatistics.apply(_unit_column_stride(logits), target.long().contiguous(), smoothing_tensor,
-                                      class_conditional, softcap, inplace_backward)
+    operand = smoothing_operand(smoothing, accumulation_dtype(logits.dtype))
+    rows = _unit_column_stride(logits)
+    inplace = inplace_backward and writable_in_place(rows, rows)
+    statistics = _RowStatistics.apply(rows, target.contiguous(), operand.tensor, operand.mode, operand.scalar,
+                                      softcap, inplace)
     return (*statistics, logits.detach().argmax(1)) if predictions else statistics
 
 
@@ -396,14 +640,17 @@ def fused_cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor 
     The same loss as :func:`labelsmooth.cross_entropy` with class-index targets (every weight,
     ignore_index, reduction, per-sample or negative eps, distribution, z-loss and softcap), from
     one kernel that reads each row of logits once from memory and writes ``dL/dx`` for an
-    upstream gradient of 1; backward multiplies by the actual upstream gradient in place (rows
-    whose factor is exactly 1 are skipped on the device). So the result may be backpropagated
-    **once**: a second backward (``retain_graph=True``) would scale the stored gradient again.
+    upstream gradient of 1 (ignored rows: zeros, their logits unread); backward multiplies by the
+    actual upstream gradient in place (rows whose factor is exactly 1 are skipped on the device).
+    So the result may be backpropagated **once**: a second backward (``retain_graph=True``) would
+    scale the stored gradient again.
 
     With ``inplace_backward=True`` the gradient is written into the logits' storage *during
     forward* (2-D logits with unit column stride): the caller's logits hold the gradient as soon
-    as this returns, and no (N, K) buffer is allocated. Without it, one (N, K) gradient buffer
-    lives from forward to backward. When ``input`` does not require grad (or under
+    as this returns, their version counter is bumped (an operation that saved them raises
+    torch's in-place error in backward), and no (N, K) buffer is allocated. A leaf tensor, a view
+    of one, or rows that share memory get a new buffer instead. Without it, one (N, K) gradient
+    buffer lives from forward to backward. When ``input`` does not require grad (or under
     ``torch.no_grad()``) no gradient is computed and nothing is overwritten.
 
     Args: as :func:`labelsmooth.cross_entropy`; ``input`` (N, K) or (N, K, d1, ...), ``target``
@@ -435,18 +682,21 @@ def fused_cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor 
 
     # 2. statistics, and the gradient when one is wanted, in one kernel
     rows = _unit_column_stride(to_rows(input.detach(), num_classes))
-    smoothing_tensor, class_conditional = _smoothing_operand(targets.smoothing)
+    operand = smoothing_operand(targets.smoothing, acc)
     wants_grad = input.requires_grad and torch.is_grad_enabled()
     if wants_grad:
-        grad_rows = rows if inplace_backward else torch.empty_like(rows)
         a, b, g_xy, g_dot = loss_gradient_coefficients(targets, z_loss=z_loss, reduction=reduction, dtype=acc)
-        coefficients = tuple(c.contiguous() for c in torch.broadcast_tensors(
-            a, torch.zeros_like(a) if b is None else b, g_xy, g_dot))
-        lse, target_logit, dot = _launch_forward_with_grad(rows, grad_rows, targets.target, smoothing_tensor,
-                                                           class_conditional, softcap, coefficients)
+        arguments = (target.reshape(-1).contiguous(), ignore_index, operand.tensor, operand.mode, operand.scalar,
+                     softcap, a, b, g_xy, g_dot)
+        if inplace_backward and writable_in_place(input, rows) and not torch.compiler.is_compiling():
+            lse, target_logit, dot = _statistics_and_gradient_(rows, *arguments)
+            torch.autograd.graph.increment_version(rows)  # whoever saved the logits now raises
+            grad_rows = rows
+        else:
+            lse, target_logit, dot, grad_rows = _statistics_and_gradient(rows, *arguments)
     else:
-        lse, target_logit, dot = _launch_forward(rows, targets.target, smoothing_tensor, class_conditional,
-                                                 softcap)
+        lse, target_logit, dot = _statistics(rows, targets.target, operand.tensor, operand.mode, operand.scalar,
+                                             softcap)
 
     # 3. the loss from the statistics, exactly as labelsmooth.cross_entropy forms it
     loss = class_target_loss(lse, target_logit, dot, targets, weight=weight, z_loss=z_loss,

@@ -58,6 +58,7 @@ only the per-tile matmuls run in the input dtype. No N x V tensor is ever kept.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Callable, Iterator, NamedTuple
 
@@ -79,7 +80,7 @@ from ..engine import (
 )
 from ..targets import Distribution
 
-__all__ = ["linear_cross_entropy", "plan_tiles"]
+__all__ = ["compute_dtypes", "linear_cross_entropy", "plan_tiles"]
 
 # Memory for one tile of logits, by device type, and the bytes one tile element costs at peak: fp32
 # logits, turned in place into the softmax and then the gradient (4), plus a low-precision copy
@@ -467,7 +468,8 @@ class _GradientInForward(torch.autograd.Function):
 
 
 def _check_linear_head(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> None:
-    """hidden (..., D) floating; weight (V, D) and bias (V,) of hidden's dtype and device."""
+    """hidden (..., D) floating; weight (V, D) and bias (V,) floating, on hidden's device (any
+    floating dtypes: mixed precision is computed as :func:`compute_dtypes` says)."""
     if not isinstance(hidden, Tensor) or not hidden.is_floating_point() or hidden.dim() == 0:
         raise ValueError(f"hidden must be a floating tensor of shape (..., D), got "
                          f"{hidden.dtype if isinstance(hidden, Tensor) else type(hidden).__name__}"
@@ -478,8 +480,8 @@ def _check_linear_head(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> N
             continue
         if not isinstance(tensor, Tensor):
             raise ValueError(f"{name} must be a tensor of shape {shape}, got {type(tensor).__name__}")
-        if tensor.dtype != hidden.dtype or tensor.device != hidden.device:
-            raise ValueError(f"{name} must have hidden's dtype and device ({hidden.dtype}, {hidden.device}), "
+        if not tensor.is_floating_point() or tensor.device != hidden.device:
+            raise ValueError(f"{name} must be a floating tensor on hidden's device ({hidden.device}), "
                              f"got ({tensor.dtype}, {tensor.device})")
     if weight.dim() != 2 or weight.shape[1] != dim or weight.shape[0] == 0:
         raise ValueError(f"weight must have shape (V, {dim}) with V >= 1 (hidden's last dimension is "
@@ -487,6 +489,29 @@ def _check_linear_head(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> N
     if bias is not None and bias.shape != weight.shape[:1]:
         raise ValueError(f"bias must have shape ({weight.shape[0]},), one value per row of weight, "
                          f"got shape {tuple(bias.shape)}")
+
+
+def compute_dtypes(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[torch.dtype, torch.dtype]:
+    """(dtype the matmuls run in, dtype of the loss), as ``F.linear`` + ``F.cross_entropy`` give.
+
+    Under autocast (half-precision operands allowed): the autocast dtype, and an fp32 loss. Else
+    the promoted dtype of the operands (bf16 hidden states with an fp32 head: fp32) for both.
+
+    >>> h, w = torch.zeros(2, 4, dtype=torch.bfloat16), torch.zeros(3, 4)
+    >>> compute_dtypes(h, w, None)
+    (torch.float32, torch.float32)
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+    ...     compute_dtypes(h, w, None)
+    (torch.bfloat16, torch.float32)
+    """
+    dtypes = [t.dtype for t in (hidden, weight, bias) if t is not None]
+    device_type = hidden.device.type
+    if torch.float64 not in dtypes and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type), torch.float32
+    promoted = dtypes[0]
+    for dtype in dtypes[1:]:
+        promoted = torch.promote_types(promoted, dtype)
+    return promoted, promoted
 
 
 def _check_positive_int(name: str, value) -> None:
@@ -507,12 +532,22 @@ def _check_options(softcap, z_loss, chunk_size, vocab_chunk_size, filter_eps) ->
                          "gradient dense, so skipping blocks would no longer be exact to filter_eps")
 
 
-def _check_impl(impl: str) -> None:
-    if impl == "triton":
-        raise ValueError("impl='triton' is not implemented for linear_cross_entropy yet; use impl='chunked' "
-                         "or 'auto', which run on CPU and GPU")
-    if impl not in ("auto", "chunked"):
+def _use_triton(impl: str, hidden: Tensor, needs_grad: bool, scalar_loss: bool, filter_eps: float | None,
+                vocab_chunk_size: int | None) -> bool:
+    """Whether the Triton tiles run: ``"triton"`` (where they can), or ``"auto"`` on CUDA when they
+    can; ValueError for an unknown impl or what the Triton tiles do not do."""
+    if impl not in ("auto", "chunked", "triton"):
         raise ValueError(f"impl must be 'auto', 'chunked' or 'triton', got {impl!r}")
+    unsupported = [what for what, present in (
+        ("filter_eps", filter_eps is not None), ("vocab_chunk_size", vocab_chunk_size is not None),
+        ("a gradient of a loss that is not one scalar (reduction='none' or return_parts=True)",
+         needs_grad and not scalar_loss)) if present]
+    if impl == "auto":
+        return hidden.is_cuda and not unsupported and importlib.util.find_spec("triton") is not None
+    if impl == "triton" and unsupported:
+        raise ValueError(f"impl='triton' forms the gradient in the forward pass over whole-vocabulary tiles and "
+                         f"does not take {unsupported[0]}; use impl='chunked' or 'auto'")
+    return impl == "triton"
 
 
 # 5. The loss --------------------------------------------------------------------------------------
@@ -548,8 +583,15 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias: T
             but keep only one block of the fp32 dW accumulator, the default for bf16 / fp16 heads.
         filter_eps: leave vocabulary blocks whose softmax is below it for a whole token chunk out
             of the gradient (Cut Cross-Entropy); bounds in the module docstring; not with softcap.
-        impl: ``"auto"`` or ``"chunked"`` (the torch tiles, CPU and GPU); ``"triton"`` is not
-            implemented yet and raises.
+        impl: ``"chunked"`` (the torch tiles, CPU and GPU), ``"triton"`` (whole-vocabulary tiles
+            through the Triton kernel, :mod:`labelsmooth.ops.linear_cross_entropy_triton`; CUDA,
+            a scalar loss when a gradient is wanted, no filter_eps / vocab_chunk_size) or
+            ``"auto"`` (Triton on CUDA where it applies, else chunked).
+
+    Mixed precision: hidden, weight and bias may differ in dtype (bf16 hidden states with an fp32
+    head); the matmuls run in the dtype :func:`compute_dtypes` names (autocast's under autocast,
+    else the promoted one), statistics and gradient sums in fp32, and each gradient comes back
+    in its input's dtype, as ``F.linear`` + ``F.cross_entropy`` under autocast give.
 
     A scalar loss over whole-vocabulary tiles forms its gradients during the forward pass (they
     are held from then on, and a second backward through the same graph raises RuntimeError).
@@ -571,12 +613,38 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias: T
     vocab = weight.shape[0]
     check_class_weight(class_weight, vocab, "class_weight")
     _check_options(softcap, z_loss, chunk_size, vocab_chunk_size, filter_eps)
-    _check_impl(impl)
+    compute, loss_dtype = compute_dtypes(hidden, weight, bias)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
+    triton = _use_triton(impl, hidden, needs_grad, reduction != "none" and not return_parts, filter_eps,
+                         vocab_chunk_size)
     targets = prepare_class_targets(target, vocab, ignore_index=ignore_index, label_smoothing=label_smoothing,
                                     distribution=distribution, weight=class_weight,
-                                    dtype=accumulation_dtype(hidden.dtype), device=hidden.device,
+                                    dtype=accumulation_dtype(compute), device=hidden.device,
                                     validate_args=validate_args, return_parts=return_parts, reduction=reduction,
                                     weight_name="class_weight")
+    with torch.autocast(hidden.device.type, enabled=False):  # the casts below are autocast's
+        hidden, weight, bias = (None if t is None else t.to(compute) for t in (hidden, weight, bias))
+        hidden_rows = hidden.reshape(-1, hidden.shape[-1])
+        if triton:
+            from .linear_cross_entropy_triton import triton_linear_cross_entropy
+
+            return triton_linear_cross_entropy(hidden_rows, weight, bias, target.reshape(-1), targets,
+                                               ignore_index=ignore_index, class_weight=class_weight, z_loss=z_loss,
+                                               softcap=softcap, reduction=reduction, return_parts=return_parts,
+                                               chunk_size=chunk_size, dtype=loss_dtype)
+        return _chunked_loss(hidden_rows, weight, bias, targets, class_weight=class_weight, z_loss=z_loss,
+                             softcap=softcap, filter_eps=filter_eps, reduction=reduction, return_parts=return_parts,
+                             needs_grad=needs_grad, tiles=plan_tiles(len(targets.target), vocab, hidden.shape[-1],
+                                                                     compute, hidden.device, chunk_size,
+                                                                     vocab_chunk_size), dtype=loss_dtype)
+
+
+def _chunked_loss(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets, *, class_weight: Tensor | None,
+                  z_loss: float, softcap: float | None, filter_eps: float | None, reduction: str,
+                  return_parts: bool, needs_grad: bool, tiles: tuple[int, int],
+                  dtype: torch.dtype) -> Tensor | LossParts:
+    """The torch tiles (``impl="chunked"``) for (N, D) ``hidden`` and a head of one dtype."""
+    vocab = weight.shape[0]
     used_smoothing, row_eps = targets.smoothing, targets.label_smoothing
 
     def row_parts(lse, target_logit, dot, rows=slice(None)):
@@ -589,20 +657,16 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, bias: T
     table = None
     if used_smoothing is not None:
         table = used_smoothing.matrix if used_smoothing.matrix is not None else used_smoothing.vector.unsqueeze(0)
-    options = TileOptions(softcap, filter_eps,
-                          *plan_tiles(len(targets.target), vocab, hidden.shape[-1], hidden.dtype, hidden.device,
-                                      chunk_size, vocab_chunk_size))
-    hidden_rows = hidden.reshape(-1, hidden.shape[-1])
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
+    options = TileOptions(softcap, filter_eps, *tiles)
     if needs_grad and reduction != "none" and not return_parts and options.vocab_block == vocab:
         def chunk_loss(lse, target_logit, dot, n0, n1):
             return reduce_rows(row_parts(lse, target_logit, dot, slice(n0, n1))[0], reduction,
                                targets.denominator, None)
 
-        loss = _GradientInForward.apply(hidden_rows, weight, bias, targets.target, table, options, chunk_loss)
-        return loss.to(hidden.dtype)
-    lse, target_logit, dot, *prediction = _RecomputedStatistics.apply(hidden_rows, weight, bias, targets.target,
-                                                                      table, options, return_parts)
-    return reduce_parts(row_parts(lse, target_logit, dot), reduction, targets.denominator, targets.shape,
-                        hidden.dtype, return_parts, correct=row_correct(prediction[0], targets) if prediction else None,
+        loss = _GradientInForward.apply(hidden, weight, bias, targets.target, table, options, chunk_loss)
+        return loss.to(dtype)
+    lse, target_logit, dot, *prediction = _RecomputedStatistics.apply(hidden, weight, bias, targets.target, table,
+                                                                      options, return_parts)
+    return reduce_parts(row_parts(lse, target_logit, dot), reduction, targets.denominator, targets.shape, dtype,
+                        return_parts, correct=row_correct(prediction[0], targets) if prediction else None,
                         valid=targets.valid)
