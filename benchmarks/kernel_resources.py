@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import labelsmooth as ls  # noqa: E402
-from labelsmooth.ops import cross_entropy as kernels  # noqa: E402
-from labelsmooth.ops import linear_cross_entropy_triton  # noqa: E402
+from labelsmooth.ops import cross_entropy_kernels as kernels  # noqa: E402
+from labelsmooth.ops import cross_entropy, linear_cross_entropy_triton  # noqa: E402
 
 KERNEL_NAMES = ("_statistics_kernel", "_gradient_kernel", "_statistics_and_gradient_kernel", "_scale_rows_kernel")
 TARGETS = {"sm_90": GPUTarget("cuda", 90, 32), "sm_80": GPUTarget("cuda", 80, 32)}
@@ -93,7 +93,7 @@ def _calls(quick: bool):
                        lambda x=x, y=y, r=resolve: backward(ls.cross_entropy(
                            x.clone().requires_grad_() * 1, y, impl="triton", **r())))
                 yield (f"fused K={k} {dtype} {options}",
-                       lambda x=x, y=y, r=resolve: backward(kernels.fused_cross_entropy_with_grad(
+                       lambda x=x, y=y, r=resolve: backward(cross_entropy.fused_cross_entropy_with_grad(
                            x.clone().requires_grad_() * 1, y, inplace_backward=True, reduction="none", **r())))
             if not quick:
                 x, y = inputs(2, k, dtype)
@@ -115,7 +115,7 @@ def capture(quick: bool = False) -> list:
     for name in KERNEL_NAMES:
         setattr(kernels, name, _Capture(getattr(kernels, name), launches))
     no_check = lambda tensor, name: None  # noqa: E731  (CPU tensors stand in for CUDA ones)
-    kernels.check_kernel_device = linear_cross_entropy_triton.check_kernel_device = no_check
+    cross_entropy.check_kernel_device = linear_cross_entropy_triton.check_kernel_device = no_check
     for description, call in _calls(quick):
         call()
     return launches

@@ -28,7 +28,7 @@ if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed (pip install 'labelsmooth[gpu]')", allow_module_level=True)
 
 import labelsmooth as ls  # noqa: E402
-from labelsmooth.ops import cross_entropy as kernels  # noqa: E402
+from labelsmooth.ops import cross_entropy_kernels as kernels  # noqa: E402
 from labelsmooth.ops import utils  # noqa: E402
 from labelsmooth.ops.cross_entropy import fused_cross_entropy_with_grad  # noqa: E402
 

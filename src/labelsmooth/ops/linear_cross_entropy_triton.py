@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..engine import (ClassTargets, LossParts, accumulation_dtype, class_target_loss, loss_gradient_coefficients,
                       single_backward, softcapped)
-from .cross_entropy import _statistics, _statistics_and_gradient_, smoothing_operand
+from . import cross_entropy_kernels as kernels
 from .utils import check_kernel_device
 
 __all__ = ["triton_chunk_size", "triton_linear_cross_entropy"]
@@ -77,7 +77,7 @@ def _tiles(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, 
     with ``coefficients`` (a, b, g_xy, g_dot), the gradients (dh, dW, db) of the loss for an
     upstream gradient of 1 (None where not needed)."""
     acc = accumulation_dtype(hidden.dtype)
-    operand = smoothing_operand(targets.smoothing, acc)
+    operand = kernels.smoothing_operand(targets.smoothing, acc)
     num_tokens, vocab = hidden.shape[0], weight.shape[0]
     statistics = tuple(torch.empty(num_tokens, dtype=acc, device=hidden.device) for _ in range(3))
     if predictions:
@@ -90,14 +90,15 @@ def _tiles(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, 
         h = hidden[n0:n1]
         logits = torch.mm(h, weight.t()) if bias is None else torch.addmm(bias, h, weight.t())
         if coefficients is None:
-            chunk_statistics = _statistics(logits, targets.target[n0:n1], operand.tensor, operand.mode,
-                                           operand.scalar, softcap)
+            chunk_statistics = kernels.statistics(logits, targets.target[n0:n1], operand.tensor, operand.mode,
+                                                  operand.scalar, softcap)
             if predictions:  # the capped logits' arg-max, as the other paths take it
                 chunk_statistics += (softcapped(logits.to(acc), softcap).argmax(1),)
         else:
             a, b, g_xy, g_dot = (None if c is None else c[n0:n1] for c in coefficients)
-            chunk_statistics = _statistics_and_gradient_(logits, target[n0:n1], ignore_index, operand.tensor,
-                                                         operand.mode, operand.scalar, softcap, a, b, g_xy, g_dot)
+            chunk_statistics = kernels.statistics_and_gradient_(logits, target[n0:n1], ignore_index,
+                                                                operand.tensor, operand.mode, operand.scalar, softcap,
+                                                                a, b, g_xy, g_dot)
             if grad_hidden is not None:  # logits now hold dZ
                 torch.mm(logits, weight, out=grad_hidden[n0:n1])
             if grad_weight is not None:
