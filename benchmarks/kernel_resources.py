@@ -95,6 +95,10 @@ def _calls(quick: bool):
                 yield (f"fused K={k} {dtype} {options}",
                        lambda x=x, y=y, r=resolve: backward(cross_entropy.fused_cross_entropy_with_grad(
                            x.clone().requires_grad_() * 1, y, inplace_backward=True, reduction="none", **r())))
+            x, y = inputs(2, k, dtype)
+            yield (f"cross_entropy K={k} {dtype} return_parts (arg-max in the statistics pass)",
+                   lambda x=x, y=y: backward(ls.cross_entropy(x.clone().requires_grad_() * 1, y, label_smoothing=0.1,
+                                                              softcap=30.0, return_parts=True, impl="triton").loss))
             if not quick:
                 x, y = inputs(2, k, dtype)
                 table = torch.full((k, k), 1.0 / k) if k <= 4099 else None

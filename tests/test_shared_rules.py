@@ -214,13 +214,15 @@ def test_loss_parts_keep_their_tuple_shape_and_survive_copies():
     assert "z_loss=" in repr(parts) and "accuracy=" in repr(parts)
 
 
-def test_parts_compile_with_fullgraph():
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_parts_compile_with_fullgraph(impl):
+    """The Triton path's arg-max is an output of its custom operator (fake included)."""
     torch._dynamo.reset()
-    target = torch.tensor([0, 1, 2, -100])
+    target = torch.tensor([0, 1, 2, -100], device=DEVICE)
 
     def loss_fn(x):
         parts = ls.cross_entropy(x, target, label_smoothing=0.1, z_loss=1e-3, return_parts=True,
-                                 validate_args=False)
+                                 validate_args=False, impl=impl)
         return parts.loss, parts.z_loss, parts.accuracy
 
     compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")

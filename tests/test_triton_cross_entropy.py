@@ -196,6 +196,31 @@ def test_rows_starting_with_a_block_of_minus_infinity():
         torch.testing.assert_close(a, e, **FP32)
 
 
+@pytest.mark.parametrize("softcap", [None, 20.0])
+@pytest.mark.parametrize("k", [37, RESIDENT + 37], ids=["resident", "streamed"])
+def test_accuracy_comes_from_the_statistics_pass(k, softcap):
+    """parts.accuracy from the kernel's own arg-max: ties go to the first index, across blocks too
+    (torch.argmax's rule). The arg-max is that of the logits the loss sees, capped in fp32 as on
+    the torch path: with softcap 20, 300 and 200 both cap to exactly 20.0 and tie. Reference:
+    torch.argmax of the logits capped by torch in fp32."""
+    logits, target = make_inputs(n=6, k=k)
+    logits[0, [3, k - 2]] = 50.0                   # a tie: in the first and (streamed) the last block
+    logits[2, :BLOCK if k > RESIDENT else 5] = float("-inf")  # a masked first block
+    logits[3, [k - 4, 7]] = torch.tensor([300.0, 200.0], device=DEVICE)  # differ raw, tie when capped
+    target[[0, 3, 4]] = torch.tensor([3, 7, -100], device=DEVICE)
+    target[5] = logits[5].argmax()
+    capped = logits if softcap is None else softcap * torch.tanh(logits / softcap)
+    valid = target != -100
+    expected = ((capped.argmax(1) == target) & valid).float()
+    parts = ls.cross_entropy(logits, target, label_smoothing=0.1, softcap=softcap, reduction="none",
+                             return_parts=True, impl="triton")
+    torch.testing.assert_close(parts.accuracy, expected)
+    mean = ls.cross_entropy(logits, target, label_smoothing=0.1, softcap=softcap, return_parts=True, impl="triton")
+    torch.testing.assert_close(mean.accuracy, expected.sum() / valid.sum())
+    if softcap is not None:
+        assert expected[3] == 1 and logits[3].argmax() == k - 4  # the capped tie decides row 3
+
+
 @pytest.mark.parametrize("softcap", [None, 4.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_inplace_backward_overwrites_the_logits_with_the_gradient(dtype, softcap, reference_ce):

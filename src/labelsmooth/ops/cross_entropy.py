@@ -18,7 +18,10 @@ gradient computed there, one read and one write; a wider row is streamed in bloc
 log-sum-exp (a running maximum m and sum of exp(x - m), rescaled when m grows), and read a second
 time for the gradient (mostly from L2). Smoothing ``"uniform"`` / ``"non_target"`` without class
 weights gives every v_c one value, so ``dot = v * sum_c x_c`` and no vector is read (the *scalar*
-path); a prior or class weights read the (K,) vector, a (K, K) table its row y.
+path); a prior or class weights read the (K,) vector, a (K, K) table its row y. For the token
+accuracy of ``return_parts`` the statistics pass also takes each row's arg-max of the capped
+logits from the same reduction as the row maximum (first index on ties; across streamed blocks a
+later block wins only when strictly larger).
 
 Single backward (:func:`fused_cross_entropy_with_grad`). For the standard loss the upstream
 gradients are known before the kernel runs, up to the one scalar (or per-row vector) that arrives
@@ -83,21 +86,26 @@ __all__ = ["fused_cross_entropy_with_grad", "row_statistics"]
 
 
 class _RowStatistics(torch.autograd.Function):
-    """(lse, x_y, dot) of (M, K) logits; backward writes dL/dx with one read of the logits."""
+    """(lse, x_y, dot) of (M, K) logits (and with ``predictions`` each row's arg-max, int64, from
+    the same read); backward writes dL/dx with one read of the logits."""
 
     @staticmethod
     def forward(ctx, logits: Tensor, target: Tensor, smoothing: Tensor | None, mode: int, scalar: float,
-                softcap: float | None, inplace_backward: bool):
-        lse, target_logit, dot = kernels.statistics(logits, target, smoothing, mode, scalar, softcap)
+                softcap: float | None, inplace_backward: bool, predictions: bool):
+        lse, target_logit, dot, prediction = kernels.statistics(logits, target, smoothing, mode, scalar, softcap,
+                                                                predictions)
         ctx.save_for_backward(logits, target, smoothing, lse)
         ctx.options = (mode, scalar, softcap)
         # a traced graph gets a new buffer: AOTAutograd does not keep a backward write into a forward input
         ctx.inplace_backward = inplace_backward and not torch.compiler.is_compiling()
-        return lse, target_logit, dot
+        if not predictions:
+            return lse, target_logit, dot
+        ctx.mark_non_differentiable(prediction)
+        return lse, target_logit, dot, prediction
 
     @staticmethod
     @single_backward("The Triton cross-entropy")
-    def backward(ctx, grad_lse: Tensor, grad_target_logit: Tensor, grad_dot: Tensor):
+    def backward(ctx, grad_lse: Tensor, grad_target_logit: Tensor, grad_dot: Tensor, *unused):
         logits, target, smoothing, lse = ctx.saved_tensors
         arguments = (target, smoothing, *ctx.options, lse, grad_lse, grad_target_logit, grad_dot)
         if ctx.inplace_backward:
@@ -106,7 +114,7 @@ class _RowStatistics(torch.autograd.Function):
             grad = logits
         else:
             grad = kernels.gradient(logits, *arguments)
-        return grad, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None
 
 
 class _LossWithPrecomputedGradient(torch.autograd.Function):
@@ -153,8 +161,8 @@ def row_statistics(logits: Tensor, target: Tensor, smoothing: Smoothing | None,
     fp32 (M,) (fp64 for fp64 logits). With ``inplace_backward=True`` backward writes the gradient
     into the logits' storage (saves one (M, K) buffer) and bumps their version counter; for a
     leaf tensor, a view of one, or rows that share memory it uses a new buffer instead.
-    With ``predictions``, a fourth output: each row's arg-max (int64), for the accuracy of
-    ``return_parts``; it is a separate ``argmax`` over the logits (the kernel does not track it).
+    With ``predictions``, a fourth output: each row's arg-max of the (capped, fp32) logits (int64;
+    the first index wins ties), for the accuracy of ``return_parts``, from the same read.
 
     Example:
         >>> import torch
@@ -169,9 +177,8 @@ def row_statistics(logits: Tensor, target: Tensor, smoothing: Smoothing | None,
     operand = kernels.smoothing_operand(smoothing, accumulation_dtype(logits.dtype))
     rows = _unit_column_stride(logits)
     inplace = inplace_backward and writable_in_place(rows, rows)
-    statistics = _RowStatistics.apply(rows, target.contiguous(), operand.tensor, operand.mode, operand.scalar,
-                                      softcap, inplace)
-    return (*statistics, logits.detach().argmax(1)) if predictions else statistics
+    return _RowStatistics.apply(rows, target.contiguous(), operand.tensor, operand.mode, operand.scalar, softcap,
+                                inplace, predictions)
 
 
 def fused_cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor | None = None,
@@ -240,8 +247,8 @@ def fused_cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor 
         else:
             lse, target_logit, dot, grad_rows = kernels.statistics_and_gradient(rows, *arguments)
     else:
-        lse, target_logit, dot = kernels.statistics(rows, targets.target, operand.tensor, operand.mode,
-                                                    operand.scalar, softcap)
+        lse, target_logit, dot, _ = kernels.statistics(rows, targets.target, operand.tensor, operand.mode,
+                                                       operand.scalar, softcap, False)
 
     # 3. the loss from the statistics, exactly as labelsmooth.cross_entropy forms it
     loss = class_target_loss(lse, target_logit, dot, targets, weight=weight, z_loss=z_loss,

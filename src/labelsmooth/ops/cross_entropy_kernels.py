@@ -121,10 +121,22 @@ def _target_logit(row_ptr, y, softcap, HAS_SOFTCAP: tl.constexpr, ACC: tl.conste
 
 
 @triton.jit
+def _block_max(x, PREDICTIONS: tl.constexpr):
+    """The maximum of a block of (capped) logits and, with PREDICTIONS, its first arg-max (the
+    first index wins ties, as torch.argmax) from the same reduction; 0 without."""
+    if PREDICTIONS:
+        m, index = tl.max(x, 0, return_indices=True, return_indices_tie_break_left=True)
+    else:
+        m = tl.max(x, 0)
+        index = 0
+    return m, index
+
+
+@triton.jit
 def _resident_statistics(row_ptr, y, v_ptr, v_columns, v_scalar, num_classes, softcap,
                          SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr, BLOCK: tl.constexpr,
-                         ACC: tl.constexpr):
-    """A whole row (BLOCK >= K) read once: (lse, x_y, dot) and, kept in registers for the
+                         PREDICTIONS: tl.constexpr, ACC: tl.constexpr):
+    """A whole row (BLOCK >= K) read once: (lse, x_y, dot, arg-max) and, kept in registers for the
     gradient, softmax numerators e = exp(x - shift), their sum, and tanh (softcap)."""
     cols = tl.arange(0, BLOCK)
     x, t = _load_block(row_ptr, cols, num_classes, softcap, HAS_SOFTCAP, ACC)
@@ -132,22 +144,24 @@ def _resident_statistics(row_ptr, y, v_ptr, v_columns, v_scalar, num_classes, so
     if SMOOTHING != 0:
         dot = _finish_dot(_block_dot(x, cols, v_ptr, v_columns, SMOOTHING, ACC), v_scalar, v_columns, SMOOTHING)
     x = tl.where(cols < num_classes, x, float("-inf"))
-    m = tl.max(x, 0)
+    m, index = _block_max(x, PREDICTIONS)
     shift = tl.where(m == float("-inf"), 0.0, m)  # an all -inf row: exp(-inf - 0) = 0, no nan
     e = tl.exp(x - shift)
     total = tl.sum(e, 0)
     lse = shift + tl.log(total)
-    return lse, _target_logit(row_ptr, y, softcap, HAS_SOFTCAP, ACC), dot, e, total, t
+    return lse, _target_logit(row_ptr, y, softcap, HAS_SOFTCAP, ACC), dot, index, e, total, t
 
 
 @triton.jit
 def _streamed_statistics(row_ptr, y, v_ptr, v_columns, v_scalar, num_classes, softcap,
                          SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr, BLOCK: tl.constexpr,
-                         ACC: tl.constexpr):
-    """(lse, x_y, dot) of a row read once in blocks, with an online log-sum-exp."""
+                         PREDICTIONS: tl.constexpr, ACC: tl.constexpr):
+    """(lse, x_y, dot, arg-max) of a row read once in blocks, with an online log-sum-exp; a later
+    block's arg-max replaces the running one only where its maximum is strictly larger."""
     m = tl.full((), float("-inf"), ACC)
     s = tl.zeros((), ACC)
     dot = tl.zeros((), ACC)
+    index = tl.zeros((), tl.int32)
     for start in range(0, num_classes, BLOCK):
         cols = start + tl.arange(0, BLOCK)
         x, t = _load_block(row_ptr, cols, num_classes, softcap, HAS_SOFTCAP, ACC)
@@ -156,13 +170,16 @@ def _streamed_statistics(row_ptr, y, v_ptr, v_columns, v_scalar, num_classes, so
         # s = sum exp(x - m) so far; rescaled when the maximum m grows. While the row is all -inf
         # the shift is 0 (exp(-inf - -inf) would be nan) and s stays 0.
         x = tl.where(cols < num_classes, x, float("-inf"))
-        m_new = tl.maximum(m, tl.max(x, 0))
+        block_max, block_index = _block_max(x, PREDICTIONS)
+        if PREDICTIONS:
+            index = tl.where(block_max > m, start + block_index, index)
+        m_new = tl.maximum(m, block_max)
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)
         s = s * tl.exp(m - shift) + tl.sum(tl.exp(x - shift), 0)
         m = m_new
     lse = m + tl.log(s)
     dot = _finish_dot(dot, v_scalar, v_columns, SMOOTHING)
-    return lse, _target_logit(row_ptr, y, softcap, HAS_SOFTCAP, ACC), dot
+    return lse, _target_logit(row_ptr, y, softcap, HAS_SOFTCAP, ACC), dot, index
 
 
 @triton.jit
@@ -204,23 +221,27 @@ def _write_zeros(grad_row_ptr, num_classes, BLOCK: tl.constexpr):
 
 @triton.jit
 def _statistics_kernel(logits_ptr, row_stride, target_ptr, smoothing_ptr, v_scalar,
-                       lse_ptr, target_logit_ptr, dot_ptr, num_classes, softcap,
+                       lse_ptr, target_logit_ptr, dot_ptr, prediction_ptr, num_classes, softcap,
                        SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr, BLOCK: tl.constexpr,
-                       RESIDENT: tl.constexpr, ACC: tl.constexpr):
-    """One program per row: (lse, x_y, dot) into three (M,) vectors."""
+                       RESIDENT: tl.constexpr, PREDICTIONS: tl.constexpr, ACC: tl.constexpr):
+    """One program per row: (lse, x_y, dot) into three (M,) vectors, and with PREDICTIONS the
+    row's arg-max (int64) into a fourth."""
     row = tl.program_id(0).to(tl.int64)
     row_ptr = logits_ptr + row * row_stride
     y = _row_target(target_ptr, row, num_classes)
     v_ptr, v_columns = _smoothing_row(smoothing_ptr, y, num_classes, SMOOTHING)
     if RESIDENT:
-        lse, x_y, dot, e, total, t = _resident_statistics(row_ptr, y, v_ptr, v_columns, v_scalar, num_classes,
-                                                          softcap, SMOOTHING, HAS_SOFTCAP, BLOCK, ACC)
+        lse, x_y, dot, index, e, total, t = _resident_statistics(row_ptr, y, v_ptr, v_columns, v_scalar,
+                                                                 num_classes, softcap, SMOOTHING, HAS_SOFTCAP,
+                                                                 BLOCK, PREDICTIONS, ACC)
     else:
-        lse, x_y, dot = _streamed_statistics(row_ptr, y, v_ptr, v_columns, v_scalar, num_classes, softcap,
-                                             SMOOTHING, HAS_SOFTCAP, BLOCK, ACC)
+        lse, x_y, dot, index = _streamed_statistics(row_ptr, y, v_ptr, v_columns, v_scalar, num_classes, softcap,
+                                                    SMOOTHING, HAS_SOFTCAP, BLOCK, PREDICTIONS, ACC)
     tl.store(lse_ptr + row, lse)
     tl.store(target_logit_ptr + row, x_y)
     tl.store(dot_ptr + row, dot)
+    if PREDICTIONS:
+        tl.store(prediction_ptr + row, index.to(tl.int64))
 
 
 @triton.jit
@@ -274,11 +295,12 @@ def _statistics_and_gradient_kernel(logits_ptr, row_stride, grad_ptr, grad_row_s
         g_xy = tl.load(g_xy_ptr + row).to(ACC)
         g_dot = tl.load(g_dot_ptr + row).to(ACC)
         if RESIDENT:
-            lse, x_y, dot, e, total, t = _resident_statistics(row_ptr, y, v_ptr, v_columns, v_scalar, num_classes,
-                                                              softcap, SMOOTHING, HAS_SOFTCAP, BLOCK, ACC)
+            lse, x_y, dot, _, e, total, t = _resident_statistics(row_ptr, y, v_ptr, v_columns, v_scalar,
+                                                                 num_classes, softcap, SMOOTHING, HAS_SOFTCAP,
+                                                                 BLOCK, False, ACC)
         else:
-            lse, x_y, dot = _streamed_statistics(row_ptr, y, v_ptr, v_columns, v_scalar, num_classes, softcap,
-                                                 SMOOTHING, HAS_SOFTCAP, BLOCK, ACC)
+            lse, x_y, dot, _ = _streamed_statistics(row_ptr, y, v_ptr, v_columns, v_scalar, num_classes, softcap,
+                                                    SMOOTHING, HAS_SOFTCAP, BLOCK, False, ACC)
         tl.store(lse_ptr + row, lse)
         tl.store(target_logit_ptr + row, x_y)
         tl.store(dot_ptr + row, dot)
@@ -348,6 +370,11 @@ def _statistics_buffers(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return tuple(torch.empty(logits.shape[0], dtype=acc, device=logits.device) for _ in range(3))
 
 
+def _prediction_buffer(logits: Tensor, predictions: bool) -> Tensor:
+    """(M,) int64 for the rows' arg-max, or an empty (0,) one when they are not wanted."""
+    return torch.empty(logits.shape[0] if predictions else 0, dtype=torch.int64, device=logits.device)
+
+
 def _new_gradient(logits: Tensor) -> Tensor:
     return torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
 
@@ -377,6 +404,10 @@ def _fake_statistics(logits, *args):
     return _statistics_buffers(logits)
 
 
+def _fake_statistics_and_predictions(logits, *args):
+    return (*_statistics_buffers(logits), _prediction_buffer(logits, args[-1]))
+
+
 def _fake_gradient(logits, *args):
     return _new_gradient(logits)
 
@@ -389,19 +420,22 @@ def _fake_nothing(*args):
     return None
 
 
-@_kernel_op("row_statistics", f"(Tensor logits, Tensor target, {_SMOOTHING_ARGS}) -> (Tensor, Tensor, Tensor)",
-            (), _fake_statistics)
+@_kernel_op("row_statistics", f"(Tensor logits, Tensor target, {_SMOOTHING_ARGS}, bool predictions) -> "
+                              f"(Tensor, Tensor, Tensor, Tensor)", (), _fake_statistics_and_predictions)
 def statistics(logits: Tensor, target: Tensor, smoothing: Tensor | None, mode: int, scalar: float,
-               softcap: float | None) -> tuple[Tensor, Tensor, Tensor]:
-    """(lse, x_y, dot) of (M, K) logits with unit column stride."""
+               softcap: float | None, predictions: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(lse, x_y, dot, prediction) of (M, K) logits with unit column stride: with ``predictions``
+    each row's arg-max of the (capped) logits, (M,) int64, from the same read; else an empty one."""
     lse, target_logit, dot = _statistics_buffers(logits)
+    prediction = _prediction_buffer(logits, predictions)
     if logits.shape[0]:
         with device_guard(logits):
             _statistics_kernel[(logits.shape[0],)](
                 logits, logits.stride(0), target, lse if smoothing is None else smoothing, scalar,
-                lse, target_logit, dot, logits.shape[1], _UNUSED if softcap is None else softcap,
+                lse, target_logit, dot, prediction if predictions else lse, logits.shape[1],
+                _UNUSED if softcap is None else softcap, PREDICTIONS=predictions,
                 **_launch_options(logits, mode, softcap))
-    return lse, target_logit, dot
+    return lse, target_logit, dot, prediction
 
 
 def _launch_gradient(logits: Tensor, grad: Tensor, target: Tensor, smoothing: Tensor | None, mode: int,

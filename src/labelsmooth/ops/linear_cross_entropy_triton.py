@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..engine import (ClassTargets, LossParts, accumulation_dtype, class_target_loss, loss_gradient_coefficients,
-                      single_backward, softcapped)
+                      single_backward)
 from . import cross_entropy_kernels as kernels
 from .utils import check_kernel_device
 
@@ -90,10 +90,9 @@ def _tiles(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, 
         h = hidden[n0:n1]
         logits = torch.mm(h, weight.t()) if bias is None else torch.addmm(bias, h, weight.t())
         if coefficients is None:
+            # (lse, x_y, dot, arg-max): whole-vocabulary tiles, so the tile's arg-max is the row's
             chunk_statistics = kernels.statistics(logits, targets.target[n0:n1], operand.tensor, operand.mode,
-                                                  operand.scalar, softcap)
-            if predictions:  # the capped logits' arg-max, as the other paths take it
-                chunk_statistics += (softcapped(logits.to(acc), softcap).argmax(1),)
+                                                  operand.scalar, softcap, predictions)[:len(statistics)]
         else:
             a, b, g_xy, g_dot = (None if c is None else c[n0:n1] for c in coefficients)
             chunk_statistics = kernels.statistics_and_gradient_(logits, target[n0:n1], ignore_index,
