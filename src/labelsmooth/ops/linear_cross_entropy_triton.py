@@ -27,6 +27,7 @@ from torch import Tensor
 from ..engine import (ClassTargets, LossParts, accumulation_dtype, class_target_loss, loss_gradient_coefficients,
                       single_backward)
 from . import cross_entropy_kernels as kernels
+from .linear_cross_entropy_chunked import gradients_formed_in_forward
 from .utils import check_kernel_device
 
 __all__ = ["triton_chunk_size", "triton_linear_cross_entropy"]
@@ -123,10 +124,7 @@ class _LinearLossWithPrecomputedGradients(torch.autograd.Function):
     @staticmethod
     @single_backward("linear_cross_entropy")
     def backward(ctx, grad_loss: Tensor):
-        if ctx.grads is None:
-            raise RuntimeError("linear_cross_entropy: backward through the same loss twice is not "
-                               "supported (its gradients were formed in forward and are scaled in place)")
-        grads, ctx.grads = ctx.grads, None
+        grads = gradients_formed_in_forward(ctx)
         scaled = tuple(None if g is None else g.mul_(grad_loss.to(g.dtype)).to(dtype)
                        for g, dtype in zip(grads, ctx.dtypes))
         return (*scaled, None, None, None, None)
