@@ -12,7 +12,7 @@ TORCH  ?= torch==2.13.0
 TIMM   ?= timm==1.0.29
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test data clean bench bench-gpu
+.PHONY: demo test data clean bench bench-gpu gpu-check gpu-check-dry
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,3 +55,12 @@ bench-gpu: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
+
+# One-shot GPU acceptance (at most 8 minutes on a fresh H200): the machine's own python3, the
+# source tree, liger-kernel from .whl/ when there; rows and log to $OUT, summary last. A CPU
+# rehearsal at tiny sizes: make gpu-check-dry (the test suite runs it).
+gpu-check:
+	bash benchmarks/gpu_acceptance.sh
+
+gpu-check-dry: $(VENV)/.installed
+	PYTHON=$(BIN)/python bash benchmarks/gpu_acceptance.sh --dry-run

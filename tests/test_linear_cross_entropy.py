@@ -341,7 +341,7 @@ def _call(**overrides):
 @pytest.mark.parametrize("overrides, match", [
     (dict(hidden=torch.ones(N, D, dtype=torch.long)), "hidden must be a floating"),
     (dict(weight=torch.randn(V, D + 1, dtype=torch.float64)), r"weight must have shape \(V, 6\)"),
-    (dict(weight=torch.randn(V, D)), "weight must have hidden's dtype"),
+    (dict(weight=torch.ones(V, D, dtype=torch.long)), "weight must be a floating tensor on hidden's device"),
     (dict(bias=torch.randn(V + 1, dtype=torch.float64)), r"bias must have shape \(37,\)"),
     (dict(target=torch.zeros(N + 1, dtype=torch.long)), r"target must have shape \(13,\)"),
     (dict(target=torch.zeros(N)), "target must hold integer class indices"),
@@ -355,7 +355,8 @@ def _call(**overrides):
     (dict(filter_eps=1.5), r"filter_eps must be a float in \(0, 1\)"),
     (dict(filter_eps=1e-3, softcap=5.0), "filter_eps cannot be combined with softcap"),
     (dict(softcap=-1.0), "softcap must be a positive float"),
-    (dict(impl="triton"), "impl='triton' is not implemented"),
+    (dict(impl="triton", filter_eps=1e-3), "impl='triton' .* does not take filter_eps"),
+    (dict(impl="triton", reduction="none"), "impl='triton' .* does not take a gradient of a loss that is not"),
     (dict(impl="cuda"), "impl must be 'auto', 'chunked' or 'triton'"),
 ])
 def test_bad_input_raises_value_error(overrides, match):

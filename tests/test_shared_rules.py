@@ -9,8 +9,8 @@
   torch's own loss as reference); the kernels' paths refuse it with torch's once-differentiable error.
 
 Entry points: ``cross_entropy`` (torch and Triton providers), ``cross_entropy_with_grad``,
-``fused_cross_entropy_with_grad`` (Triton), ``linear_cross_entropy(class_weight=)``. The Triton
-cases need Triton's interpreter (switched on by conftest.py on machines without CUDA).
+``fused_cross_entropy_with_grad`` (Triton), ``linear_cross_entropy(class_weight=)`` (torch tiles and
+Triton tiles). The Triton cases need Triton's interpreter (switched on by conftest.py on machines without CUDA).
 """
 
 from __future__ import annotations
@@ -55,6 +55,12 @@ def linear_as_logits_loss(logits, target, weight=None, **options):
                                    **options)
 
 
+def linear_triton_as_logits_loss(logits, target, weight=None, **options):
+    """The same through the Triton tiles (whole-vocabulary tiles of 3 tokens)."""
+    eye = torch.eye(logits.shape[1], dtype=logits.dtype, device=logits.device)
+    return ls.linear_cross_entropy(logits, eye, target, class_weight=weight, chunk_size=3, impl="triton", **options)
+
+
 # name -> loss(logits, target, weight, **options) with cross_entropy's signature; the weight's name
 ENTRY_POINTS = {
     "torch": (lambda x, t, w=None, **o: ls.cross_entropy(x, t, w, impl="torch", **o), "weight"),
@@ -63,6 +69,7 @@ ENTRY_POINTS = {
     "triton": pytest.param(lambda x, t, w=None, **o: ls.cross_entropy(x, t, w, impl="triton", **o), "weight",
                            marks=needs_triton),
     "fused": pytest.param(lambda x, t, w=None, **o: fused(x, t, w, **o), "weight", marks=needs_triton),
+    "linear_triton": pytest.param(linear_triton_as_logits_loss, "class_weight", marks=needs_triton),
 }
 
 
@@ -145,6 +152,8 @@ PARTS_PROVIDERS = {
     "torch": lambda x, t, **o: ls.cross_entropy(x, t, impl="torch", **o),
     "linear": lambda x, t, weight=None, **o: linear_as_logits_loss(x, t, weight, **o),
     "triton": pytest.param(lambda x, t, **o: ls.cross_entropy(x, t, impl="triton", **o), marks=needs_triton),
+    "linear_triton": pytest.param(lambda x, t, weight=None, **o: linear_triton_as_logits_loss(x, t, weight, **o),
+                                  marks=needs_triton),
 }
 
 
@@ -205,13 +214,15 @@ def test_loss_parts_keep_their_tuple_shape_and_survive_copies():
     assert "z_loss=" in repr(parts) and "accuracy=" in repr(parts)
 
 
-def test_parts_compile_with_fullgraph():
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_parts_compile_with_fullgraph(impl):
+    """The Triton path's arg-max is an output of its custom operator (fake included)."""
     torch._dynamo.reset()
-    target = torch.tensor([0, 1, 2, -100])
+    target = torch.tensor([0, 1, 2, -100], device=DEVICE)
 
     def loss_fn(x):
         parts = ls.cross_entropy(x, target, label_smoothing=0.1, z_loss=1e-3, return_parts=True,
-                                 validate_args=False)
+                                 validate_args=False, impl=impl)
         return parts.loss, parts.z_loss, parts.accuracy
 
     compiled = torch.compile(loss_fn, fullgraph=True, backend="aot_eager")
@@ -264,6 +275,8 @@ KERNEL_PATHS = {
     "triton": pytest.param(lambda x, t: ls.cross_entropy(x, t, impl="triton", label_smoothing=0.1),
                            marks=needs_triton),
     "fused": pytest.param(lambda x, t: fused(x, t, label_smoothing=0.1), marks=needs_triton),
+    "linear_triton": pytest.param(lambda x, t: linear_triton_as_logits_loss(x, t, label_smoothing=0.1),
+                                  marks=needs_triton),
 }
 
 

@@ -26,7 +26,7 @@ if importlib.util.find_spec("triton") is None:
 import labelsmooth as ls  # noqa: E402
 from labelsmooth.engine import torch_row_statistics  # noqa: E402
 from labelsmooth.ops.cross_entropy import fused_cross_entropy_with_grad, row_statistics  # noqa: E402
-from labelsmooth.ops.utils import MAX_ROW_BLOCK, interpreter_active  # noqa: E402
+from labelsmooth.ops.utils import RESIDENT_ROW_LIMIT, STREAM_BLOCK, interpreter_active  # noqa: E402
 from labelsmooth.targets import resolve_smoothing  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -169,9 +169,13 @@ def test_inputs_with_extra_dimensions(reduction):
         logits, **FP32)
 
 
+# Widest resident row, and the streaming block, for fp32 statistics.
+RESIDENT, BLOCK = RESIDENT_ROW_LIMIT[4], STREAM_BLOCK[4][0]
+
+
 def test_rows_wider_than_one_block():
-    """K = MAX_ROW_BLOCK + 37: two blocks per row, the last one partial, the maximum in either."""
-    k = MAX_ROW_BLOCK + 37
+    """K = RESIDENT + 37: streamed in blocks, the last one partial, the maximum in it."""
+    k = RESIDENT + 37
     logits, target = make_inputs(n=3, k=k)
     logits[0, k - 5] = 40.0  # the row maximum in the partial last block: the running sum is rescaled
     target[2] = k - 1
@@ -182,9 +186,9 @@ def test_rows_wider_than_one_block():
 
 def test_rows_starting_with_a_block_of_minus_infinity():
     """A masked vocabulary: the running maximum stays -inf for a whole block without producing nan."""
-    k = MAX_ROW_BLOCK + 37
+    k = RESIDENT + 37
     logits, target = make_inputs(n=2, k=k, ignore=False)
-    logits[:, :MAX_ROW_BLOCK] = float("-inf")
+    logits[:, :BLOCK] = float("-inf")
     target[:] = k - 3
     expected = value_and_grad(lambda x: ls.cross_entropy(x, target, impl="torch"), logits)
     actual = value_and_grad(lambda x: ls.cross_entropy(x, target, impl="triton"), logits)
@@ -192,19 +196,46 @@ def test_rows_starting_with_a_block_of_minus_infinity():
         torch.testing.assert_close(a, e, **FP32)
 
 
+@pytest.mark.parametrize("softcap", [None, 20.0])
+@pytest.mark.parametrize("k", [37, RESIDENT + 37], ids=["resident", "streamed"])
+def test_accuracy_comes_from_the_statistics_pass(k, softcap):
+    """parts.accuracy from the kernel's own arg-max: ties go to the first index, across blocks too
+    (torch.argmax's rule). The arg-max is that of the logits the loss sees, capped in fp32 as on
+    the torch path: with softcap 20, 300 and 200 both cap to exactly 20.0 and tie. Reference:
+    torch.argmax of the logits capped by torch in fp32."""
+    logits, target = make_inputs(n=6, k=k)
+    logits[0, [3, k - 2]] = 50.0                   # a tie: in the first and (streamed) the last block
+    logits[2, :BLOCK if k > RESIDENT else 5] = float("-inf")  # a masked first block
+    logits[3, [k - 4, 7]] = torch.tensor([300.0, 200.0], device=DEVICE)  # differ raw, tie when capped
+    target[[0, 3, 4]] = torch.tensor([3, 7, -100], device=DEVICE)
+    target[5] = logits[5].argmax()
+    capped = logits if softcap is None else softcap * torch.tanh(logits / softcap)
+    valid = target != -100
+    expected = ((capped.argmax(1) == target) & valid).float()
+    parts = ls.cross_entropy(logits, target, label_smoothing=0.1, softcap=softcap, reduction="none",
+                             return_parts=True, impl="triton")
+    torch.testing.assert_close(parts.accuracy, expected)
+    mean = ls.cross_entropy(logits, target, label_smoothing=0.1, softcap=softcap, return_parts=True, impl="triton")
+    torch.testing.assert_close(mean.accuracy, expected.sum() / valid.sum())
+    if softcap is not None:
+        assert expected[3] == 1 and logits[3].argmax() == k - 4  # the capped tie decides row 3
+
+
 @pytest.mark.parametrize("softcap", [None, 4.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_inplace_backward_overwrites_the_logits_with_the_gradient(dtype, softcap, reference_ce):
+    """Logits computed from a leaf (as a layer's output is): backward writes into their storage."""
     logits, target = make_inputs(dtype=dtype)
     expected_loss, expected_grad = (t.to(dtype) for t in value_and_grad(
         lambda x: reference_ce(x, target, eps=0.1, softcap=softcap), logits.double()))
-    x = logits.clone().requires_grad_()
+    leaf = logits.clone().requires_grad_()
+    x = leaf * 1  # not a leaf, nothing saves it
     loss = ls.cross_entropy(x, target, label_smoothing=0.1, softcap=softcap, inplace_backward=True,
                             impl="triton")
     loss.backward(upstream_like(loss))
     tolerance = FP32 if dtype == torch.float32 else {}
     torch.testing.assert_close(loss.detach(), expected_loss, **tolerance)
-    torch.testing.assert_close(x.grad, expected_grad, **tolerance)
+    torch.testing.assert_close(leaf.grad, expected_grad, **tolerance)
     torch.testing.assert_close(x.detach(), expected_grad, **tolerance)  # the storage holds the gradient
 
 
@@ -323,14 +354,15 @@ def test_fused_in_place_and_with_extra_dimensions(dtype):
     logits, target = make_inputs(dtype=dtype)
     expected_loss, expected_grad = value_and_grad(
         lambda x: ls.cross_entropy(x, target, label_smoothing=0.1, impl="torch"), logits)
-    x = logits.clone().requires_grad_()
+    leaf = logits.clone().requires_grad_()
+    x = leaf * 1  # not a leaf, nothing saves it
     loss = fused_cross_entropy_with_grad(x, target, label_smoothing=0.1, inplace_backward=True)
     tolerance = FP32 if dtype == torch.float32 else {}
     expected_stored = (upstream_like(loss) ** -1 * expected_grad.float()).to(dtype)  # grad for upstream 1
     torch.testing.assert_close(x.detach(), expected_stored, **tolerance)  # written during forward
     loss.backward(upstream_like(loss))
     torch.testing.assert_close(loss.detach(), expected_loss, **tolerance)
-    torch.testing.assert_close(x.grad, expected_grad, **tolerance)
+    torch.testing.assert_close(leaf.grad, expected_grad, **tolerance)
 
     images = logits.reshape(2, 4, 37).movedim(2, 1)  # (N, K, d1)
     image_target = target.reshape(2, 4)

@@ -111,7 +111,9 @@ def first_offender(values: Tensor, bad: Tensor) -> Tensor:
     """
     if values.numel() == 0:
         return values.new_zeros(())
-    return values.reshape(-1)[bad.reshape(-1).to(torch.int64).argmax()]
+    # index_select with a device index: indexing with a 0-dim tensor would read it on the host
+    first = bad.reshape(-1).to(torch.int64).argmax().reshape(1)
+    return values.reshape(-1).index_select(0, first).reshape(())
 
 
 # 2. Logits and options ---------------------------------------------------------------------------

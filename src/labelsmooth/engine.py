@@ -69,6 +69,7 @@ __all__ = [
     "to_rows",
     "torch_row_statistics",
     "update_running_argmax",
+    "writable_in_place",
 ]
 
 
@@ -261,6 +262,27 @@ class _TorchRowStatistics(torch.autograd.Function):
         return grad.to(logits.dtype), None, None, None, None, None, None
 
 
+def writable_in_place(input: Tensor, rows: Tensor) -> bool:
+    """Whether the gradient of ``input`` may overwrite ``rows``, its (M, K) rows (a view or a copy).
+
+    Not when ``input`` is a leaf or a view of one: its ``.grad`` would alias its data, or a
+    parameter's values would be overwritten. Not when rows share memory (expanded, stride 0):
+    they would race and cannot hold distinct gradients.
+
+    >>> x = torch.randn(2, 3, requires_grad=True)
+    >>> writable_in_place(x, x), writable_in_place(x * 2, x * 2), writable_in_place(x[:1].expand(2, 3) * 1, x)
+    (False, True, True)
+    >>> y = (x[:1] * 2).expand(2, 3)
+    >>> writable_in_place(y, y)
+    False
+    """
+    base = input if input._base is None else input._base
+    if base.is_leaf:
+        return False
+    num_rows, num_classes = rows.shape
+    return num_rows <= 1 or (rows.stride(1) == 1 and rows.stride(0) >= num_classes)
+
+
 def torch_row_statistics(logits: Tensor, target: Tensor, smoothing: Smoothing | None,
                          softcap: float | None, inplace_backward: bool = False,
                          predictions: bool = False) -> tuple[Tensor, ...]:
@@ -269,11 +291,13 @@ def torch_row_statistics(logits: Tensor, target: Tensor, smoothing: Smoothing | 
     The provider contract: ``(lse, x_y, dot)`` in fp32 (fp64 for fp64 logits), softcap applied in
     that precision, differentiable in ``logits``; with ``predictions``, a fourth (M,) int64 tensor,
     the arg-max of each row (the first index wins ties), for the accuracy of ``return_parts``.
+    ``inplace_backward`` is honoured only where :func:`writable_in_place` allows it.
     """
     vector = matrix = None
     if smoothing is not None:
         vector, matrix = smoothing.vector, smoothing.matrix
-    return _TorchRowStatistics.apply(logits, target, vector, matrix, softcap, inplace_backward, predictions)
+    return _TorchRowStatistics.apply(logits, target, vector, matrix, softcap,
+                                     inplace_backward and writable_in_place(logits, logits), predictions)
 
 
 def single_backward(what: str) -> Callable[[Callable], Callable]:

@@ -56,12 +56,16 @@ class Smoothing:
     holds ``w_c * u(c | y)`` in row ``y`` for class-conditional ones. ``non_target`` marks the
     ``[c != y] / (K - 1)`` form, stored as the vector ``w / (K - 1)`` plus a correction on the
     target class that the loss applies (``- w_y * nll / (K - 1)`` in the smoothing term).
+    ``constant`` is the one value of every entry of ``vector`` when they are all equal and known
+    on the host (``"uniform"`` and ``"non_target"`` without class weights), so that kernels can
+    use it without reading the vector; None otherwise.
     """
 
     vector: Tensor | None
     matrix: Tensor | None
     non_target: bool
     num_classes: int
+    constant: float | None = None
 
     def row_mass(self, target: Tensor) -> Tensor | float:
         """``sum_c w_c u(c | y)`` per row (before the non-target correction)."""
@@ -70,17 +74,18 @@ class Smoothing:
         return self.vector.sum()
 
 
-def _uniform(num_classes: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, None, bool]:
-    return torch.full((num_classes,), 1.0 / num_classes, dtype=dtype, device=device), None, False
+def _uniform(num_classes: int) -> tuple[float, bool]:
+    return 1.0 / num_classes, False
 
 
-def _non_target(num_classes: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, None, bool]:
+def _non_target(num_classes: int) -> tuple[float, bool]:
     if num_classes < 2:
         raise ValueError(f"distribution='non_target' needs at least 2 classes, got num_classes={num_classes}")
-    return torch.full((num_classes,), 1.0 / (num_classes - 1), dtype=dtype, device=device), None, True
+    return 1.0 / (num_classes - 1), True
 
 
-DISTRIBUTIONS: dict[str, Callable[[int, torch.dtype, torch.device], tuple]] = {
+# name -> (value of every entry of u, whether the target class is left out) for K classes.
+DISTRIBUTIONS: dict[str, Callable[[int], tuple[float, bool]]] = {
     "uniform": _uniform,
     "non_target": _non_target,
 }
@@ -94,19 +99,21 @@ def resolve_smoothing(distribution: Distribution, num_classes: int, weight: Tens
         if distribution not in DISTRIBUTIONS:
             raise ValueError(f"distribution must be one of {sorted(DISTRIBUTIONS)}, a ({num_classes},) "
                              f"prior or a ({num_classes}, {num_classes}) tensor, got {distribution!r}")
-        vector, matrix, non_target = DISTRIBUTIONS[distribution](num_classes, dtype, device)
+        constant, non_target = DISTRIBUTIONS[distribution](num_classes)
+        vector, matrix = torch.full((num_classes,), constant, dtype=dtype, device=device), None
     elif isinstance(distribution, Tensor):
         check_distribution_tensor(distribution, num_classes, checks)
         dist = distribution.to(device=device, dtype=dtype)
         vector, matrix = (dist, None) if dist.dim() == 1 else (None, dist)
-        non_target = False
+        constant, non_target = None, False
     else:
         raise ValueError(f"distribution must be a string or a tensor, got {type(distribution).__name__}")
     if weight is not None:
         w = weight.to(device=device, dtype=dtype)
         vector = None if vector is None else vector * w
         matrix = None if matrix is None else matrix * w
-    return Smoothing(vector, matrix, non_target, num_classes)
+        constant = None
+    return Smoothing(vector, matrix, non_target, num_classes, constant)
 
 
 # 2. smooth_targets --------------------------------------------------------------------------------

@@ -215,12 +215,8 @@ class CausalLMLossPatch:
         return outputs if return_dict else outputs.to_tuple()
 
     def _hidden_loss(self, hidden: Tensor, head: nn.Linear, target: Tensor, num_items_in_batch) -> Tensor:
+        # under autocast linear_cross_entropy runs the head's matmuls in the autocast dtype itself
         weight, bias = head.weight, head.bias
-        device_type = hidden.device.type
-        if torch.is_autocast_enabled(device_type):  # the head would have run in the autocast dtype
-            dtype = torch.get_autocast_dtype(device_type)
-            hidden, weight = hidden.to(dtype), weight.to(dtype)
-            bias = None if bias is None else bias.to(dtype)
         target = target.to(hidden.device)
         return _normalised(lambda reduction: labelsmooth.linear_cross_entropy(
             hidden, weight, target, bias, reduction=reduction, label_smoothing=self.label_smoothing,

@@ -1,30 +1,48 @@
-"""Shared helpers of the Triton kernels in ``labelsmooth.ops``: block sizes, warps, dtypes, devices.
+"""Shared helpers of the Triton kernels in ``labelsmooth.ops``: launch sizes, dtypes, devices.
 
 Importing this module imports ``triton`` and leaves the environment alone. Triton runs kernels on
 CPU tensors only through its interpreter, which it switches on when it is first imported with
 ``TRITON_INTERPRET=1`` in the environment (see :mod:`labelsmooth.ops.cross_entropy`);
 :func:`interpreter_active` says whether it did, and :func:`check_kernel_device` turns a CPU
 tensor without it into a ``ValueError`` that says how to switch it on.
+
+Launch sizes come from one heuristic, :func:`row_launch`: a row of up to
+``RESIDENT_ROW_LIMIT[accumulation bytes]`` classes is held in registers whole (read once, the
+gradient written from registers); a wider row is streamed in blocks of ``STREAM_BLOCK``. The
+tables are module constants so that a GPU sweep (``benchmarks/gpu_acceptance.py``) can try
+other values without editing code; the defaults keep every kernel free of register spills when
+compiled for sm_80 and sm_90 (``benchmarks/kernel_resources.py`` records the counts).
 """
 
 from __future__ import annotations
+
+import contextlib
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
 __all__ = [
-    "MAX_ROW_BLOCK",
+    "RESIDENT_ROW_LIMIT",
+    "STREAM_BLOCK",
+    "RowLaunch",
     "check_kernel_device",
+    "device_guard",
     "interpreter_active",
-    "row_block_size",
-    "row_num_warps",
+    "row_launch",
     "triton_dtype",
 ]
 
-# Largest block of one row that a program holds at a time (elements). Wider rows loop over
-# blocks; 16K elements keep a block in registers at 16 warps (32 fp32 values per thread).
-MAX_ROW_BLOCK = 16 * 1024
+# Widest row (classes) held in registers whole, by the byte size of the accumulation dtype: fp32
+# statistics take one register per value, fp64 two. 16 fp32 values per thread (16384 over 32
+# warps) leave room for the smoothing row, softcap and temporaries: at 32 per thread ptxas spills
+# (sm_80 and sm_90 both cap a 32-warp program at 64 registers a thread).
+RESIDENT_ROW_LIMIT = {4: 16 * 1024, 8: 4 * 1024}
+# (block, warps) for rows streamed in blocks, by accumulation bytes: 16 (fp64: 8) values per thread.
+STREAM_BLOCK = {4: (4 * 1024, 8), 8: (2 * 1024, 8)}
+# Values per thread for resident rows: warps = block / (32 threads * this), clamped to [4, 32].
+VALUES_PER_THREAD = {4: 16, 8: 8}
 
 # torch dtype -> Triton dtype, for constexpr dtype arguments (accumulators, stores).
 _TRITON_DTYPES = {
@@ -35,22 +53,29 @@ _TRITON_DTYPES = {
 }
 
 
-def row_block_size(num_columns: int) -> int:
-    """Columns a program reads per step: the next power of two of the row, at most MAX_ROW_BLOCK.
+class RowLaunch(NamedTuple):
+    """How a row kernel walks a row: ``block`` columns at a time over ``num_warps`` warps;
+    ``resident`` when the whole row fits in one block (read once, kept in registers)."""
 
-    >>> row_block_size(10), row_block_size(1000), row_block_size(128256)
-    (16, 1024, 16384)
+    block: int
+    num_warps: int
+    resident: bool
+
+
+def row_launch(num_columns: int, accumulation: torch.dtype) -> RowLaunch:
+    """Block, warps and mode of the row kernels for rows of ``num_columns`` classes.
+
+    >>> row_launch(10, torch.float32), row_launch(16000, torch.float32)
+    (RowLaunch(block=16, num_warps=4, resident=True), RowLaunch(block=16384, num_warps=32, resident=True))
+    >>> row_launch(128256, torch.float32), row_launch(10000, torch.float64)
+    (RowLaunch(block=4096, num_warps=8, resident=False), RowLaunch(block=2048, num_warps=8, resident=False))
     """
-    return min(triton.next_power_of_2(max(num_columns, 1)), MAX_ROW_BLOCK)
-
-
-def row_num_warps(block_size: int) -> int:
-    """Warps per program for a row block: about 32 elements per thread, between 4 and 32 warps.
-
-    >>> row_num_warps(16), row_num_warps(4096), row_num_warps(16384)
-    (4, 4, 16)
-    """
-    return max(4, min(32, block_size // 1024))
+    size = 8 if accumulation == torch.float64 else 4
+    if num_columns <= RESIDENT_ROW_LIMIT[size]:
+        block = triton.next_power_of_2(max(num_columns, 1))
+        return RowLaunch(block, max(4, min(32, block // (32 * VALUES_PER_THREAD[size]))), True)
+    block, num_warps = STREAM_BLOCK[size]
+    return RowLaunch(block, num_warps, False)
 
 
 def triton_dtype(dtype: torch.dtype):
@@ -67,6 +92,22 @@ def triton_dtype(dtype: torch.dtype):
 def interpreter_active() -> bool:
     """True when Triton runs kernels through its interpreter (TRITON_INTERPRET=1 at import)."""
     return not isinstance(tl.sum, triton.JITFunction)
+
+
+# Device type -> context manager that makes a device current for a launch. Triton launches on the
+# *current* CUDA device, so logits on cuda:1 while cuda:0 is current (a model split over GPUs)
+# need cuda:1 made current first. Other device types (the interpreter's CPU) need nothing.
+DEVICE_GUARDS = {"cuda": torch.cuda.device}
+
+
+def device_guard(tensor: torch.Tensor):
+    """The context every kernel launch runs in: ``tensor``'s device made current.
+
+    >>> with device_guard(torch.zeros(1)):  # a CPU tensor: nothing to switch
+    ...     pass
+    """
+    guard = DEVICE_GUARDS.get(tensor.device.type)
+    return guard(tensor.device) if guard is not None else contextlib.nullcontext()
 
 
 def check_kernel_device(tensor: torch.Tensor, name: str) -> None:
