@@ -3,6 +3,9 @@
 A *cell* is one (model, distribution, eps, seed); :func:`grid_cells` lists them in the grid's
 order (model, distribution, eps, seed), or one shard's share of them (``--shard i/n``, see
 :mod:`labelsmooth.lab.shard`).
+
+Besides the settings, ``config.json`` records what the sweep derived from them (:data:`DERIVED_KEYS`:
+the sizes of the training, validation and test splits), which a resumed run need not repeat.
 """
 
 from __future__ import annotations
@@ -18,11 +21,18 @@ from torch import Tensor
 from .models import MODELS
 from .shard import format_shard, select_cells
 
-__all__ = ["DISTRIBUTIONS", "OPTIMIZERS", "RESUME_IGNORES", "Cell", "SweepConfig", "as_tuples", "grid_cells"]
+__all__ = ["DERIVED_KEYS", "DISTRIBUTIONS", "OPTIMIZERS", "RESUME_IGNORES", "VALIDATION_SPLIT", "Cell",
+           "SweepConfig", "as_tuples", "grid_cells"]
 
 DISTRIBUTIONS = ("uniform", "non_target")
-# Config keys that may differ when a run directory is resumed: where the data lives, not what it is.
-RESUME_IGNORES = frozenset({"data_dir"})
+# Keys config.json records beside the settings: facts the sweep derived from them (split sizes).
+DERIVED_KEYS = frozenset({"split_sizes"})
+# Config keys that may differ when a run directory is resumed: where the data lives, not what it
+# is, and what was derived from the settings.
+RESUME_IGNORES = frozenset({"data_dir"}) | DERIVED_KEYS
+# The split that per-epoch metrics and every choice (best epoch, temperature) use: training images
+# not trained on (lab.data's hold-out). Run directories written before it existed lack the key.
+VALIDATION_SPLIT = "holdout"
 
 # name -> constructor(params, config); both are elementwise, so stacking cells changes nothing.
 OPTIMIZERS: dict[str, Callable[[list[Tensor], "SweepConfig"], torch.optim.Optimizer]] = {
@@ -66,6 +76,9 @@ class SweepConfig:
     eval_batch_size: int = 500
     device: str = "cpu"
     shard: str | None = None
+    preset: str | None = None      # the `labelsmooth reproduce` preset that made the settings
+    quick: bool = False            # whether that preset ran in its --quick version
+    validation_split: str = VALIDATION_SPLIT
 
     def __post_init__(self) -> None:
         as_tuples(self, ("models", "label_smoothing", "seeds", "distributions"))
@@ -100,6 +113,9 @@ class SweepConfig:
         need(self.weight_decay >= 0, "weight_decay", "non-negative")
         need(0 < self.train_fraction <= 1, "train_fraction", "in (0, 1]")
         need(isinstance(self.data_seed, int) and self.data_seed >= 0, "data_seed", "a non-negative integer")
+        need(self.preset is None or isinstance(self.preset, str), "preset", "None or a preset's name")
+        need(isinstance(self.quick, bool), "quick", "True or False")
+        need(self.validation_split == VALIDATION_SPLIT, "validation_split", repr(VALIDATION_SPLIT))
         if self.shard is not None:
             self.shard = format_shard(self.shard)
 
@@ -108,6 +124,8 @@ class SweepConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "SweepConfig":
+        """The config of a stored ``config.json`` (its :data:`DERIVED_KEYS` are dropped)."""
+        values = {k: v for k, v in values.items() if k not in DERIVED_KEYS}
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"config has unknown keys {sorted(unknown)}; expected keys of "

@@ -18,6 +18,7 @@ Presets (registry :data:`PRESETS`):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import sys
 from dataclasses import dataclass, field
@@ -142,12 +143,14 @@ def reproduce(name: str, *, quick: bool = False, progress: bool = True, **overri
     """Run preset ``name`` (sweep settings in ``overrides`` win); return the run directory.
 
     A complete run directory is left as it is (the sweep says so); a different one is refused.
+    The run's config.json records ``preset`` and ``quick``.
     """
     from .sweep import config_from_args, run_sweep
 
     args = sweep_namespace(name, quick, overrides)
     out = Path(args.out)
-    run_sweep(config_from_args(args), out, progress=progress)
+    config = dataclasses.replace(config_from_args(args), preset=name, quick=quick)
+    run_sweep(config, out, progress=progress)
     return out
 
 

@@ -6,12 +6,17 @@ A *cell* is one (model, distribution, eps, seed) of the grid (:mod:`labelsmooth.
 (:mod:`labelsmooth.lab.rundir`) after every epoch.
 
 Per epoch and cell: ``train_loss`` (the smoothed objective per image, averaged over the epoch
-as it was trained), and on the evaluation split ``val_loss`` (the smoothed objective),
-``val_nll`` (unsmoothed), ``val_accuracy``, ``val_ece`` (15 equal-width bins). At the end the
-same four on the test split, and each cell's ``final.npz`` and ``model.pt`` (see the lab
-contract). A checkpoint (weights, optimizer state, histories) is written atomically after every
-epoch; an interrupted sweep resumes from it and ends with the same numbers, bit for bit on the
-CPU, as one that was not interrupted.
+as it was trained), and on the validation split (training images not trained on, see
+:mod:`labelsmooth.lab.data`) ``val_loss`` (the smoothed objective), ``val_nll`` (unsmoothed),
+``val_accuracy``, ``val_ece`` (15 equal-width bins). Each cell's weights of the epoch with the
+lowest ``val_nll`` are kept (early stopping chosen on validation). The test split is read only
+after the last epoch: the same four metrics for the final weights (``test``) and for the kept
+ones (``early_stopped``), and each cell's ``final.npz`` and ``model.pt`` (see
+:mod:`labelsmooth.lab.rundir`). ``results.json`` also records the run's provenance
+(:mod:`labelsmooth.lab.provenance`, with the seconds spent training over every resume). A
+checkpoint (weights, optimizer state, histories) is written atomically after every epoch; an
+interrupted sweep resumes from it and ends with the same numbers, bit for bit on the CPU, as one
+that was not interrupted.
 
 Data parallel: under ``torchrun --nproc-per-node N -m labelsmooth sweep ...`` (or after any
 ``torch.distributed.init_process_group``) the processes train every cell together, data
@@ -26,6 +31,7 @@ import argparse
 import datetime
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +41,7 @@ from .cells import HISTORY_COLUMNS, METRIC_NAMES, CellGroup, initial_model
 from .config import DISTRIBUTIONS, OPTIMIZERS, SweepConfig, grid_cells
 from .data import load_dataset
 from .models import MODELS
+from .provenance import provenance
 from .ranks import Ranks, torchrun_process_group
 from .report.builder import build_report
 from .rundir import (
@@ -76,6 +83,7 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike, *, progress: bool
     if finished is not None:
         say(f"{out}: this sweep is already complete; nothing to do.")
         return finished
+    started = time.perf_counter()
     device = ranks.device(config.device)
     # Data and models are checked before the run directory is made, so a bad setting leaves nothing.
     dataset = load_dataset(config.dataset, data_dir=config.data_dir, train_fraction=config.train_fraction,
@@ -83,24 +91,30 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike, *, progress: bool
     for model in config.models:
         initial_model(config, model, 0, dataset)
     ranks.check_splits(config, dataset)
+    recorded = {**config.to_dict(), "split_sizes": {"train": len(dataset.x_train), "validation": len(dataset.x_holdout),
+                                                    "test": len(dataset.x_test)}}
     if ranks.writes:
-        open_run_directory(out, config.to_dict())
+        open_run_directory(out, recorded)
     checkpoint_path = out / "checkpoint.pt"
     cells = grid_cells(config)
     # a model's cells, sorted by seed: the cells of a seed share one input batch
     groups = {m: sorted((c for c in cells if c.model == m), key=lambda c: config.seeds.index(c.seed))
               for m in config.models}
     groups = {m: g for m, g in groups.items() if g}
-    progress_state, saved_group = Progress({}, {}), None
+    progress_state, saved_group = Progress(), None
     saved = ranks.first(lambda: load_checkpoint(checkpoint_path))
     if saved is not None:
-        progress_state = Progress(saved["histories"], saved["tests"])
+        progress_state = Progress(saved["histories"], saved["tests"], saved["early_stopped"], saved["wall_seconds"])
         saved_group = (saved["group_model"], saved["group"]) if saved["group"] else None
         say(f"{out}: resuming an unfinished sweep ({len(progress_state.tests)} of {len(cells)} cells "
             f"finished, {sum(len(h) for h in progress_state.histories.values())} cell-epochs recorded).")
+    made = provenance(config.device)
+    spent_before = progress_state.wall_seconds
 
     def record() -> dict:
-        results = progress_state.results(config, cells)
+        progress_state.wall_seconds = spent_before + time.perf_counter() - started
+        results = progress_state.results(recorded, cells)
+        results["provenance"] = {**made, "wall_seconds": round(progress_state.wall_seconds, 1)}
         if ranks.writes:
             write_json(out / "results.json", results, durable=results["complete"])
             write_metrics_csv(out / "metrics.csv", results["runs"])
@@ -118,21 +132,19 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike, *, progress: bool
                 group.load_state_dict(saved_group[1])
             while group.epochs_done < config.epochs:
                 train_loss = group.train_epoch(config, dataset)
-                val = group.metrics(group.logits(dataset.x_eval, config.eval_batch_size), dataset.y_eval)
+                val = group.metrics(group.logits(dataset.x_holdout, config.eval_batch_size), dataset.y_holdout)
+                group.remember_best(val[:, METRIC_NAMES.index("nll")])
                 values = torch.cat([train_loss[:, None], val], 1).tolist()
                 for cell, row in zip(group_cells, values):
                     progress_state.histories.setdefault(cell.key, []).append(
                         dict(zip(HISTORY_COLUMNS, [group.epochs_done, *row])))
+                record()
                 if ranks.writes:
                     save_checkpoint(checkpoint_path, config, progress_state, group)
-                record()
                 bar.update(1)
                 bar.set_postfix_str(f"{model} val_acc {np.mean([r[3] for r in values]):.3f}")
-            test_logits = group.logits(dataset.x_test, config.eval_batch_size)
-            test = group.metrics(test_logits, dataset.y_test).tolist()
-            for index, (cell, row) in enumerate(zip(group_cells, test)):
-                write_cell_files(out, cell, index, group, dataset, config)
-                progress_state.tests[cell.key] = dict(zip(METRIC_NAMES, row))
+            finish_group(out, group, dataset, config, progress_state)
+            record()
             if ranks.writes:
                 save_checkpoint(checkpoint_path, config, progress_state, None)
     finally:
@@ -142,6 +154,30 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike, *, progress: bool
         checkpoint_path.unlink(missing_ok=True)
         build_report(out)
     return results
+
+
+
+def finish_group(out: Path, group: CellGroup, dataset, config: SweepConfig, progress_state: Progress) -> None:
+    """After a model's last epoch: the test split, read now and only now (the final weights, then the
+    weights of each cell's epoch of lowest validation NLL), the cells' files and test records."""
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        return group.logits(x, config.eval_batch_size)
+
+    final = {"test": logits(dataset.x_test), "holdout": logits(dataset.x_holdout), "train": logits(dataset.x_train)}
+    with group.best_weights():
+        early = {"test": logits(dataset.x_test), "holdout": logits(dataset.x_holdout)}
+    test = group.metrics(final["test"], dataset.y_test).tolist()
+    early_test = group.metrics(early["test"], dataset.y_test).tolist()
+    best_epochs, best_nll = group.best["epoch"].tolist(), group.best["nll"].tolist()
+    targets = {split: getattr(dataset, f"y_{split}").cpu().numpy().astype(np.int64) for split in final}
+    for index, cell in enumerate(group.cells):
+        arrays = {f"{split}_logits": value[index].float().cpu().numpy() for split, value in final.items()}
+        arrays.update({f"{split}_target": target for split, target in targets.items()})
+        arrays.update({f"early_{split}_logits": value[index].float().cpu().numpy() for split, value in early.items()})
+        write_cell_files(out, cell, index, group, arrays)
+        progress_state.tests[cell.key] = dict(zip(METRIC_NAMES, test[index]))
+        progress_state.early_stopped[cell.key] = {"epoch": best_epochs[index], "validation_nll": best_nll[index],
+                                                  "test": dict(zip(METRIC_NAMES, early_test[index]))}
 
 
 
