@@ -40,7 +40,7 @@ to ``verdicts.json``.
 
 **A report section** is one module with a function ``section(context) -> SectionOutput``
 (:mod:`labelsmooth.lab.report.context`): it returns its title, its HTML and the verdict records
-it made with :func:`judge`; the builder adds the section to the table of contents, renders its verdicts under it and collects
+it made with :func:`judge` (or :func:`unavailable`, for a contrast without numbers); the builder adds the section to the table of contents, renders its verdicts under it and collects
 them into ``verdicts.json``.
 """
 
@@ -52,7 +52,7 @@ from typing import Sequence
 from ..stats import BOUNDS, estimate, paired_difference, seeds_to_reach
 from .html import escape
 
-__all__ = ["FIELDS", "VERDICTS", "Claim", "check_record", "judge", "rule", "verdict_table"]
+__all__ = ["FIELDS", "VERDICTS", "Claim", "check_record", "judge", "rule", "unavailable", "verdict_table"]
 
 VERDICTS = ("supported", "not supported", "inconclusive", "not applicable")
 FIELDS = ("claim", "title", "statement", "source", "predicts", "section", "split", "contrast", "quantity",
@@ -150,6 +150,23 @@ def judge(claim: Claim, treated: dict[int, float], baseline: dict[int, float], *
     return record
 
 
+def unavailable(claim: Claim, *, section: str, split: str, contrast: str, quantity: str, primary: bool,
+                better: str, margin: float, scope: str, n_seeds: int, reason: str) -> dict:
+    """The record of a contrast whose numbers cannot be had (``reason`` says why): "not applicable",
+    or "inconclusive" with fewer than 2 seeds, as the rule orders them.
+
+    >>> claim = Claim("x", "x", "Smoothing helps.", "a paper")
+    >>> unavailable(claim, section="s", split="test", contrast="eps=0.1 vs eps=0", quantity="q", primary=True,
+    ...             better="lower", margin=0.1, scope="", n_seeds=3, reason="no early-stopped weights")["verdict"]
+    'not applicable'
+    """
+    record = _base_record(claim, section=section, split=split, contrast=contrast, quantity=quantity,
+                          primary=primary, better=better, margin=margin, scope=scope)
+    verdict = "not applicable" if n_seeds >= 2 else "inconclusive"
+    record.update(n_seeds=n_seeds, verdict=verdict, reason=_reason(verdict, None, (None, None), margin, n_seeds, reason))
+    return record
+
+
 def _reason(verdict: str, wording: str | None, effect: Sequence, margin: float, n_seeds: int,
             not_applicable: str | None) -> str:
     if verdict == "not applicable":
@@ -157,14 +174,13 @@ def _reason(verdict: str, wording: str | None, effect: Sequence, margin: float, 
     if n_seeds < 2:
         return "one seed gives no interval over training runs; every verdict needs at least 2 seeds"
     low, high = effect
+    interval = f"the predicted effect's interval [{low:.3g}, {high:.3g}]"
     if verdict == "supported":
-        return (f"the interval of the predicted effect, [{low:.4g}, {high:.4g}], excludes 0 and reaches the "
-                f"smallest effect that matters, {margin:.4g}")
+        return f"{interval} excludes 0 and reaches the smallest effect that matters ({margin:.3g})"
     if verdict == "not supported":
-        return (f"the interval of the predicted effect, [{low:.4g}, {high:.4g}], lies below the smallest "
-                f"effect that matters, {margin:.4g}: {WORDINGS[wording]}")
-    return (f"the interval of the predicted effect, [{low:.4g}, {high:.4g}], contains 0 or does not decide "
-            f"whether the effect reaches {margin:.4g}; more seeds would narrow it")
+        return f"{interval} lies below the smallest effect that matters ({margin:.3g}): {WORDINGS[wording]}"
+    return (f"{interval} contains both 0 and the smallest effect that matters ({margin:.3g}); more seeds would "
+            f"narrow it")
 
 
 def check_record(record: dict, where: str) -> dict:
@@ -208,16 +224,12 @@ def resolution_text(record: dict) -> str:
     return f"{record['n_seeds']} seeds, half-width {_number(record['half_width'], 3)}; {more}"
 
 
-def verdict_table(records: list[dict]) -> str:
-    """An HTML table of verdict records (primary rows first and in bold), every string escaped."""
-    if not records:
-        return ""
+def _rows(records: list[dict]) -> str:
     rows = []
-    for record in sorted(records, key=lambda r: (not r["primary"], r["claim"])):
+    for record in records:
         css = escape(record["verdict"].replace(" ", "-"))
-        weight = ' class="primary"' if record["primary"] else ""
         rows.append(
-            f"<tr{weight}><td>{escape(record['title'])}</td><td>{escape(record['contrast'])}</td>"
+            f"<tr><td>{escape(record['title'])}</td><td>{escape(record['contrast'])}</td>"
             f"<td>{escape(record['quantity'])} ({escape(record['split'])}; {escape(record['better'])} is better)</td>"
             f'<td class="{css}">{escape(verdict_words(record))}</td>'
             f"<td>{escape(difference_text(record))}</td><td>{escape(_number(record['margin'], 3))}</td>"
@@ -225,5 +237,16 @@ def verdict_table(records: list[dict]) -> str:
     head = "".join(f"<th>{h}</th>" for h in ("claim", "contrast", "quantity (split)", "verdict",
                                               "paired difference eps - baseline [95% CI]",
                                               "smallest effect that matters", "resolution", "why"))
-    return (f'<table class="verdict-table"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody>'
-            "</table>")
+    return f'<table class="verdict-table"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def verdict_table(records: list[dict]) -> str:
+    """HTML tables of verdict records, every string escaped: the primary ones, then the secondary
+    ones folded in a ``<details>`` element (open it to read them)."""
+    primary = [r for r in records if r["primary"]]
+    secondary = [r for r in records if not r["primary"]]
+    html = _rows(primary) if primary else ""
+    if secondary:
+        html += (f"<details><summary>{len(secondary)} secondary verdict{'s' * (len(secondary) != 1)} (other eps, "
+                 f"other quantities; not corrected for multiplicity)</summary>{_rows(secondary)}</details>")
+    return html
