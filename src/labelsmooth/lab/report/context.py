@@ -216,10 +216,8 @@ class ReportContext:
         text = f"{data}, {', '.join(map(str, models))}, {epochs} epochs, {len(seeds)} seed{'s' * (len(seeds) != 1)}"
         preset = config.get("preset")
         if preset and config.get("quick"):
-            from ..presets import preset_settings
-
-            full = preset_settings(preset)["epochs"] if preset in _preset_names() else "?"
-            return f"{text}; the quick version of the {preset} preset ({epochs} of its {full} epochs)"
+            return (f"{text}; the quick version of the {preset} preset, stopped early (without --quick it runs "
+                    f"the full protocol)")
         if preset:
             return f"{text}; the full {preset} preset"
         return text
@@ -232,8 +230,3 @@ class ReportContext:
             self._cells[key] = None if path is None else CellLogits.read(path)
         return self._cells[key]
 
-
-def _preset_names() -> set[str]:
-    from ..presets import PRESETS
-
-    return set(PRESETS)

@@ -7,8 +7,9 @@ verdicts come from the one rule (:func:`labelsmooth.lab.report.verdicts.judge`).
 Over-fitting: a model over-fits when its validation NLL passes a minimum and rises. The *rise* is
 the mean validation NLL over the last ``max(3, 10%)`` epochs minus the minimum (a mean, so one
 spike of Adam's loss does not decide it). The claim is testable only where the eps = 0 baseline
-over-fits: its rise must be at least 1% of its minimum and, with several seeds, its interval
-must exclude 0; otherwise the verdict is "not applicable".
+over-fits: its mean validation NLL over seeds must be lowest before those last epochs, its rise
+must be at least 1% of its minimum and, with several seeds, the rise's interval must exclude 0;
+otherwise the verdict is "not applicable".
 """
 
 from __future__ import annotations
@@ -131,6 +132,13 @@ def _baseline_does_not_overfit(context: ReportContext, baseline_runs: dict[int, 
         return context.legacy_reason
     found = [best_epoch(run) for run in baseline_runs.values()]
     found = [f for f in found if f is not None]
+    epochs, mean, _, _ = _curve(baseline_runs, "val_nll")
+    tail = tail_epochs(len(epochs))
+    best = epochs[min(range(len(mean)), key=mean.__getitem__)]
+    if best > epochs[-tail]:
+        return (f"the eps=0 baseline has not over-fitted: its mean validation NLL is lowest at epoch {best} of "
+                f"{epochs[-1]}, within the last {tail} epochs, so the claim cannot be tested on this run; the "
+                f"overfitting preset trains a baseline that does over-fit")
     rise = estimate([f[2] - f[1] for f in found])
     relative = rise.mean / max(sum(f[1] for f in found) / len(found), 1e-12)
     if relative < OVERFIT_MIN_RELATIVE_RISE or (rise.has_interval and rise.low <= 0):

@@ -37,7 +37,7 @@ def claim_lines(records: list[dict]) -> list[str]:
             continue
         verdict = record["verdict"].upper() + (f" ({WORDINGS[record['wording']]})" if record["wording"] else "")
         if record["verdict"] == "not applicable" or record["mean"] is None:
-            lines.append(f"{record['title']}: {verdict}; {record['reason']}.")
+            lines.append(f"{record['title']}: {verdict}; {record['reason'].removeprefix('not applicable: ')}.")
             continue
         numbers = (f"{record['contrast']}, {record['quantity']} ({record['split']} split): "
                    f"{record['baseline_mean']:#.4g} -> {record['treated_mean']:#.4g}, paired difference "
