@@ -214,11 +214,11 @@ def add_sweep_arguments(parser) -> None:
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay,
                         help=f"(default: {d.weight_decay})")
     parser.add_argument("--train-fraction", type=float, default=d.train_fraction,
-                        help="stratified fraction of the training set to train on; the hold-out "
-                             "split comes from the rest (at 1.0: 10%% of the set, trained on the "
-                             "other 90%%) (default: 1.0)")
+                        help="stratified fraction of the training set to train on; the validation "
+                             "split (per-epoch metrics, every choice) comes from the rest (at 1.0: "
+                             "10%% of the set, trained on the other 90%%) (default: 1.0)")
     parser.add_argument("--data-seed", type=int, default=d.data_seed,
-                        help="seed of the training subsample and hold-out split (default: 0)")
+                        help="seed of the training subsample and validation split (default: 0)")
     parser.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size,
                         help=f"(default: {d.eval_batch_size})")
     parser.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ... (default: cpu)")
