@@ -208,9 +208,14 @@ class ReportContext:
         dataset = str(config.get("dataset", "?"))
         data = DATASET_NAMES.get(dataset, Path(dataset).name)
         sizes = config.get("split_sizes") or {}
+        models = config.get("models") or [config.get("model", "?")]
+        if "teacher_widths" in config:  # a distillation run: its sweeps record the split sizes
+            path = self.run_dir / "teachers" / "config.json"
+            sizes = (json.loads(path.read_text(encoding="utf-8")).get("split_sizes") or {}) if path.is_file() else {}
+            models = [f"MLP teachers {'x'.join(map(str, config['teacher_widths']))} and students "
+                      f"{'x'.join(map(str, config.get('student_widths', [])))}"]
         if sizes.get("train"):
             data += f" ({sizes['train']:,} training images)"
-        models = config.get("models") or [config.get("model", "?")]
         seeds = sorted({seed for runs in self.groups.values() for seed in runs})
         epochs = config.get("epochs", "?")
         text = f"{data}, {', '.join(map(str, models))}, {epochs} epochs, {len(seeds)} seed{'s' * (len(seeds) != 1)}"

@@ -81,18 +81,27 @@ def _best_by_validation(groups: dict, eps: float) -> Condition | None:
     return max(candidates, key=lambda c: _mean_of(groups[c], "holdout_accuracy"), default=None)
 
 
-def _direct_validation_accuracy(context: ReportContext) -> float | None:
-    """Mean validation accuracy of the eps = 0 students trained directly (their final.npz hold-out logits)."""
-    runs = context.groups.get(Condition(DIRECT, "uniform", 0.0), {})
+def _validation_accuracies(context: ReportContext, runs: dict[int, dict]) -> list[float]:
+    """Per run, its validation accuracy: recorded (distilled students), or from the hold-out logits
+    of its sweep's ``final.npz`` (teachers and students trained directly: cell ``<sweep>/<key>``)."""
     values = []
     for run in runs.values():
-        key = str(run.get("cell", "")).removeprefix("students/")
-        path = cell_file(context.run_dir / "students", {"cell": key}, "final.npz")
+        if run.get("holdout_accuracy") is not None:
+            values.append(float(run["holdout_accuracy"]))
+            continue
+        folder, _, key = str(run.get("cell", "")).partition("/")
+        path = cell_file(context.run_dir / folder, {"cell": key}, "final.npz") if folder in ("teachers", "students") else None
         if path is not None:
             with np.load(path, allow_pickle=False) as arrays:
                 if "holdout_logits" in arrays.files and len(arrays["holdout_target"]):
                     logits, target = torch.from_numpy(arrays["holdout_logits"]), torch.from_numpy(arrays["holdout_target"])
                     values.append(float((logits.argmax(1) == target).double().mean()))
+    return values
+
+
+def _direct_validation_accuracy(context: ReportContext) -> float | None:
+    """Mean validation accuracy of the eps = 0 students trained directly."""
+    values = _validation_accuracies(context, context.groups.get(Condition(DIRECT, "uniform", 0.0), {}))
     return sum(values) / len(values) if values else None
 
 
@@ -137,16 +146,16 @@ def _verdicts(context: ReportContext) -> list[dict]:
     return verdicts
 
 
-def _table_rows(groups: dict) -> list[list[str]]:
+def _table_rows(context: ReportContext) -> list[list[str]]:
     rows = []
     def order(item) -> tuple:
         condition, runs = item
         return (condition.model != TEACHER, condition.model == DIRECT,
                 next(iter(runs.values())).get("temperature", 0.0), condition.label_smoothing)
 
-    for condition, runs in sorted(groups.items(), key=order):
+    for condition, runs in sorted(context.groups.items(), key=order):
         indices = [run["smoothness_index"] for run in runs.values() if run.get("smoothness_index") is not None]
-        held = [run["holdout_accuracy"] for run in runs.values() if run.get("holdout_accuracy") is not None]
+        held = _validation_accuracies(context, runs)
         metrics = [(name, list(_test_values(runs, name).values())) for name in ("accuracy", "nll", "ece")]
         rows.append([condition.model, f"{condition.label_smoothing:g}", str(len(runs)),
                      estimate(indices).format(3) if indices else "-",
@@ -203,7 +212,7 @@ def distillation_section(context: ReportContext) -> SectionOutput:
         "eps). Validation accuracy (training images not used for training) chooses the best temperature "
         "without touching the test set.</p>")
     rows = table(["role", "eps (teacher's for distilled students)", "seeds", "teacher smoothness index",
-                  "validation accuracy", "test accuracy", "test NLL", "test ECE"], _table_rows(groups))
+                  "validation accuracy", "test accuracy", "test NLL", "test ECE"], _table_rows(context))
     figure = _figure(groups, Path(context.run_dir) / "distillation_students.png")
     return SectionOutput("Knowledge distillation: does a smoothed teacher teach worse?",
                          intro + rows + figure_grid([figure]), _verdicts(context))
