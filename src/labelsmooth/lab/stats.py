@@ -67,22 +67,17 @@ def t_quantile_975(df: int) -> float:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A mean over ``n`` seeds and its 95% interval (``low``/``high`` are None when n == 1)."""
+    """A mean over ``n`` seeds and its 95% interval (``low``/``high``/``half_width`` are None when n == 1)."""
 
     mean: float
     low: float | None
     high: float | None
     n: int
-    unclipped_half_width: float | None = None
+    half_width: float | None = None  # of the Student-t interval, before any clipping
 
     @property
     def has_interval(self) -> bool:
         return self.low is not None
-
-    @property
-    def half_width(self) -> float | None:
-        """Half the width of the Student-t interval, before any clipping (None without an interval)."""
-        return self.unclipped_half_width
 
     def excludes_zero(self) -> bool:
         """True when the whole interval lies on one side of 0 (False without an interval)."""
