@@ -219,6 +219,8 @@ def resolution_text(record: dict) -> str:
     if record["half_width"] is None:
         return f"{record['n_seeds']} seed(s): no interval"
     needed = record["seeds_to_resolve"]
+    if record["verdict"] in ("supported", "not supported"):
+        return f"{record['n_seeds']} seeds, half-width {_number(record['half_width'], 3)}: enough to decide"
     more = ("already resolves the margin" if needed is not None and needed <= record["n_seeds"] else
             f"about {needed} seeds would resolve the margin" if needed else "over 10,000 seeds would be needed")
     return f"{record['n_seeds']} seeds, half-width {_number(record['half_width'], 3)}; {more}"
