@@ -2,7 +2,9 @@
 
 The protocol (issue 3): Fashion-MNIST, 6,000 training images (``train_fraction=0.1``), the seed's
 CNN with a 10-class head, eps in {0, 0.05, 0.1}, 200 epochs, batch 32, SGD lr 1e-3 momentum
-0.9, and after every epoch an evaluation on the full 10,000-image test set.
+0.9, and after every epoch an evaluation (the blog evaluated the test set; the lab evaluates its
+validation split, 6,000 training images not trained on, and the test set only at the end: both
+providers here evaluate the validation split every epoch).
 
 Providers:
 
@@ -11,7 +13,7 @@ Providers:
   convolutions and ``avg_pool2d(4)``, its last convolution with 10 channels, not 32, and no ReLU
   on the logits, as the lab's seed-cnn), ``nn.CrossEntropyLoss(label_smoothing=eps)``, SGD, a
   ``DataLoader`` of batch 32 over the training images, ``loss.item()`` after every batch (the
-  seed's ``loss_batch``), then the smoothed loss over a ``DataLoader`` of the full test set
+  seed's ``loss_batch``), then the smoothed loss over a ``DataLoader`` of the validation split
   (batch 32, as the seed's ``valid_dl``). The data path is the seed's: its
   ``datasets.FashionMNIST(transform=ToTensor())`` turns each stored uint8 image into a PIL
   image and then a float tensor whenever it is read (``SeedImages`` does the same with PIL,
@@ -185,10 +187,10 @@ def seed_loop(config: SweepConfig, device: torch.device, images: bool) -> tuple[
     if images:
         low, high = dataset.x_train.min().item(), dataset.x_train.max().item()
         train_set = SeedImages(dataset.x_train, dataset.y_train, low, high)
-        test_set = SeedImages(dataset.x_eval, dataset.y_eval, low, high)
+        test_set = SeedImages(dataset.x_holdout, dataset.y_holdout, low, high)
     else:
         train_set = TensorDataset(dataset.x_train, dataset.y_train)
-        test_set = TensorDataset(dataset.x_eval, dataset.y_eval)
+        test_set = TensorDataset(dataset.x_holdout, dataset.y_holdout)
     loaded = time.perf_counter()
     valid_dl = DataLoader(test_set, batch_size=config.batch_size, shuffle=False)
     histories = {}
@@ -273,7 +275,7 @@ def count_flops(config: SweepConfig, epochs: int, seed_network: bool) -> Protoco
     if seed_network:
         model = SeedNetwork.from_lab_model(model)
     train_x, train_y = dataset.x_train[:config.batch_size], dataset.y_train[:config.batch_size]
-    eval_x = dataset.x_eval[:config.eval_batch_size]
+    eval_x = dataset.x_holdout[:config.eval_batch_size]
     with FlopCounterMode(display=False) as forward:
         with torch.no_grad():
             model(eval_x)
@@ -284,7 +286,7 @@ def count_flops(config: SweepConfig, epochs: int, seed_network: bool) -> Protoco
     cells = len(config.label_smoothing) * len(config.seeds)
     return ProtocolFlops(forward_per_image, step_per_image,
                          step_per_image * len(dataset.x_train) * epochs * cells,
-                         forward_per_image * len(dataset.x_eval) * epochs * cells)
+                         forward_per_image * len(dataset.x_holdout) * epochs * cells)
 
 
 # 4. The run ------------------------------------------------------------------------------------
@@ -342,7 +344,7 @@ def main() -> None:
     differences = {name: max(drift) for name, drift in drifts.items()}
 
     recorder = Recorder("lab_seed_protocol")
-    size = f"{cells} cells x {PROTOCOL_EPOCHS} epochs, 6000 train, 10000 eval per epoch"
+    size = f"{cells} cells x {PROTOCOL_EPOCHS} epochs, 6000 train, 6000 validation per epoch"
     suffix = "" if args.epochs == PROTOCOL_EPOCHS else "_extrapolated"
     for provider, (measured, protocol, load) in seconds.items():
         recorder.add("seed-protocol", provider, size, "fp32", f"seconds_measured_{args.epochs}_epochs",

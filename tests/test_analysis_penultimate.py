@@ -175,3 +175,21 @@ def test_projection_grid_writes_a_png_with_one_panel_per_cell(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="rectangular"):
         plot_projection_grid([[panel, panel], [panel]])
+
+
+def test_projection_grid_with_shared_axes_gives_every_panel_the_range_of_all_points():
+    labels = torch.tensor([0, 1, 2] * 5)
+    names = {0: "a", 1: "b", 2: "c"}
+    small = ProjectionPanel(torch.randn(15, 2, generator=torch.Generator().manual_seed(0)), labels, names, "small")
+    wide = ProjectionPanel(10 * torch.randn(15, 2, generator=torch.Generator().manual_seed(1)) + 30, labels, names,
+                           "wide")
+    fig = plot_projection_grid([[small, wide]], share_axes=True)
+    limits = {(ax.get_xlim(), ax.get_ylim()) for ax in fig.axes}
+    assert len(limits) == 1  # one range for both panels
+    (x_low, x_high), (y_low, y_high) = limits.pop()
+    every = torch.cat([small.coords, wide.coords])
+    assert x_low < every[:, 0].min() and every[:, 0].max() < x_high
+    assert y_low < every[:, 1].min() and every[:, 1].max() < y_high
+    assert x_high - x_low == pytest.approx(y_high - y_low)  # equal scales
+    apart = plot_projection_grid([[small, wide]])
+    assert apart.axes[0].get_xlim() != apart.axes[1].get_xlim()

@@ -92,17 +92,20 @@ def test_fashion_mnist_layout_and_standardisation(tmp_path, compress):
     train_images, train_labels = arrays["train"]
     pool = train_images.astype(np.float64)
     mean, std = pool.mean(), pool.std()
-    # evaluation split = test split = the whole official test set, in order
+    # test split = the whole official test set, in order
     test_images, test_labels = arrays["t10k"]
-    np.testing.assert_allclose(ds.x_eval.numpy()[:, 0], (test_images - mean) / std, rtol=1e-5, atol=1e-5)
-    assert torch.equal(ds.y_eval, torch.from_numpy(test_labels.astype(np.int64)))
-    assert torch.equal(ds.x_eval, ds.x_test) and ds.x_eval.dtype == torch.float32
+    np.testing.assert_allclose(ds.x_test.numpy()[:, 0], (test_images - mean) / std, rtol=1e-5, atol=1e-5)
+    assert torch.equal(ds.y_test, torch.from_numpy(test_labels.astype(np.int64)))
+    assert ds.x_test.dtype == torch.float32
     assert ds.in_shape == (1, SIDE, SIDE) and ds.num_classes == 10
     assert ds.class_names == FASHION_MNIST_CLASSES
-    # train + hold-out partition the training pool: 90% / 10%
+    # train + validation (hold-out) partition the training pool: 90% / 10%; the test images
+    # (indices 100 + i) are in neither
     train, holdout = image_index(ds.x_train, mean, std), image_index(ds.x_holdout, mean, std)
     assert sorted(np.concatenate([train, holdout]).tolist()) == list(range(200))
     assert len(holdout) == 20
+    test = image_index(ds.x_test, mean, std)
+    assert test.tolist() == list(range(100, 150))
     np.testing.assert_array_equal(ds.y_train.numpy(), train_labels[train])
 
 
@@ -116,13 +119,28 @@ def test_fashion_mnist_train_fraction_holdout_from_unused_images(tmp_path):
     again = load_dataset("fashion-mnist", data_dir=tmp_path, train_fraction=0.25, seed=3)
     other = load_dataset("fashion-mnist", data_dir=tmp_path, train_fraction=0.25, seed=4)
     assert torch.equal(again.x_train, ds.x_train) and not torch.equal(other.x_train, ds.x_train)
-    assert torch.equal(other.x_eval, ds.x_eval)
+    assert torch.equal(other.x_test, ds.x_test)
+
+
+@pytest.mark.parametrize("train_fraction", [1.0, 0.5, 0.25])
+def test_validation_and_test_images_are_disjoint(tmp_path, train_fraction):
+    """The training pool's images are 0..399 and the test set's 1000..1049 (written into their
+    pixels): the validation split holds only pool images that are not trained on."""
+    write_fashion_mnist(tmp_path, n_train=400)
+    pool = images_and_labels(400, 0)[0].astype(np.float64)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(images_and_labels(50, 1000)[0])))
+    ds = load_dataset("fashion-mnist", data_dir=tmp_path, train_fraction=train_fraction, seed=1)
+    train, validation, test = (set(image_index(x, pool.mean(), pool.std()).tolist())
+                               for x in (ds.x_train, ds.x_holdout, ds.x_test))
+    assert test == set(range(1000, 1050))
+    assert validation and validation <= set(range(400)) and not validation & train and not validation & test
+    assert len(validation) == 40 and len(train) == round(train_fraction * 400) - (40 if train_fraction == 1 else 0)
 
 
 def test_fashion_mnist_from_environment_variable(tmp_path, monkeypatch):
     write_fashion_mnist(tmp_path)
     monkeypatch.setenv("LABELSMOOTH_DATA", str(tmp_path))
-    assert len(load_dataset("fashion-mnist").x_eval) == 50
+    assert len(load_dataset("fashion-mnist").x_test) == 50
 
 
 def test_fashion_mnist_mismatched_counts(tmp_path):
@@ -158,7 +176,7 @@ def test_digits_fixed_test_split_and_all_images():
     a = load_dataset("digits", seed=0)
     b = load_dataset("digits", seed=5, train_fraction=0.5)
     assert a.in_shape == (1, 8, 8) and a.num_classes == 10
-    assert torch.equal(a.x_eval, b.x_eval) and len(a.x_eval) == 360
+    assert torch.equal(a.x_test, b.x_test) and len(a.x_test) == 360
     np.testing.assert_allclose(a.x_test[:, 0].numpy(), (images[np.sort(test)] - mean) / std, atol=1e-5)
     # train + hold-out are the pool, each image once (compared as sorted rows)
     got = torch.cat([a.x_train, a.x_holdout]).double().flatten(1).numpy() * std + mean
@@ -176,10 +194,14 @@ def test_npz_with_and_without_splits(tmp_path):
     np.savez(tmp_path / "split.npz", x=x[:, :, 0], y=y, x_test=x[:10, :, 0], y_test=y[:10],
              x_val=x[10:30, :, 0], y_val=y[10:30], class_names=np.array(["a", "b", "c", "d"]))
     ds = load_dataset(str(tmp_path / "split.npz"))
-    assert ds.in_shape == (5,) and len(ds.x_test) == 10 and len(ds.x_eval) == 20
+    assert ds.in_shape == (5,) and len(ds.x_test) == 10 and len(ds.x_holdout) == 20
     assert ds.class_names == ("a", "b", "c", "d")
     mean, std = x[:, :, 0].astype(np.float64).mean(), x[:, :, 0].astype(np.float64).std()
     np.testing.assert_allclose(ds.x_test.numpy(), (x[:10, :, 0] - mean) / std, rtol=1e-5, atol=1e-5)
+    # the .npz's own validation split is the validation split; training uses all of x
+    np.testing.assert_allclose(ds.x_holdout.numpy(), (x[10:30, :, 0] - mean) / std, rtol=1e-5, atol=1e-5)
+    assert len(ds.x_train) == 100
+    assert len(load_dataset(str(tmp_path / "split.npz"), train_fraction=0.5).x_train) == 50
 
 
 @pytest.mark.parametrize("arrays, message", [
@@ -251,5 +273,5 @@ def test_real_fashion_mnist_files():
         pytest.skip(f"Fashion-MNIST not installed at {DEFAULT_FASHION_MNIST_DIR} "
                     "(apt-get install dataset-fashion-mnist)")
     ds = load_dataset("fashion-mnist", train_fraction=0.1)
-    assert len(ds.x_train) == 6000 and len(ds.x_eval) == 10000 and ds.in_shape == (1, 28, 28)
-    assert ds.y_eval.bincount().tolist() == [1000] * 10
+    assert len(ds.x_train) == 6000 and len(ds.x_test) == 10000 and ds.in_shape == (1, 28, 28)
+    assert len(ds.x_holdout) == 6000 and ds.y_test.bincount().tolist() == [1000] * 10

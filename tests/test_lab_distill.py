@@ -23,7 +23,7 @@ from labelsmooth.lab.config import SweepConfig
 from labelsmooth.lab.data import load_dataset
 from labelsmooth.lab.distill import DistillationConfig, run_distillation
 from labelsmooth.lab.models import build_model
-from labelsmooth.lab.report.overview import VERDICT_KEYS, VERDICTS
+from labelsmooth.lab.report.verdicts import FIELDS, VERDICTS
 from labelsmooth.lab.rundir import RunDirectoryError, open_run_directory
 
 SETTINGS = dict(dataset="digits", teacher_widths=(32, 32), student_widths=(16,), label_smoothing=(0.0, 0.3),
@@ -53,7 +53,7 @@ def test_run_directory_holds_every_role_and_the_report(run):
                  "penultimate_mlp_0-1-4.png", "teachers/report.html", "students/report.html"):
         assert (out / name).is_file(), name
     page = (out / "report.html").read_text()
-    assert "Knowledge distillation" in page and "Teachers' penultimate layer" in page
+    assert "Knowledge distillation" in page and "Teachers&#x27; penultimate layer" in page
     assert "https://" not in page and "http://" not in re.sub(r"data:image/png;base64,[^\"]*", "", page)
 
 
@@ -101,15 +101,17 @@ def test_teacher_smoothness_index_is_the_formula_on_its_training_logits(run):
         assert record["smoothness_index"] == pytest.approx(expected, rel=1e-6)
 
 
-def test_verdicts_are_well_formed_and_cite_claim_4(run):
+def test_verdicts_are_well_formed_and_name_the_distillation_and_cluster_claims(run):
     _, out, _ = run
-    verdicts = json.loads(re.search(r'id="verdicts-data">(.*?)</script>', (out / "report.html").read_text()).group(1))
-    assert verdicts, "the report states verdicts"
+    verdicts = json.loads((out / "verdicts.json").read_text())
+    assert verdicts == json.loads(re.search(r'id="verdicts-data">(.*?)</script>',
+                                            (out / "report.html").read_text()).group(1))
     for verdict in verdicts:
-        assert set(VERDICT_KEYS) <= set(verdict) and verdict["verdict"] in VERDICTS and verdict["claim"] == "4"
-    scopes = [v["scope"] for v in verdicts]
-    assert "eps=0.3 student, distilled at T=1 vs eps=0 student, distilled at T=1" in scopes
-    assert sum(s.startswith("teachers, ") for s in scopes) == 2
+        assert set(FIELDS) <= set(verdict) and verdict["verdict"] in VERDICTS
+    assert {v["claim"] for v in verdicts} == {"distillation", "tight-clusters", "equidistant-clusters"}
+    contrasts = [v["contrast"] for v in verdicts]
+    assert any(c.startswith("eps=0.3 student, distilled at T=") for c in contrasts)
+    assert sum(c.startswith("teachers, ") for c in contrasts) == 4  # two claims, train and test
 
 
 def test_finished_run_is_left_alone_and_another_config_is_refused(run, capsys):
@@ -160,7 +162,7 @@ def test_command_on_the_finished_run_prints_its_summary(run, capsys, command):
     _, out, _ = run
     assert main([*command, *FLAGS, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "already complete" in printed and "claim 4" in printed and "report.html" in printed
+    assert "already complete" in printed and "A smoothed teacher distils worse" in printed and "report.html" in printed
 
 
 def test_a_finished_run_without_its_report_gets_it_back(run, tmp_path, capsys):
@@ -180,10 +182,11 @@ def test_report_command_rebuilds_the_distillation_report(run, tmp_path, capsys):
     shutil.copytree(out, copy)
     (copy / "report.html").unlink()
     assert main(["report", str(copy)]) == 0
-    assert "claim 4" in capsys.readouterr().out
+    assert "A smoothed teacher distils worse" in capsys.readouterr().out
     page = (copy / "report.html").read_text()
-    assert "Knowledge distillation" in page and "Teachers' penultimate layer" in page
-    assert page.replace(str(copy.resolve()), "") == (out / "report.html").read_text().replace(str(out.resolve()), "")
+    assert "Knowledge distillation" in page and "Teachers&#x27; penultimate layer" in page
+    for name in ("verdicts.json", "summary.txt"):  # the page differs only in its build date and time
+        assert (copy / name).read_text() == (out / name).read_text()
 
 
 # config.json as every version of the lab has written it (one flat object, in this order)

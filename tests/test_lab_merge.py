@@ -212,8 +212,12 @@ def test_shards_merged_equal_the_unsharded_sweep(tmp_path, no_report, model):
     assert main(["merge", str(tmp_path / "2"), str(tmp_path / "1"), "--out", str(tmp_path / "merged")]) == 0
 
     whole, merged = tmp_path / "whole", tmp_path / "merged"
-    for name in ("results.json", "config.json", "metrics.csv"):
+    for name in ("config.json", "metrics.csv"):
         assert (merged / name).read_text() == (whole / name).read_text(), name
+    merged_results, whole_results = (json.loads((d / "results.json").read_text()) for d in (merged, whole))
+    assert merged_results.pop("provenance")["wall_seconds"] > 0
+    whole_results.pop("provenance")
+    assert merged_results == whole_results
     for run in json.loads((whole / "results.json").read_text())["runs"]:
         expected, found = (np.load(d / "cells" / run["cell"] / "final.npz") for d in (whole, merged))
         assert sorted(found.files) == sorted(expected.files)

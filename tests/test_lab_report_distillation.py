@@ -1,5 +1,6 @@
 """lab.report.distillation: the section on a synthetic distillation results.json (its table, figure
-and verdict against scipy's paired t interval), and the report's choice of sections."""
+and verdict against scipy's paired t interval, the precondition that distillation helps at all),
+and the report's choice of sections."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from scipy import stats
 
 from labelsmooth.lab.report import builder
+from labelsmooth.lab.report.context import ReportContext
 from labelsmooth.lab.report.distillation import DIRECT, TEACHER, distillation_section, distilled_role
 
 CONFIG = {"dataset": "digits", "teacher_widths": [8], "student_widths": [4], "beta": 0.0}
@@ -34,18 +36,41 @@ def synthetic_distillation() -> dict:
     return {"config": CONFIG, "runs": runs, "complete": True}
 
 
+def write_students(run_dir, validation_accuracy: float) -> None:
+    """students/cells/<cell>/final.npz whose hold-out logits have the given accuracy (100 rows)."""
+    for eps in (0.0, 0.1):
+        for seed in range(3):
+            folder = run_dir / "students" / "cells" / f"s{eps}-{seed}"
+            folder.mkdir(parents=True)
+            target = np.arange(100) % 4
+            right = round(validation_accuracy * 100)
+            logits = np.eye(4, dtype=np.float32)[np.where(np.arange(100) < right, target, (target + 1) % 4)]
+            np.savez(folder / "final.npz", holdout_logits=logits, holdout_target=target,
+                     test_logits=logits, test_target=target)
+
+
 def test_section_states_the_paired_verdict_that_scipy_gives(tmp_path):
-    html, verdicts = distillation_section(synthetic_distillation(), tmp_path)
-    verdict, = verdicts
-    assert (verdict["claim"], verdict["verdict"]) == ("4", "supported")
-    assert verdict["scope"] == "eps=0.1 student, distilled at T=1 vs eps=0 student, distilled at T=1"
+    write_students(tmp_path, validation_accuracy=0.80)  # distilled students (0.85-0.92) do better
+    output = distillation_section(ReportContext(synthetic_distillation(), tmp_path))
+    verdict, = output.verdicts
+    assert (verdict["claim"], verdict["verdict"], verdict["predicts"]) == ("distillation", "supported", "deterioration")
+    assert verdict["contrast"] == "eps=0.1 student, distilled at T=1 vs eps=0 student, distilled at T=1"
+    assert verdict["primary"]
     interval = stats.ttest_rel(SMOOTH, HARD).confidence_interval(0.95)
-    difference = np.mean(np.subtract(SMOOTH, HARD))
-    assert f"paired difference {difference:.4f} [{interval.low:.4f}, {interval.high:.4f}]" in verdict["evidence"]
+    assert verdict["mean"] == pytest.approx(np.mean(np.subtract(SMOOTH, HARD)), abs=1e-12)
+    assert (verdict["high"] - verdict["low"]) / 2 == pytest.approx((interval.high - interval.low) / 2, rel=2e-5)
     assert (tmp_path / "distillation_students.png").is_file()
-    rows = re.findall(r"<tr><td>(teacher|student[^<]*)</td><td>([0-9.]+)</td><td>3</td>", html)
+    rows = re.findall(r"<tr><td>(teacher|student[^<]*)</td><td>([0-9.]+)</td><td>3</td>", output.html)
     assert rows == [(TEACHER, "0"), (TEACHER, "0.1"), (distilled_role(1.0), "0"), (distilled_role(1.0), "0.1"),
                     (DIRECT, "0"), (DIRECT, "0.1")]
+    # the figure's caption sits in the figure's own element, under its image
+    assert re.search(r"<figure><img [^>]*><figcaption>Student test accuracy", output.html)
+
+
+def test_the_claim_is_not_applicable_when_distillation_does_not_beat_direct_training(tmp_path):
+    write_students(tmp_path, validation_accuracy=0.95)
+    verdict, = distillation_section(ReportContext(synthetic_distillation(), tmp_path)).verdicts
+    assert verdict["verdict"] == "not applicable" and "beats the student trained directly" in verdict["reason"]
 
 
 @pytest.mark.parametrize("config, sections", [(CONFIG, builder.DISTILLATION_SECTIONS),

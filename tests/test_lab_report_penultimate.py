@@ -1,5 +1,6 @@
 """lab.report.penultimate: cluster measures against numpy and scipy, and the section on a small
-digits sweep (its table against activations recomputed here, a model file that does not fit)."""
+digits sweep (its table against activations recomputed here, class names, train and test verdicts,
+a model file that does not fit)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,14 @@ from labelsmooth.lab import sweep
 from labelsmooth.lab.config import SweepConfig
 from labelsmooth.lab.data import load_dataset
 from labelsmooth.lab.models import build_model
-from labelsmooth.lab.report.penultimate import FULL, SPAN, CellActivations, cell_measures, report_section
+from labelsmooth.lab.report.context import ReportContext
+from labelsmooth.lab.report.penultimate import FULL, SPAN, CellActivations, cell_measures, section
 from labelsmooth.lab.rundir import load_results
+
+
+def report_section(results, run_dir):
+    output = section(ReportContext(results, run_dir))
+    return output.html, output.verdicts
 
 # an MLP sweep of two seeds at eps 0 and 0.3 (a few seconds on one thread)
 CONFIG = SweepConfig(dataset="digits", models=("mlp",), model_options={"mlp": {"widths": [32, 32]}},
@@ -41,7 +48,12 @@ def test_penultimate_section_measures_match_numpy(trained):
     run_dir = trained
     results = load_results(run_dir)
     html, verdicts = report_section(results, run_dir)
-    assert (run_dir / "penultimate_mlp_3-8-1.png").is_file() and len(verdicts) == 2
+    assert (run_dir / "penultimate_mlp_3-8-1.png").is_file()
+    # two claims, each judged on the training and on the test split
+    assert sorted((v["claim"], v["split"]) for v in verdicts) == [
+        ("equidistant-clusters", "test"), ("equidistant-clusters", "train"),
+        ("tight-clusters", "test"), ("tight-clusters", "train")]
+    assert "<td>plane of 3, 8, 1</td>" in html  # digits' class names
     # recompute one table cell: tightness in the full penultimate space, eps=0, train split, two seeds
     config = results["config"]
     dataset = load_dataset("digits", train_fraction=config["train_fraction"], seed=config["data_seed"])
@@ -67,7 +79,7 @@ def test_penultimate_section_skips_a_model_file_that_does_not_fit(trained, tmp_p
     html, verdicts = report_section(load_results(run_dir), run_dir)
     assert "Skipped a cell" in html and "does not fit model" in html and "other.weight" in html
     # one seed left for the pair: the verdicts are stated, and inconclusive
-    assert [v["verdict"] for v in verdicts] == ["inconclusive", "inconclusive"]
+    assert [v["verdict"] for v in verdicts] == ["inconclusive"] * 4
 
 
 def test_cell_measures_in_the_span_of_the_templates_match_numpy():

@@ -10,7 +10,9 @@ test workers on two cores, and more threads than cores make torch's OpenMP kerne
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -68,7 +70,8 @@ def reference_metrics(logits, target, eps, distribution):
 
 
 def train_alone(config: SweepConfig, cell, ds):
-    """One cell with an ordinary module and torch.optim; returns (model, history)."""
+    """One cell with an ordinary module and torch.optim; returns (model, history, weights of the
+    epoch with the lowest validation NLL, that epoch)."""
     torch.manual_seed(cell.seed)
     model = build_model(cell.model, ds.num_classes, ds.in_shape, **config.model_options.get(cell.model, {}))
     if config.optimizer == "sgd":
@@ -76,7 +79,7 @@ def train_alone(config: SweepConfig, cell, ds):
                               weight_decay=config.weight_decay)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    history = []
+    history, best = [], (float("inf"), None, 0)
     for epoch in range(config.epochs):
         order, total = epoch_order(len(ds.x_train), cell.seed, epoch), 0.0
         for start in range(0, len(order), config.batch_size):
@@ -88,10 +91,17 @@ def train_alone(config: SweepConfig, cell, ds):
             opt.step()
             total += rows.sum().item()
         with torch.no_grad():
-            val = reference_metrics(model(ds.x_eval), ds.y_eval, cell.label_smoothing, cell.distribution)
+            val = reference_metrics(model(ds.x_holdout), ds.y_holdout, cell.label_smoothing, cell.distribution)
         history.append({"epoch": epoch + 1, "train_loss": total / len(order),
                         **{f"val_{k}": v for k, v in val.items()}})
-    return model, history
+        if val["nll"] < best[0]:
+            best = (val["nll"], copy.deepcopy(model.state_dict()), epoch + 1)
+    return model, history, best[1], best[2]
+
+
+def without_provenance(results: dict) -> dict:
+    """results.json without its provenance (date and wall time differ between two runs)."""
+    return {k: v for k, v in results.items() if k != "provenance"}
 
 
 # Tolerance: the reference computes the loss with torch's soft-target cross-entropy and each
@@ -118,7 +128,7 @@ def test_vectorised_sweep_equals_cells_trained_alone(tmp_path, no_report, settin
     ds = load_dataset(config.dataset, train_fraction=config.train_fraction, seed=config.data_seed)
     assert results["complete"] and no_report == [tmp_path / "run"]
     for cell, run in zip(grid_cells(config), results["runs"]):
-        model, history = train_alone(config, cell, ds)
+        model, history, best, best_epoch = train_alone(config, cell, ds)
         weights = torch.load(tmp_path / "run" / "cells" / cell.key / "model.pt", weights_only=True)
         for name, value in model.state_dict().items():
             torch.testing.assert_close(weights[name], value, **WEIGHT_TOLERANCE, msg=f"{cell.key} {name}")
@@ -127,7 +137,11 @@ def test_vectorised_sweep_equals_cells_trained_alone(tmp_path, no_report, settin
             assert got == pytest.approx(want, **METRIC_TOLERANCE), cell.key
         with torch.no_grad():
             test = reference_metrics(model(ds.x_test), ds.y_test, cell.label_smoothing, cell.distribution)
+            model.load_state_dict(best)
+            early = reference_metrics(model(ds.x_test), ds.y_test, cell.label_smoothing, cell.distribution)
         assert run["test"] == pytest.approx(test, **METRIC_TOLERANCE)
+        assert run["early_stopped"]["epoch"] == best_epoch
+        assert run["early_stopped"]["test"] == pytest.approx(early, **METRIC_TOLERANCE)
 
 
 def test_final_files_follow_the_contract(tmp_path, no_report):
@@ -141,6 +155,8 @@ def test_final_files_follow_the_contract(tmp_path, no_report):
         for split in ("test", "holdout", "train"):
             x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
             assert arrays[f"{split}_logits"].shape == (len(x), 10)
+            if split != "train":
+                assert arrays[f"early_{split}_logits"].shape == (len(x), 10)
             assert arrays[f"{split}_logits"].dtype == np.float32
             assert arrays[f"{split}_target"].dtype == np.int64
             np.testing.assert_array_equal(arrays[f"{split}_target"], y.numpy())
@@ -152,15 +168,46 @@ def test_final_files_follow_the_contract(tmp_path, no_report):
     assert rows[0] == ("cell,model,distribution,label_smoothing,seed,epoch,train_loss,val_loss,"
                        "val_nll,val_accuracy,val_ece")
     assert len(rows) == 1 + 2 * 2
-    assert json.loads((tmp_path / "run" / "config.json").read_text()) == config.to_dict()
+    sizes = {"train": len(ds.x_train), "validation": len(ds.x_holdout), "test": len(ds.x_test)}
+    stored = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert stored == {**config.to_dict(), "split_sizes": sizes}
+    assert stored["validation_split"] == "holdout" and stored["preset"] is None and stored["quick"] is False
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_the_test_split_is_read_only_after_the_last_epoch(tmp_path, no_report, monkeypatch):
+    """Count every evaluation of the test images: two per model (final weights and the weights of
+    the epoch chosen on validation), both after training ended; per-epoch metrics come from the
+    validation split."""
+    from labelsmooth.lab.cells import CellGroup
+
+    loaded = {}
+    real_load = sweep.load_dataset
+    monkeypatch.setattr(sweep, "load_dataset", lambda *a, **k: loaded.setdefault("ds", real_load(*a, **k)))
+    reads = []
+    real_logits = CellGroup.logits
+
+    def counting_logits(self, x, batch_size):
+        split = next(name for name in ("test", "holdout", "train")
+                     if x.data_ptr() == getattr(loaded["ds"], f"x_{name}").data_ptr())
+        reads.append((split, self.cells[0].model, self.epochs_done))
+        return real_logits(self, x, batch_size)
+
+    monkeypatch.setattr(CellGroup, "logits", counting_logits)
+    monkeypatch.setattr(CellGroup, "cell_logits", lambda *a: pytest.fail("cell_logits reads a split again"))
+    config = SweepConfig(**{**SMALL, "epochs": 3}, models=("seed-cnn", "mlp"), label_smoothing=(0.0, 0.1))
+    run_sweep(config, tmp_path / "run", progress=False)
+    test_reads = [(model, epochs) for split, model, epochs in reads if split == "test"]
+    assert test_reads == [("seed-cnn", 3), ("seed-cnn", 3), ("mlp", 3), ("mlp", 3)]
+    per_epoch = [epochs for split, model, epochs in reads if split == "holdout" and model == "mlp"]
+    assert per_epoch[:3] == [1, 2, 3]
 
 
 def test_same_seed_gives_bit_identical_results(tmp_path, no_report):
     config = SweepConfig(**SMALL, label_smoothing=(0.0, 0.1), seeds=(3,))
     first = run_sweep(config, tmp_path / "a", progress=False)
     second = run_sweep(config, tmp_path / "b", progress=False)
-    assert first == second
+    assert without_provenance(first) == without_provenance(second)
     for cell in grid_cells(config):
         a, b = (np.load(tmp_path / d / "cells" / cell.key / "final.npz") for d in "ab")
         for key in a.files:
@@ -202,8 +249,10 @@ def assert_resumes_to_the_uninterrupted_run(interrupted: Path, tmp_path: Path, c
     resumed = run_sweep(LONG_CONFIG, interrupted, progress=False)
     assert "resuming" in capsys.readouterr().out
     uninterrupted = run_sweep(LONG_CONFIG, tmp_path / "uninterrupted", progress=False)
-    assert resumed["complete"] and resumed == uninterrupted
-    assert json.loads((interrupted / "results.json").read_text()) == uninterrupted
+    assert resumed["complete"] and without_provenance(resumed) == without_provenance(uninterrupted)
+    assert without_provenance(json.loads((interrupted / "results.json").read_text())) == \
+        without_provenance(uninterrupted)
+    assert resumed["provenance"]["wall_seconds"] > 0
     for cell in resumed["runs"]:
         x, y = (np.load(d / "cells" / cell["cell"] / "final.npz")
                 for d in (interrupted, tmp_path / "uninterrupted"))
@@ -261,12 +310,14 @@ def test_a_run_killed_while_writing_its_report_gets_it_on_rerun(tmp_path, capsys
                       "sweep.build_report = lambda out: os.kill(os.getpid(), signal.SIGKILL)\n"
                       f"from labelsmooth.cli import main\nmain({cli_args(out)!r})")
     assert subprocess.run([sys.executable, "-c", kill_in_report], timeout=120).returncode == -signal.SIGKILL
-    assert json.loads((out / "results.json").read_text())["complete"] and not (out / "report.html").exists()
+    assert json.loads((out / "results.json").read_text())["complete"]
+    assert not any((out / name).exists() for name in ("report.html", "verdicts.json", "summary.txt"))
     assert main(cli_args(out)) == 0
     printed = capsys.readouterr().out
     assert "complete but its report is missing; rebuilding the report" in printed
     reports = [Path(line.removeprefix("Report: ")) for line in printed.splitlines() if line.startswith("Report: ")]
     assert reports == [out / "report.html"] and reports[0].is_file()
+    assert json.loads((out / "verdicts.json").read_text()) and (out / "summary.txt").is_file()
     assert main(cli_args(out)) == 0 and "already complete" in capsys.readouterr().out
 
 
@@ -284,9 +335,10 @@ def test_a_diverging_cell_stops_and_leaves_its_neighbours_numbers_unchanged(tmp_
                           progress=False)["runs"][0]
     assert results["complete"] is False and no_report == [tmp_path / "reference"]
     kept, diverged = results["runs"]
-    assert (kept["history"], kept["test"]) == (neighbour["history"], neighbour["test"]) and "diverged" not in kept
-    assert (diverged["diverged"], diverged["history"], diverged["test"]) == (
-        {"epoch": 1, "reason": "train_loss nan"}, [], None)
+    assert (kept["history"], kept["test"], kept["early_stopped"]) == (
+        neighbour["history"], neighbour["test"], neighbour["early_stopped"]) and "diverged" not in kept
+    assert (diverged["diverged"], diverged["history"], diverged["test"], diverged["early_stopped"]) == (
+        {"epoch": 1, "reason": "train_loss nan"}, [], None, None)
     assert sorted(p.name for p in (out / "cells").iterdir()) == [kept["cell"]]
     # the rerun repeats the verdict without training again
     monkeypatch.setattr(sweep.CellGroup, "train_epoch", lambda *args: pytest.fail("trained again"))
@@ -334,7 +386,7 @@ def test_resume_of_a_run_without_checkpoint_starts_over(tmp_path, no_report, cap
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text(json.dumps(config.to_dict()))
     results = run_sweep(config, tmp_path / "run", progress=False)
-    assert results == run_sweep(config, tmp_path / "fresh", progress=False)
+    assert without_provenance(results) == without_provenance(run_sweep(config, tmp_path / "fresh", progress=False))
 
 
 @pytest.mark.fashion_mnist
@@ -393,3 +445,44 @@ def test_class_names_holding_mathtext_reach_the_figures_as_written(tmp_path, cap
                  "--epochs", "1", "--label-smoothing", "0", "0.1", "--no-progress", "--out", str(out)]) == 0
     page = (out / "report.html").read_text()
     assert list(out.glob("penultimate_*.png")) and r"$\frac{1}$, costs $5, c: penultimate activations" in page
+
+
+@pytest.mark.parametrize("later_keys", [("remap_labels",), ()], ids=["before-remap-labels", "with-remap-labels"])
+def test_a_run_directory_of_the_older_lab_is_neither_resumed_nor_overwritten(tmp_path, capsys, later_keys):
+    """A config.json without "validation_split" was written before the lab kept one: its
+    per-epoch metrics came from the test split, so resuming it would mix two meanings. So too
+    when it already records remap_labels (the label check came before the validation split)."""
+    out = tmp_path / "old"
+    out.mkdir()
+    old_config = {k: v for k, v in SweepConfig(**SMALL).to_dict().items()
+                  if k not in ("validation_split", "preset", "quick", *later_keys)}
+    (out / "config.json").write_text(json.dumps(old_config))
+    before = snapshot(out)
+    assert main(cli_args(out)) == 2
+    assert "older version of the lab" in capsys.readouterr().err
+    assert snapshot(out) == before
+
+
+def test_a_run_directory_from_before_remap_labels_resumes(tmp_path, no_report, capsys):
+    """A config.json with the validation split but without remap_labels (added later) is the same
+    sweep as one with remap_labels false: it resumes."""
+    config = SweepConfig(**SMALL, label_smoothing=(0.0,))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({k: v for k, v in config.to_dict().items() if k != "remap_labels"}))
+    results = run_sweep(config, out, progress=False)
+    assert results["complete"] and no_report == [out]
+    assert without_provenance(results)["runs"] == run_sweep(config, tmp_path / "fresh", progress=False)["runs"]
+
+
+def test_the_lock_is_held_while_the_report_and_verdicts_are_written(tmp_path, monkeypatch, capsys):
+    """The report, verdicts.json and summary.txt are the run's last writes: inside the lock, both
+    when the sweep ends and when a rerun rebuilds a missing report."""
+    out = tmp_path / "run"
+    holders = []
+    monkeypatch.setattr(sweep, "build_report", lambda run_dir: holders.append((Path(run_dir) / ".lock").read_text()))
+    config = SweepConfig(**SMALL, label_smoothing=(0.0,))
+    run_sweep(config, out, progress=False)
+    run_sweep(config, out, progress=False)  # the report is still missing: rebuilt
+    assert "report is missing; rebuilding" in capsys.readouterr().out
+    assert holders == [str(os.getpid())] * 2 and not (out / ".lock").exists()

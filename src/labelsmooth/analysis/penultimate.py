@@ -241,13 +241,15 @@ class ProjectionPanel:
 
 
 def plot_projection_grid(panels: Sequence[Sequence[ProjectionPanel]], path: str | Path | None = None,
-                         *, max_points_per_class: int = 300, seed: int = 0):
+                         *, max_points_per_class: int = 300, seed: int = 0, share_axes: bool = False):
     """Draw panels as a grid (rows x columns), one colour per class; save a PNG to ``path``.
 
     The paper's layout is rows train / test and columns eps = 0 / eps > 0, the same three classes
     everywhere. At most ``max_points_per_class`` points per class are drawn (a fixed random
-    subset, ``seed``), so large data sets stay readable. Returns the matplotlib Figure (built
-    without pyplot, so nothing global is left open).
+    subset, ``seed``), so large data sets stay readable. ``share_axes`` gives every panel the
+    same axis ranges (those of all drawn points, 5% margin, equal scales), so panels compare
+    at a glance. Returns the matplotlib Figure (built without pyplot, so nothing global is left
+    open).
     """
     from matplotlib.figure import Figure
 
@@ -255,18 +257,28 @@ def plot_projection_grid(panels: Sequence[Sequence[ProjectionPanel]], path: str 
     if not rows or not rows[0] or any(len(row) != len(rows[0]) for row in rows):
         raise ValueError(f"panels must be a non-empty rectangular grid, got row lengths {[len(r) for r in rows]}")
     generator = torch.Generator().manual_seed(seed)
-    fig = Figure(figsize=(4.2 * len(rows[0]), 4.0 * len(rows)), layout="constrained")
+    fig = Figure(figsize=(3.4 * len(rows[0]), 3.2 * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), len(rows[0]), squeeze=False)
+    drawn = []
     for ax, panel in zip(axes.flat, itertools.chain.from_iterable(rows)):
         labels = _as_labels(panel.labels, len(panel.coords), "panel.labels")
         for i, k in enumerate(sorted(panel.class_names)):
             index = torch.nonzero(labels == k).flatten()
             index = index[torch.randperm(len(index), generator=generator)[:max_points_per_class]]
-            ax.scatter(panel.coords[index, 0], panel.coords[index, 1], s=6, alpha=0.5,
-                       color=f"C{i % 10}", label=panel.class_names[k], rasterized=True)
-        ax.set_title(panel.title, fontsize=10)
-        ax.set_aspect("equal", adjustable="datalim")
+            points = torch.as_tensor(panel.coords)[index].double()
+            drawn.append(points)
+            ax.scatter(points[:, 0], points[:, 1], s=6, alpha=0.5, color=f"C{i % 10}",
+                       label=panel.class_names[k], rasterized=True)
+        ax.set_title(panel.title, fontsize=9)
+        ax.set_aspect("equal", adjustable="box" if share_axes else "datalim")
         ax.tick_params(labelsize=7)
+    every = torch.cat(drawn) if drawn else torch.empty(0, 2, dtype=torch.float64)
+    if share_axes and len(every):
+        low, high = every.min(0).values, every.max(0).values
+        center, half = (low + high) / 2, float((high - low).max()) / 2 * 1.05 or 1.0
+        for ax in axes.flat:
+            ax.set_xlim(float(center[0]) - half, float(center[0]) + half)
+            ax.set_ylim(float(center[1]) - half, float(center[1]) + half)
     axes.flat[0].legend(fontsize=7, markerscale=2, loc="best")
     if path is not None:
         fig.savefig(path, dpi=110)

@@ -5,8 +5,10 @@
     ece = expected_calibration_error(logits, target, from_logits=True)
     probs = TemperatureScaling().fit(val_logits, val_target).transform(test_logits)
 
-``metrics`` (the ECE family, Brier score, NLL), ``bootstrap`` (intervals) and ``streaming`` (the
-``CalibrationError`` module) need only torch and load eagerly; ``scaling`` (post-hoc calibrators;
+``metrics`` (the ECE family, Brier score, NLL), ``selective`` (selective classification and
+misclassification detection: AURC, E-AURC, AUROC of the max probability, risk at a coverage),
+``bootstrap`` (intervals) and ``streaming`` (the ``CalibrationError`` module) need only torch and
+load eagerly; ``scaling`` (post-hoc calibrators;
 NumPy, scikit-learn) and ``diagrams`` (reliability diagrams; matplotlib) load on first use of one
 of their names. A pure library: it imports only the core package. The lab uses it for the
 calibration section of its reports (``labelsmooth.lab.report.calibration``) and the
@@ -30,6 +32,15 @@ from .metrics import (
     maximum_calibration_error,
     negative_log_likelihood,
 )
+from .selective import (
+    SELECTIVE_METRICS,
+    aurc,
+    excess_aurc,
+    misclassification_auroc,
+    risk_at_coverage,
+    risk_coverage_curve,
+    selective_summary,
+)
 from .streaming import CalibrationError
 
 _LAZY = {
@@ -44,11 +55,13 @@ _LAZY = {
 }
 
 __all__ = [
+    "SELECTIVE_METRICS",
     "SUMMARY_METRICS",
     "BinStatistics",
     "CalibrationError",
     "ConfidenceInterval",
     "accuracy",
+    "aurc",
     "bin_statistics",
     "bootstrap_ci",
     "brier_score",
@@ -56,9 +69,14 @@ __all__ = [
     "classwise_calibration_error",
     "confidence_gap",
     "debiased_l2_calibration_error",
+    "excess_aurc",
     "expected_calibration_error",
     "maximum_calibration_error",
+    "misclassification_auroc",
     "negative_log_likelihood",
+    "risk_at_coverage",
+    "risk_coverage_curve",
+    "selective_summary",
     *_LAZY,
 ]
 

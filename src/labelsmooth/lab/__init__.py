@@ -13,6 +13,7 @@
 - :mod:`~labelsmooth.lab.shard`, :mod:`~labelsmooth.lab.merge`: sharded sweeps and their merge;
 - :mod:`~labelsmooth.lab.distill`: the distillation experiment (``labelsmooth distill``);
 - :mod:`~labelsmooth.lab.calibrate`: ``labelsmooth calibrate`` for a user's saved logits;
+- :mod:`~labelsmooth.lab.provenance`: versions, git commit, machine and date of a run;
 - :mod:`~labelsmooth.lab.report`: plots, verdicts and one self-contained report.html.
 
 The lab uses the library (losses, ``calibration``, ``analysis``); the library never imports the

@@ -18,11 +18,15 @@ to carry across an interrupted run.
 
 Per epoch and cell :class:`CellGroup` gives the training loss (the smoothed objective per image,
 averaged over the epoch as it was trained) and, on any split, the smoothed loss, the unsmoothed
-NLL, accuracy and ECE (:data:`METRIC_NAMES`).
+NLL, accuracy and ECE (:data:`METRIC_NAMES`). It also keeps each cell's weights of the epoch with
+the lowest validation NLL (:meth:`CellGroup.remember_best`): early stopping chosen on the
+validation split, evaluated on the test split only once training has ended
+(:meth:`CellGroup.best_weights`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 from dataclasses import dataclass, field
@@ -139,6 +143,8 @@ class CellGroup:
     epochs_done: int = 0
     ranks: Ranks = field(default_factory=Ranks)
     loss_plan: list | None = field(default=None, init=False, repr=False)
+    # the weights of each cell's epoch of lowest validation NLL so far (see remember_best)
+    best: dict | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def create(cls, config: SweepConfig, cells: list[Cell], dataset: Dataset,
@@ -150,12 +156,45 @@ class CellGroup:
 
     def state_dict(self) -> dict:
         return {"epochs_done": self.epochs_done, "parameters": self.stacked.state_dict(),
-                "optimizer": self.optimizer.state_dict()}
+                "optimizer": self.optimizer.state_dict(), "best": self.best}
 
     def load_state_dict(self, state: dict) -> None:
         self.epochs_done = state["epochs_done"]
         self.stacked.load_state_dict(state["parameters"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.best = state.get("best")
+
+    def remember_best(self, validation_nll: Tensor) -> None:
+        """After an epoch: keep the weights of every cell whose validation NLL (C,) is its lowest yet.
+
+        Ties keep the earlier epoch. ``best["epoch"]`` (C,) is the chosen epoch (1-based) of each cell.
+        """
+        current = [p.detach() for p in self.stacked.stacked]
+        nll = validation_nll.detach().to(current[0].device, torch.float64)
+        if self.best is None:
+            self.best = {"nll": nll.clone(), "epoch": torch.full_like(nll, self.epochs_done, dtype=torch.long),
+                         "parameters": [p.clone() for p in current]}
+            return
+        improved = nll < self.best["nll"]
+        self.best["nll"] = torch.where(improved, nll, self.best["nll"])
+        self.best["epoch"][improved] = self.epochs_done
+        for kept, now in zip(self.best["parameters"], current):
+            kept[improved] = now[improved]
+
+    @contextlib.contextmanager
+    def best_weights(self):
+        """Within the block, every cell holds its weights of the epoch chosen by :meth:`remember_best`."""
+        if self.best is None:
+            raise ValueError("best_weights: no epoch has been evaluated on the validation split yet")
+        parameters = list(self.stacked.stacked)
+        trained = [p.data for p in parameters]
+        try:
+            for p, kept in zip(parameters, self.best["parameters"]):
+                p.data = kept
+            yield self
+        finally:
+            for p, weights in zip(parameters, trained):
+                p.data = weights
 
     def _loss_plan(self, device: torch.device) -> list[tuple[str, Tensor | None, Tensor]]:
         """Per distribution: its cells' indices (None for all) and their eps as a (cells, 1) tensor."""

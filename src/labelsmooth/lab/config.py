@@ -3,6 +3,9 @@
 A *cell* is one (model, distribution, eps, seed); :func:`grid_cells` lists them in the grid's
 order (model, distribution, eps, seed), or one shard's share of them (``--shard i/n``, see
 :mod:`labelsmooth.lab.shard`).
+
+Besides the settings, ``config.json`` records what the sweep derived from them (:data:`DERIVED_KEYS`:
+the sizes of the training, validation and test splits), which a resumed run need not repeat.
 """
 
 from __future__ import annotations
@@ -18,13 +21,21 @@ from torch import Tensor
 from .models import MODELS
 from .shard import format_shard, select_cells
 
-__all__ = ["ADDED_KEYS", "DISTRIBUTIONS", "OPTIMIZERS", "RESUME_IGNORES", "Cell", "SweepConfig", "as_tuples",
-           "grid_cells", "is_device_name"]
+__all__ = ["ADDED_KEYS", "DERIVED_KEYS", "DISTRIBUTIONS", "OPTIMIZERS", "RESUME_IGNORES", "VALIDATION_SPLIT", "Cell",
+           "SweepConfig", "as_tuples", "grid_cells", "is_device_name"]
 
 DISTRIBUTIONS = ("uniform", "non_target")
-# Config keys that may differ when a run directory is resumed: where the data lives, not what it is.
-RESUME_IGNORES = frozenset({"data_dir"})
-# Keys added to config.json after run directories existed -> the value an older directory had.
+# Keys config.json records beside the settings: facts the sweep derived from them (split sizes).
+DERIVED_KEYS = frozenset({"split_sizes"})
+# Config keys that may differ when a run directory is resumed: where the data lives, not what it
+# is, and what was derived from the settings.
+RESUME_IGNORES = frozenset({"data_dir"}) | DERIVED_KEYS
+# The split that per-epoch metrics and every choice (best epoch, temperature) use: training images
+# not trained on (lab.data's hold-out). Run directories written before it existed lack the key,
+# and are neither resumed nor overwritten (lab.rundir.check_run_directory).
+VALIDATION_SPLIT = "holdout"
+# Keys added to config.json after run directories with a validation split existed -> the value
+# such an older directory had (preset, quick and validation_split came with the split itself).
 ADDED_KEYS = {"remap_labels": False}
 
 # name -> constructor(params, config); both are elementwise, so stacking cells changes nothing.
@@ -82,6 +93,9 @@ class SweepConfig:
     device: str = "cpu"
     shard: str | None = None
     remap_labels: bool = False
+    preset: str | None = None      # the `labelsmooth reproduce` preset that made the settings
+    quick: bool = False            # whether that preset ran in its --quick version
+    validation_split: str = VALIDATION_SPLIT
 
     def __post_init__(self) -> None:
         as_tuples(self, ("models", "label_smoothing", "seeds", "distributions"))
@@ -119,6 +133,9 @@ class SweepConfig:
         need(isinstance(self.data_seed, int) and self.data_seed >= 0, "data_seed", "a non-negative integer")
         need(is_device_name(self.device), "device", "a torch device such as cpu, cuda or cuda:1")
         need(isinstance(self.remap_labels, bool), "remap_labels", "true or false")
+        need(self.preset is None or isinstance(self.preset, str), "preset", "None or a preset's name")
+        need(isinstance(self.quick, bool), "quick", "true or false")
+        need(self.validation_split == VALIDATION_SPLIT, "validation_split", repr(VALIDATION_SPLIT))
         if self.shard is not None:
             self.shard = format_shard(self.shard)
 
@@ -127,6 +144,8 @@ class SweepConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "SweepConfig":
+        """The config of a stored ``config.json`` (its :data:`DERIVED_KEYS` are dropped)."""
+        values = {k: v for k, v in values.items() if k not in DERIVED_KEYS}
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"config has unknown keys {sorted(unknown)}; expected keys of "

@@ -11,7 +11,7 @@ Three sources, one registry (:data:`SOURCES`):
   stratified official-style test set (20%, ``random_state=0``) whatever the run's seed.
 - ``path/to/file.npz``: arrays ``x`` (N, ...) and ``y`` (N,) int, optional ``x_test``/``y_test``
   (otherwise a fixed stratified 20% test split is taken from ``x``), optional ``x_val``/``y_val``
-  (a separate evaluation split; by default evaluation uses the test set) and optional
+  (the validation split; otherwise one is taken from the training images, below) and optional
   ``class_names``; (N, H, W) images get a channel axis. Loaded with ``allow_pickle=False``.
   Images must be finite numbers.
 
@@ -21,13 +21,14 @@ its share of the smoothing mass. ``remap_labels=True`` instead numbers the disti
 0..K-1 in increasing order; ``Dataset.original_labels[k]`` is then the file's label of class
 ``k`` (and ``class_names``, when given, are indexed by the file's labels).
 
-Splits: ``x_eval`` is the per-epoch evaluation split, by default the full official
-test set; ``x_holdout`` is a seeded stratified sample of training images not used for training
-(when ``train_fraction < 1``: taken from the images left out, at most 10% of the training
-pool; otherwise 10% of the pool, so training uses the other 90%); ``x_train`` is a stratified,
-seeded sample of ``train_fraction`` of the pool. Images are float32, standardised by the
-training pool's mean and standard deviation (one scalar each), with a channel axis: (N, C, H, W)
-for images, (N, D) for flat features.
+Splits, disjoint: ``x_train`` is a stratified, seeded sample of ``train_fraction`` of the
+training pool; ``x_holdout`` is the *validation* split, a seeded stratified sample of training
+images not used for training (when ``train_fraction < 1``: taken from the images left out, at
+most 10% of the pool; otherwise 10% of the pool, so training uses the other 90%; an .npz's
+``x_val`` when it has one). Everything a run chooses (per-epoch metrics, the best epoch, a
+temperature) uses it; ``x_test`` (the official test split) gives the final numbers only. Images
+are float32, standardised by the training pool's mean and standard deviation (one scalar each),
+with a channel axis: (N, C, H, W) for images, (N, D) for flat features.
 """
 
 from __future__ import annotations
@@ -73,13 +74,15 @@ class DataError(ValueError):
 
 @dataclass
 class Dataset:
-    """One data set in memory. Targets are int64 class indices in ``[0, num_classes)``."""
+    """One data set in memory. Targets are int64 class indices in ``[0, num_classes)``.
+
+    ``x_holdout`` / ``y_holdout`` are the validation split (training images not trained on),
+    disjoint from ``x_test``.
+    """
 
     name: str
     x_train: Tensor
     y_train: Tensor
-    x_eval: Tensor
-    y_eval: Tensor
     x_test: Tensor
     y_test: Tensor
     x_holdout: Tensor
@@ -298,17 +301,23 @@ def _class_labels(source: str, labels: tuple, names, remap: bool) -> tuple:
     return None, tuple(str(n) for n in names) if names is not None else tuple(map(str, range(classes))), labels
 
 
-def _train_holdout_indices(y: np.ndarray, train_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified, seeded (train, holdout) indices into the training pool."""
-    n_holdout = max(1, round(HOLDOUT_FRACTION * len(y)))
-    if train_fraction >= 1:
-        return _stratified_split(y, n_holdout, seed)
+def _train_indices(y: np.ndarray, train_fraction: float, seed: int) -> np.ndarray:
+    """Stratified, seeded indices of ``train_fraction`` of the training pool (sorted)."""
     n_classes = len(np.unique(y))
     n_train = round(train_fraction * len(y))
     if n_train < n_classes or len(y) - n_train < n_classes:
         raise ValueError(f"train_fraction must leave at least one image per class ({n_classes} "
                          f"classes) on both sides of the split of {len(y)} images, got {train_fraction}")
-    rest, train = _stratified_split(y, n_train, seed)
+    return _stratified_split(y, n_train, seed)[1]
+
+
+def _train_holdout_indices(y: np.ndarray, train_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded (train, holdout) indices into the training pool, disjoint."""
+    n_holdout = max(1, round(HOLDOUT_FRACTION * len(y)))
+    if train_fraction >= 1:
+        return _stratified_split(y, n_holdout, seed)
+    train = _train_indices(y, train_fraction, seed)
+    rest = np.setdiff1d(np.arange(len(y)), train)
     if len(rest) <= n_holdout:
         return train, rest
     _, holdout = _stratified_split(y[rest], n_holdout, seed)
@@ -329,13 +338,13 @@ def load_dataset(name_or_path: str | Path, *, data_dir: str | Path | None = None
                  train_fraction: float = 1.0, seed: int = 0, remap_labels: bool = False) -> Dataset:
     """Load a data set by name (:data:`SOURCES`) or ``.npz`` path, split and standardise it.
 
-    ``seed`` fixes the training subsample and hold-out split (the official test split never
-    depends on it). ``x`` is standardised as ``(x - mean) / std`` with the scalar mean and std of
-    the whole training pool.
+    ``seed`` fixes the training subsample and the validation (hold-out) split (the official test
+    split never depends on it). ``x`` is standardised as ``(x - mean) / std`` with the scalar mean
+    and std of the whole training pool.
 
     >>> ds = load_dataset("digits", train_fraction=0.5)
-    >>> ds.in_shape, ds.num_classes, len(ds.x_eval), len(ds.x_train), len(ds.x_holdout)
-    ((1, 8, 8), 10, 360, 718, 144)
+    >>> ds.in_shape, ds.num_classes, len(ds.x_train), len(ds.x_holdout), len(ds.x_test)
+    ((1, 8, 8), 10, 718, 144, 360)
     """
     name = str(name_or_path)
     if not (isinstance(train_fraction, (int, float)) and 0 < train_fraction <= 1):
@@ -349,15 +358,16 @@ def load_dataset(name_or_path: str | Path, *, data_dir: str | Path | None = None
     x_pool, y_pool, x_test, y_test, x_val, y_val, class_names = raw
     original_labels, class_names, (y_pool, y_test, y_val) = _class_labels(
         name, (y_pool, y_test, y_val), class_names, remap_labels)
-    train, holdout = _train_holdout_indices(y_pool, train_fraction, seed)
+    if x_val is None:
+        train, holdout = _train_holdout_indices(y_pool, train_fraction, seed)
+        x_val, y_val = x_pool[holdout], y_pool[holdout]
+    else:
+        train = np.arange(len(y_pool)) if train_fraction >= 1 else _train_indices(y_pool, train_fraction, seed)
     mean, std = _mean_std(x_pool)
 
     def tensors(x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
         x = (x.astype(np.float32) - np.float32(mean)) / np.float32(std)
         return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
 
-    x_test_t, y_test_t = tensors(x_test, y_test)
-    x_eval_t, y_eval_t = tensors(x_val, y_val) if x_val is not None else (x_test_t, y_test_t)
-    return Dataset(name, *tensors(x_pool[train], y_pool[train]), x_eval_t, y_eval_t, x_test_t,
-                   y_test_t, *tensors(x_pool[holdout], y_pool[holdout]), len(class_names),
-                   class_names, original_labels)
+    return Dataset(name, *tensors(x_pool[train], y_pool[train]), *tensors(x_test, y_test),
+                   *tensors(x_val, y_val), len(class_names), class_names, original_labels)

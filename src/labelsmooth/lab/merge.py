@@ -45,7 +45,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import RESUME_IGNORES, SweepConfig, grid_cells
+from .config import DERIVED_KEYS, RESUME_IGNORES, SweepConfig, grid_cells
 from .report.builder import build_report
 from .rundir import is_plain_cell_key, write_json, write_metrics_csv
 
@@ -215,9 +215,13 @@ def merge_shards(run_dirs: list[str | os.PathLike], out: str | os.PathLike, *,
     owners = runs_in_grid_order(shards, grid, allow_partial=allow_partial)
     runs = [run for _, run in owners]
     complete = len(runs) == len(grid) and all(run.get("test") is not None for run in runs)
-    results = {"config": config.to_dict(), "runs": runs, "complete": complete}
+    derived = {key: shards[0].config[key] for key in sorted(DERIVED_KEYS) if key in shards[0].config}
+    results = {"config": {**config.to_dict(), **derived}, "runs": runs, "complete": complete}
     if "original_labels" in shards[0].results:  # --remap-labels: the same data, so the same mapping
         results["original_labels"] = shards[0].results["original_labels"]
+    made = [shard.results["provenance"] for shard in shards if isinstance(shard.results.get("provenance"), dict)]
+    if made:  # the first shard's machine and versions; the time all shards spent
+        results["provenance"] = {**made[0], "wall_seconds": round(sum(p.get("wall_seconds") or 0 for p in made), 1)}
     write_run_directory(out, results, owners)
     if report:
         build_report(out)

@@ -78,7 +78,7 @@ class Ranks:
             raise ValueError(f"batch_size must leave every batch at least one image per process "
                              f"({self.size} processes), got {config.batch_size}: the last batch of "
                              f"{len(dataset.x_train)} training images has {last_batch}")
-        for split in ("eval", "test", "holdout"):
+        for split in ("test", "holdout"):
             if len(getattr(dataset, f"x_{split}")) < self.size:
                 raise ValueError(f"dataset: the {split} split must have at least one image per process "
                                  f"({self.size}), got {len(getattr(dataset, f'x_{split}'))}")

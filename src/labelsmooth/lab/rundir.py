@@ -1,10 +1,12 @@
 """The run directory of a lab run: atomic writes, checkpoints, cell files, and the checks that
 decide whether a directory is created, resumed, reported complete or refused.
 
-A sweep writes ``config.json`` (its :class:`~labelsmooth.lab.config.SweepConfig`), after every
-epoch ``results.json``, ``metrics.csv`` and ``checkpoint.pt`` (weights, optimizer state,
-histories; removed when the sweep finishes), and per finished cell ``cells/<key>/final.npz``
-(test, hold-out and training logits and targets) and ``cells/<key>/model.pt``. Every file is
+A sweep writes ``config.json`` (its :class:`~labelsmooth.lab.config.SweepConfig` and the split
+sizes), after every epoch ``results.json``, ``metrics.csv`` and ``checkpoint.pt`` (weights,
+optimizer state, histories; removed when the sweep finishes), and per finished cell
+``cells/<key>/final.npz`` (test, validation (``holdout_*``) and training logits and targets, and
+``early_test_logits`` / ``early_holdout_logits`` of the weights of the epoch with the lowest
+validation NLL) and ``cells/<key>/model.pt`` (the final weights). Every file is
 written through a temporary file and renamed into place, so a killed process leaves the old
 file or the new one, never a mix; a directory holding another run is never overwritten.
 
@@ -32,7 +34,6 @@ import torch
 
 from .cells import HISTORY_COLUMNS, CellGroup
 from .config import ADDED_KEYS, RESUME_IGNORES, Cell, SweepConfig
-from .data import Dataset
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -55,7 +56,7 @@ __all__ = [
     "write_metrics_csv",
 ]
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 TEMPORARY_SUFFIX = ".tmp"  # of write_atomic's temporary files, named .<file>.<pid>.tmp
 LOCK_FILE = ".lock"
 
@@ -116,19 +117,23 @@ def write_metrics_csv(path: Path, runs: list[dict]) -> None:
 
 @dataclass
 class Progress:
-    """What the run directory records: histories and test metrics by cell key, and the cells that
-    diverged (key -> ``{"epoch": e, "reason": ...}``; their training stopped, a run with any is
-    not complete)."""
+    """What the run directory records, by cell key: per-epoch histories, final test metrics, the
+    early-stopped model's (``{"epoch", "validation_nll", "test"}``), and the cells that diverged
+    (``{"epoch": e, "reason": ...}``; their training stopped, a run with any is not complete); and
+    the seconds spent training so far (over every resume)."""
 
-    histories: dict[str, list[dict]]
-    tests: dict[str, dict]
+    histories: dict[str, list[dict]] = field(default_factory=dict)
+    tests: dict[str, dict] = field(default_factory=dict)
+    early_stopped: dict[str, dict] = field(default_factory=dict)
     diverged: dict[str, dict] = field(default_factory=dict)
+    wall_seconds: float = 0.0
 
-    def results(self, config: SweepConfig, cells: list[Cell]) -> dict:
+    def results(self, config: dict, cells: list[Cell]) -> dict:
+        """results.json's object; ``config`` is what config.json stores."""
         runs = [{**c.describe(), "history": self.histories.get(c.key, []), "test": self.tests.get(c.key),
+                 "early_stopped": self.early_stopped.get(c.key),
                  **({"diverged": self.diverged[c.key]} if c.key in self.diverged else {})} for c in cells]
-        return {"config": config.to_dict(), "runs": runs,
-                "complete": all(c.key in self.tests for c in cells)}
+        return {"config": config, "runs": runs, "complete": all(c.key in self.tests for c in cells)}
 
 
 def load_results(run_dir: str | os.PathLike) -> dict:
@@ -182,6 +187,11 @@ def check_run_directory(out: Path, config: dict) -> dict | None:
     config_path = out / "config.json"
     if config_path.is_file():
         stored = read_json(config_path)
+        if "validation_split" in config and "validation_split" not in stored:
+            raise RunDirectoryError(
+                f"{out} holds a run of an older version of the lab (its per-epoch metrics came from "
+                f"the test split); refusing to overwrite or resume it. 'labelsmooth report {out}' "
+                f"rebuilds its report; choose another --out to run the sweep again.")
         differences = config_differences(stored, config)
         if differences:
             raise RunDirectoryError(
@@ -263,32 +273,36 @@ def open_run_directory(out: Path, config: dict) -> dict | None:
 def save_checkpoint(path: Path, config: SweepConfig, progress: Progress, group: CellGroup | None) -> None:
     """The sweep's progress and, mid-model, the training group's state (weights, optimizer)."""
     state = {"format": CHECKPOINT_FORMAT, "config": config.to_dict(), "histories": progress.histories,
-             "tests": progress.tests, "diverged": progress.diverged,
-             "group": group.state_dict() if group else None,
+             "tests": progress.tests, "early_stopped": progress.early_stopped, "diverged": progress.diverged,
+             "wall_seconds": progress.wall_seconds, "group": group.state_dict() if group else None,
              "group_model": group.cells[0].model if group else None}
     write_atomic(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: Path) -> dict | None:
-    """What :func:`save_checkpoint` wrote (``weights_only``), or None when there is no checkpoint."""
-    return torch.load(path, weights_only=True, map_location="cpu") if path.is_file() else None
+    """What :func:`save_checkpoint` wrote (``weights_only``), or None when there is no checkpoint.
+
+    A checkpoint of an older format (written before the lab kept a validation split) raises
+    :class:`RunDirectoryError`: its run cannot be resumed with the same meaning.
+    """
+    if not path.is_file():
+        return None
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise RunDirectoryError(f"{path} was written by an older version of the lab (checkpoint format "
+                                f"{state.get('format')}, expected {CHECKPOINT_FORMAT}); its run cannot be "
+                                f"resumed. Choose another --out to start it again.")
+    return state
 
 
 # 5. Cell files -------------------------------------------------------------------------------------
 
 
-def write_cell_files(out: Path, cell: Cell, index: int, group: CellGroup, dataset: Dataset,
-                     config: SweepConfig) -> None:
-    """``cells/<key>/final.npz`` (test, hold-out and training logits and targets) and ``model.pt``.
+def write_cell_files(out: Path, cell: Cell, index: int, group: CellGroup, arrays: dict[str, np.ndarray]) -> None:
+    """``cells/<key>/final.npz`` (the cell's ``arrays``) and ``model.pt`` (its final weights).
 
-    Called on every rank (each computes its rows of the logits); rank 0 writes.
+    Called on every rank (the logits were gathered on all of them); rank 0 writes.
     """
-    arrays = {}
-    for split in ("test", "holdout", "train"):
-        x, y = getattr(dataset, f"x_{split}"), getattr(dataset, f"y_{split}")
-        logits = group.cell_logits(index, x, config.eval_batch_size)
-        arrays[f"{split}_logits"] = logits.float().cpu().numpy()
-        arrays[f"{split}_target"] = y.cpu().numpy().astype(np.int64)
     if not group.ranks.writes:
         return
     folder = out / "cells" / cell.key

@@ -10,6 +10,10 @@ there. With one seed there is no interval: ``Estimate.low``/``high`` are ``None`
 Paired differences: within a seed every eps shares initial weights and batch order, so the
 effect of eps is estimated from per-seed differences ``d_s = m(eps, s) - m(0, s)``, whose
 interval is narrower than the one of two independent means.
+
+Bounded quantities (accuracy and ECE lie in [0, 1]; :data:`BOUNDS`) get intervals clipped to
+their range (``bounds=``): a Student-t interval over few seeds can otherwise reach below 0 or
+above 1. A difference of two values in [lo, hi] is clipped to [lo - hi, hi - lo].
 """
 
 from __future__ import annotations
@@ -20,7 +24,21 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["Estimate", "estimate", "paired_difference", "t_quantile_975"]
+__all__ = ["BOUNDS", "Estimate", "estimate", "paired_difference", "seeds_to_reach", "t_quantile_975"]
+
+# quantity -> the range its values lie in (None: unbounded on that side)
+BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "accuracy": (0.0, 1.0), "ece": (0.0, 1.0), "mce": (0.0, 1.0), "classwise_ece": (0.0, 1.0),
+    "brier": (0.0, 2.0), "confidence_gap": (-1.0, 1.0), "nll": (0.0, None), "loss": (0.0, None),
+    "aurc": (0.0, 1.0), "e_aurc": (0.0, 1.0), "auroc": (0.0, 1.0), "risk_at_80": (0.0, 1.0),
+    "tightness": (0.0, None), "equidistance_cv": (0.0, None), "rise": (None, None),
+}
+
+
+def _clip(value: float, low: float | None, high: float | None) -> float:
+    if low is not None:
+        value = max(value, low)
+    return value if high is None else min(value, high)
 
 # t_{0.975, df} for df = 1..30.
 _T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
@@ -49,12 +67,13 @@ def t_quantile_975(df: int) -> float:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A mean over ``n`` seeds and its 95% interval (``low``/``high`` are None when n == 1)."""
+    """A mean over ``n`` seeds and its 95% interval (``low``/``high``/``half_width`` are None when n == 1)."""
 
     mean: float
     low: float | None
     high: float | None
     n: int
+    half_width: float | None = None  # of the Student-t interval, before any clipping
 
     @property
     def has_interval(self) -> bool:
@@ -71,12 +90,14 @@ class Estimate:
         return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
 
 
-def estimate(values: Sequence[float]) -> Estimate:
-    """Mean and Student-t 95% interval of ``values`` (one per seed).
+def estimate(values: Sequence[float], bounds: tuple[float | None, float | None] | None = None) -> Estimate:
+    """Mean and Student-t 95% interval of ``values`` (one per seed), clipped to ``bounds``.
 
     >>> e = estimate([1.0, 2.0, 3.0])
     >>> e.mean, round(e.low, 4), round(e.high, 4)
     (2.0, -0.4842, 4.4842)
+    >>> round(estimate([1.0, 2.0, 3.0], bounds=(0.0, None)).low, 4)
+    0.0
     >>> estimate([0.5]).format()
     '0.5000 (n/a (1 seed))'
     """
@@ -89,13 +110,17 @@ def estimate(values: Sequence[float]) -> Estimate:
     if array.size == 1:
         return Estimate(mean, None, None, 1)
     half_width = t_quantile_975(array.size - 1) * float(array.std(ddof=1)) / math.sqrt(array.size)
-    return Estimate(mean, mean - half_width, mean + half_width, int(array.size))
+    low, high = bounds or (None, None)
+    return Estimate(mean, _clip(mean - half_width, low, high), _clip(mean + half_width, low, high),
+                    int(array.size), half_width)
 
 
-def paired_difference(treatment: dict, baseline: dict) -> Estimate | None:
+def paired_difference(treatment: dict, baseline: dict,
+                      bounds: tuple[float | None, float | None] | None = None) -> Estimate | None:
     """Estimate of ``treatment[s] - baseline[s]`` over the seeds ``s`` both dicts have.
 
-    ``treatment`` and ``baseline`` map seed -> value. Returns None when no seed is shared.
+    ``treatment`` and ``baseline`` map seed -> value, each value in ``bounds`` (the interval is
+    clipped to the range of a difference of two such values). Returns None when no seed is shared.
 
     >>> paired_difference({0: 1.0, 1: 1.5, 2: 2.0}, {0: 0.5, 1: 1.0, 2: 1.4}).format(3)
     '0.533 [0.390, 0.677]'
@@ -103,4 +128,26 @@ def paired_difference(treatment: dict, baseline: dict) -> Estimate | None:
     seeds = sorted(set(treatment) & set(baseline))
     if not seeds:
         return None
-    return estimate([treatment[s] - baseline[s] for s in seeds])
+    span = None
+    if bounds is not None and None not in bounds:
+        span = (bounds[0] - bounds[1], bounds[1] - bounds[0])
+    return estimate([treatment[s] - baseline[s] for s in seeds], span)
+
+
+def seeds_to_reach(half_width: float, n: int, target: float, most: int = 10_000) -> int | None:
+    """Roughly how many seeds make the 95% half-width at most ``target``, if the seed-to-seed
+    spread stays as observed with ``n`` seeds (half-width ``half_width``): the smallest ``m >= 2``
+    with ``t_{0.975, m-1} s / sqrt(m) <= target``, ``s = half_width sqrt(n) / t_{0.975, n-1}``.
+    None when even ``most`` seeds would not do.
+
+    >>> seeds_to_reach(0.1, 3, 0.1), seeds_to_reach(0.1, 3, 0.05)
+    (3, 5)
+    """
+    if n < 2 or half_width < 0 or target <= 0:
+        raise ValueError(f"seeds_to_reach: expected n >= 2, half_width >= 0 and target > 0, got "
+                         f"n={n}, half_width={half_width}, target={target}")
+    spread = half_width * math.sqrt(n) / t_quantile_975(n - 1)
+    for m in range(2, most + 1):
+        if t_quantile_975(m - 1) * spread / math.sqrt(m) <= target:
+            return m
+    return None

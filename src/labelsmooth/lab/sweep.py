@@ -6,22 +6,29 @@ A *cell* is one (model, distribution, eps, seed) of the grid (:mod:`labelsmooth.
 (:mod:`labelsmooth.lab.rundir`) after every epoch.
 
 Per epoch and cell: ``train_loss`` (the smoothed objective per image, averaged over the epoch
-as it was trained), and on the evaluation split ``val_loss`` (the smoothed objective),
-``val_nll`` (unsmoothed), ``val_accuracy``, ``val_ece`` (15 equal-width bins). At the end the
-same four on the test split, and each cell's ``final.npz`` and ``model.pt`` (see the lab
-contract). A checkpoint (weights, optimizer state, histories) is written atomically after every
-epoch; an interrupted sweep resumes from it and ends with the same numbers, bit for bit on the
-CPU, as one that was not interrupted. One process writes a run directory at a time (a lock; see
+as it was trained), and on the validation split (training images not trained on, see
+:mod:`labelsmooth.lab.data`) ``val_loss`` (the smoothed objective), ``val_nll`` (unsmoothed),
+``val_accuracy``, ``val_ece`` (15 equal-width bins). Each cell's weights of the epoch with the
+lowest ``val_nll`` are kept (early stopping chosen on validation). The test split is read only
+after the last epoch: the same four metrics for the final weights (``test``) and for the kept
+ones (``early_stopped``), and each cell's ``final.npz`` and ``model.pt`` (see
+:mod:`labelsmooth.lab.rundir`). ``results.json`` also records the run's provenance
+(:mod:`labelsmooth.lab.provenance`, with the seconds spent training over every resume). A
+checkpoint (weights, optimizer state, histories) is written atomically after every epoch; an
+interrupted sweep resumes from it and ends with the same numbers, bit for bit on the CPU, as one
+that was not interrupted. One process writes a run directory at a time (a lock, held from the
+moment the directory is opened until its report and verdicts are written; see
 :mod:`labelsmooth.lab.rundir`). A complete run whose report is missing (killed while writing it)
-gets its report rebuilt when rerun.
+gets its report (and ``verdicts.json``, ``summary.txt``) rebuilt when rerun.
 
-Divergence: a cell whose training loss, evaluation metrics or weights stop being finite numbers
-stops recording there (its history ends at its last finite epoch, and it gets no test metrics or
-cell files); the run is then not complete and :class:`DivergenceError` names the cells, the epoch
-and suggests a lower learning rate. The other cells of its model keep training: cell ``c``'s
-weights only reach its own rows of the loss, so a diverged neighbour cannot change their numbers
-(the test suite checks them against a run without it), and their results are kept. A rerun
-reports the same divergence without training again.
+Divergence: a cell whose training loss, validation metrics or weights stop being finite numbers
+stops recording there (its history ends at its last finite epoch, and it gets no test metrics,
+no early-stopped record and no cell files); the run is then not complete and
+:class:`DivergenceError` names the cells, the epoch and suggests a lower learning rate. The
+other cells of its model keep training: cell ``c``'s weights only reach its own rows of the loss,
+so a diverged neighbour cannot change their numbers (the test suite checks them against a run
+without it), and their results are kept, early-stopped weights included. A rerun reports the same
+divergence without training again.
 
 Data parallel: under ``torchrun --nproc-per-node N -m labelsmooth sweep ...`` (or after any
 ``torch.distributed.init_process_group``) the processes train every cell together, data
@@ -37,6 +44,7 @@ import contextlib
 import datetime
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +54,7 @@ from .cells import HISTORY_COLUMNS, METRIC_NAMES, CellGroup, initial_model
 from .config import DISTRIBUTIONS, OPTIMIZERS, SweepConfig, grid_cells
 from .data import load_dataset
 from .models import MODELS
+from .provenance import provenance
 from .ranks import Ranks, torchrun_process_group
 from .report.builder import build_report
 from .rundir import (
@@ -124,9 +133,9 @@ def run_sweep(config: SweepConfig, out_dir: str | os.PathLike, *, progress: bool
         return _run_sweep(config, Path(out_dir), progress, lock)
 
 
-def _open_locked(out: Path, config: SweepConfig, lock: contextlib.ExitStack) -> dict | None:
+def _open_locked(out: Path, recorded: dict, lock: contextlib.ExitStack) -> dict | None:
     lock.enter_context(locked(out))
-    return open_run_directory(out, config.to_dict())
+    return open_run_directory(out, recorded)
 
 
 def _run_sweep(config: SweepConfig, out: Path, progress: bool, lock: contextlib.ExitStack) -> dict:
@@ -141,6 +150,7 @@ def _run_sweep(config: SweepConfig, out: Path, progress: bool, lock: contextlib.
         else:
             say(f"{out}: this sweep is already complete; nothing to do.")
         return finished
+    started = time.perf_counter()
     device = ranks.device(config.device)
     # Data and models are checked before the run directory is made, so a bad setting leaves nothing.
     dataset = load_dataset(config.dataset, data_dir=config.data_dir, train_fraction=config.train_fraction,
@@ -148,7 +158,9 @@ def _run_sweep(config: SweepConfig, out: Path, progress: bool, lock: contextlib.
     for model in config.models:
         initial_model(config, model, 0, dataset)
     ranks.check_splits(config, dataset)
-    finished = ranks.first(lambda: _open_locked(out, config, lock))
+    recorded = {**config.to_dict(), "split_sizes": {"train": len(dataset.x_train), "validation": len(dataset.x_holdout),
+                                                    "test": len(dataset.x_test)}}
+    finished = ranks.first(lambda: _open_locked(out, recorded, lock))
     if finished is not None:  # another process finished this sweep while the data loaded
         say(f"{out}: this sweep is already complete; nothing to do.")
         return finished
@@ -161,18 +173,30 @@ def _run_sweep(config: SweepConfig, out: Path, progress: bool, lock: contextlib.
     groups = {m: sorted((c for c in cells if c.model == m), key=lambda c: config.seeds.index(c.seed))
               for m in config.models}
     groups = {m: g for m, g in groups.items() if g}
-    progress_state, saved_group = Progress({}, {}), None
+    progress_state, saved_group = Progress(), None
     saved = ranks.first(lambda: load_checkpoint(checkpoint_path))
     if saved is not None:
-        progress_state = Progress(saved["histories"], saved["tests"], saved.get("diverged", {}))
+        progress_state = Progress(saved["histories"], saved["tests"], saved["early_stopped"],
+                                  saved.get("diverged", {}), saved["wall_seconds"])
         saved_group = (saved["group_model"], saved["group"]) if saved["group"] else None
         say(f"{out}: resuming an unfinished sweep ({len(progress_state.tests)} of {len(cells)} cells "
             f"finished, {sum(len(h) for h in progress_state.histories.values())} cell-epochs recorded).")
+    made = provenance(config.device)
+    spent_before = progress_state.wall_seconds
+
+    def checkpoint(group: CellGroup | None) -> None:
+        """The checkpoint first, then results.json (:func:`record`): a results.json never holds
+        epochs that a resume would not find in the checkpoint."""
+        progress_state.wall_seconds = spent_before + time.perf_counter() - started
+        if ranks.writes:
+            save_checkpoint(checkpoint_path, config, progress_state, group)
 
     def record() -> dict:
-        results = progress_state.results(config, cells)
+        progress_state.wall_seconds = spent_before + time.perf_counter() - started
+        results = progress_state.results(recorded, cells)
         if dataset.original_labels is not None:
             results["original_labels"] = list(dataset.original_labels)
+        results["provenance"] = {**made, "wall_seconds": round(progress_state.wall_seconds, 1)}
         if ranks.writes:
             write_json(out / "results.json", results, durable=results["complete"])
             write_metrics_csv(out / "metrics.csv", results["runs"])
@@ -191,7 +215,8 @@ def _run_sweep(config: SweepConfig, out: Path, progress: bool, lock: contextlib.
                 group.load_state_dict(saved_group[1])
             while group.epochs_done < config.epochs and not all(c.key in stopped for c in group_cells):
                 train_loss = group.train_epoch(config, dataset)
-                val = group.metrics(group.logits(dataset.x_eval, config.eval_batch_size), dataset.y_eval)
+                val = group.metrics(group.logits(dataset.x_holdout, config.eval_batch_size), dataset.y_holdout)
+                group.remember_best(val[:, METRIC_NAMES.index("nll")])
                 epoch_values = torch.cat([train_loss[:, None], val], 1)
                 values = epoch_values.tolist()
                 for cell, row, reason in zip(group_cells, values, group.divergence(epoch_values)):
@@ -201,21 +226,17 @@ def _run_sweep(config: SweepConfig, out: Path, progress: bool, lock: contextlib.
                     if cell.key not in stopped:
                         progress_state.histories.setdefault(cell.key, []).append(
                             dict(zip(HISTORY_COLUMNS, [group.epochs_done, *row])))
-                if ranks.writes:
-                    save_checkpoint(checkpoint_path, config, progress_state, group)
+                checkpoint(group)
                 record()
                 live = [r[3] for c, r in zip(group_cells, values) if c.key not in stopped]
                 bar.set_postfix_str(f"{model} val_acc {np.mean(live) if live else float('nan'):.3f}")
                 bar.update(1)
-            live = [(index, cell) for index, cell in enumerate(group_cells) if cell.key not in stopped]
-            test = group.metrics(group.logits(dataset.x_test, config.eval_batch_size), dataset.y_test).tolist() \
-                if live else []
-            for index, cell in live:
-                write_cell_files(out, cell, index, group, dataset, config)
-                progress_state.tests[cell.key] = dict(zip(METRIC_NAMES, test[index]))
-                stopped.add(cell.key)
-            if ranks.writes:
-                save_checkpoint(checkpoint_path, config, progress_state, None)
+            live = [index for index, cell in enumerate(group_cells) if cell.key not in stopped]
+            if live:
+                finish_group(out, group, live, dataset, config, progress_state)
+                stopped.update(group_cells[index].key for index in live)
+            checkpoint(None)
+            record()
     finally:
         bar.close()
     results = record()
@@ -226,6 +247,30 @@ def _run_sweep(config: SweepConfig, out: Path, progress: bool, lock: contextlib.
     return results
 
 
+def finish_group(out: Path, group: CellGroup, live: list[int], dataset, config: SweepConfig,
+                 progress_state: Progress) -> None:
+    """After a model's last epoch: the test split, read now and only now (the final weights, then the
+    weights of each cell's epoch of lowest validation NLL), the files and test records of the cells
+    ``live`` (indices into ``group.cells``: those that did not diverge)."""
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        return group.logits(x, config.eval_batch_size)
+
+    final = {"test": logits(dataset.x_test), "holdout": logits(dataset.x_holdout), "train": logits(dataset.x_train)}
+    with group.best_weights():
+        early = {"test": logits(dataset.x_test), "holdout": logits(dataset.x_holdout)}
+    test = group.metrics(final["test"], dataset.y_test).tolist()
+    early_test = group.metrics(early["test"], dataset.y_test).tolist()
+    best_epochs, best_nll = group.best["epoch"].tolist(), group.best["nll"].tolist()
+    targets = {split: getattr(dataset, f"y_{split}").cpu().numpy().astype(np.int64) for split in final}
+    for index in live:
+        cell = group.cells[index]
+        arrays = {f"{split}_logits": value[index].float().cpu().numpy() for split, value in final.items()}
+        arrays.update({f"{split}_target": target for split, target in targets.items()})
+        arrays.update({f"early_{split}_logits": value[index].float().cpu().numpy() for split, value in early.items()})
+        write_cell_files(out, cell, index, group, arrays)
+        progress_state.tests[cell.key] = dict(zip(METRIC_NAMES, test[index]))
+        progress_state.early_stopped[cell.key] = {"epoch": best_epochs[index], "validation_nll": best_nll[index],
+                                                  "test": dict(zip(METRIC_NAMES, early_test[index]))}
 
 
 def add_sweep_arguments(parser) -> None:
@@ -260,11 +305,11 @@ def add_sweep_arguments(parser) -> None:
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay,
                         help=f"(default: {d.weight_decay})")
     parser.add_argument("--train-fraction", type=float, default=d.train_fraction,
-                        help="stratified fraction of the training set to train on; the hold-out "
-                             "split comes from the rest (at 1.0: 10%% of the set, trained on the "
-                             "other 90%%) (default: 1.0)")
+                        help="stratified fraction of the training set to train on; the validation "
+                             "split (per-epoch metrics, every choice) comes from the rest (at 1.0: "
+                             "10%% of the set, trained on the other 90%%) (default: 1.0)")
     parser.add_argument("--data-seed", type=int, default=d.data_seed,
-                        help="seed of the training subsample and hold-out split (default: 0)")
+                        help="seed of the training subsample and validation split (default: 0)")
     parser.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size,
                         help=f"(default: {d.eval_batch_size})")
     parser.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ... (default: cpu)")

@@ -1,48 +1,56 @@
 """The report of a lab run: ``build_report(run_dir)`` and the ``labelsmooth report`` command.
 
-``build_report`` reads ``results.json`` (and ``config.json``; plain JSON, see the lab contract),
-runs the report's sections and writes, atomically, into the run directory:
+``build_report`` reads ``results.json`` (and ``config.json``), runs the report's sections
+(:mod:`labelsmooth.lab.report.context`: each ``section(context) -> SectionOutput``) and writes
+into the run directory, each file atomically, in this order:
 
+- ``verdicts.json``: every section's verdict records (:mod:`labelsmooth.lab.report.verdicts`);
+- ``summary.txt``: the plain-language summary (:mod:`labelsmooth.lab.report.summary`), the final
+  test metrics and the primary verdicts: what the commands print;
 - ``report.html``: one page that loads nothing from the network (images are ``data:`` URIs,
-  every user string is escaped): the claims tested with their sources, the verdicts, then the
-  sections;
-- the sections' figures as PNG files (``curves_<metric>.png``, ``calibration_reliability*.png``,
-  ``penultimate_*.png``, ``distillation_students.png``);
-- ``summary.txt``: the short text summary the commands print.
+  every user string is escaped): the summary, a table of contents, the sections with their
+  verdicts rendered from the same records (embedded too, as ``application/json``), the claims
+  with their sources, and the run's provenance and configuration;
+- the sections' figures as PNG files.
 
-A section is a function ``(results, run_dir) -> (html_fragment, verdicts)``. A sweep's report has
-the :data:`SWEEP_SECTIONS`; a distillation run's (its config names ``teacher_widths``) the
-:data:`DISTILLATION_SECTIONS`, so ``labelsmooth report`` rebuilds either kind of run directory.
+A sweep's report has the :data:`SWEEP_SECTIONS`; a distillation run's (its config names
+``teacher_widths``) the :data:`DISTILLATION_SECTIONS`, so ``labelsmooth report`` rebuilds either
+kind of run directory. A new section is one module with a ``section(context)`` function, added
+to the tuple here.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..rundir import load_results, write_bytes
-from ..stats import estimate
-from . import calibration, distillation, overview, penultimate
-from .html import escape
+from ..provenance import provenance
+from ..rundir import load_results, write_bytes, write_json
+from . import calibration, decisive, distillation, overview, penultimate, selective
+from .context import ReportContext, SectionOutput
+from .html import escape, table
+from .summary import metrics_lines, plain_summary
+from .verdicts import check_record, verdict_table
 
-__all__ = ["DISTILLATION_SECTIONS", "SWEEP_SECTIONS", "add_arguments", "build_report", "run", "sections_for",
-           "summary_text"]
+__all__ = ["DISTILLATION_SECTIONS", "SWEEP_SECTIONS", "add_arguments", "build_report", "run", "sections_for"]
 
-Section = Callable[[dict, Path], "tuple[str, list[dict]]"]
+Section = Callable[[ReportContext], SectionOutput]
 
 SWEEP_SECTIONS: tuple[Section, ...] = (
-    overview.config_section,
-    overview.summary_section,
+    overview.final_metrics_section,
     overview.overfitting_section,
     overview.curves_section,
-    calibration.report_section,
-    penultimate.report_section,
+    calibration.section,
+    decisive.section,
+    selective.section,
+    penultimate.section,
 )
 DISTILLATION_SECTIONS: tuple[Section, ...] = (
-    overview.config_section,
     distillation.distillation_section,
     distillation.teacher_penultimate_section,
 )
@@ -53,64 +61,105 @@ def sections_for(results: dict) -> tuple[Section, ...]:
     return DISTILLATION_SECTIONS if distillation.is_distillation(results.get("config") or {}) else SWEEP_SECTIONS
 
 
-def _checked_verdicts(section: Section, verdicts: list[dict]) -> list[dict]:
-    for verdict in verdicts:
-        if not set(overview.VERDICT_KEYS) <= set(verdict) or verdict["verdict"] not in overview.VERDICTS:
-            raise ValueError(f"report section {section.__module__}.{section.__qualname__}: expected verdicts "
-                             f"with keys {overview.VERDICT_KEYS} and verdict in {overview.VERDICTS}, "
-                             f"got {verdict!r}")
-    return verdicts
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:80rem;margin:1.5rem auto;padding:0 1rem;color:#222;
+line-height:1.45}h1{margin-bottom:.2rem}h2{margin-top:2.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem}
+table{border-collapse:collapse;margin:.5rem 0 1rem;display:block;overflow-x:auto;max-width:100%}
+td,th{border:1px solid #ccc;padding:.25rem .5rem;font-size:.85rem;text-align:left;vertical-align:top}
+th{background:#f3f3f3}.figures{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,26rem),1fr));
+gap:1rem 1.5rem;align-items:start;margin:1rem 0}.figures figure.wide{grid-column:1/-1}figure{margin:0}
+img{max-width:100%;height:auto;display:block}figcaption{font-size:.85rem;color:#555;margin-top:.25rem}
+.summary{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:.5rem 1.2rem}
+.summary li{margin:.35rem 0}.legacy{background:#fff4e5;border:1px solid #f0b35a;padding:.5rem 1rem}
+nav ol{columns:2;font-size:.95rem}details{margin:.5rem 0 1rem}summary{cursor:pointer;color:#0b57d0}
+.supported{color:#1a7f37}.not-supported{color:#b3261e}.inconclusive{color:#8a6d00}.not-applicable{color:#555}
+code{background:#f3f3f3;padding:0 .2rem}"""
 
 
-def _claims_html(verdicts: list[dict]) -> str:
-    """The claims that the verdicts judge, each with its source."""
-    claims = [claim for claim in overview.CLAIMS if any(str(v["claim"]) == claim for v in verdicts)]
-    if not claims:
-        return ""
-    items = "".join(f"<li><b>Claim {claim}, {escape(overview.CLAIMS[claim][0])}.</b> "
-                    f"{escape(overview.CLAIMS[claim][1])}</li>" for claim in claims)
-    return f'<h2>The claims tested</h2><ul class="claims">{items}</ul>'
+def _anchor(index: int, title: str) -> str:
+    return f"s{index}-" + re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:40]
 
 
-def _verdict_list_html(verdicts: list[dict]) -> str:
-    if not verdicts:
-        return "<p>No claim can be tested on this run (no eps=0 baseline or no results).</p>"
-    items = "".join(
-        f'<li class="{escape(v["verdict"].replace(" ", "-"))}"><b>Claim {escape(v["claim"])}, '
-        f'{escape(v["scope"])}: {escape(v["verdict"])}.</b> {escape(v["statement"])}.<br>'
-        f'{escape(v["evidence"])}</li>' for v in verdicts)
-    data = json.dumps(verdicts).replace("<", "\\u003c")
-    return (f'<ul class="verdicts">{items}</ul>'
-            f'<script type="application/json" id="verdicts-data">{data}</script>')
+def _claims_html(records: list[dict]) -> str:
+    claims: dict[str, dict] = {}
+    for record in records:
+        claims.setdefault(record["claim"], record)
+    items = "".join(f"<li><b>{escape(r['title'])}.</b> {escape(r['statement'])} Source: {escape(r['source'])}.</li>"
+                    for r in claims.values())
+    return f'<ul class="claims">{items}</ul>' if items else "<p>No claim was tested on this run.</p>"
 
 
-_STYLE = """body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;
-color:#222}table{border-collapse:collapse;margin:.5rem 0 1rem}td,th{border:1px solid #ccc;
-padding:.25rem .5rem;font-size:.9rem;text-align:left}th{background:#f3f3f3}.figures{display:flex;
-flex-wrap:wrap;gap:1rem}figure{margin:0}img{max-width:100%}.verdicts li{margin:.5rem 0}
-.supported b{color:#1a7f37}.not-supported b{color:#b3261e}.inconclusive b{color:#8a6d00}"""
+PROVENANCE_ROWS = (("labelsmooth", "labelsmooth version"), ("git", "git commit"), ("torch", "torch version"),
+                   ("python", "Python"), ("platform", "platform"), ("cpu", "CPU"), ("threads", "CPU threads"),
+                   ("gpu", "GPU"), ("date", "date"), ("wall_seconds", "wall time (s)"))
 
 
-def summary_text(results: dict, verdicts: list[dict]) -> str:
-    """The few lines a command prints: final test metrics per condition and the verdicts."""
-    groups = overview.group_runs(results)
-    lines = ["Final test metrics, mean [95% CI] over seeds:"]
-    for condition, runs in groups.items():
-        parts = [f"{name} {estimate(list(v.values())).format()}" for name in ("accuracy", "nll", "ece")
-                 if (v := overview.per_seed(runs, overview.final_metric(name)))]
-        lines.append(f"  {overview.condition_label(condition, groups):<12} {'; '.join(parts) or 'not finished'}")
-    lines.append("Verdicts on the published claims (report.html states each claim and its source):")
-    lines += [f"  claim {v['claim']} ({v['scope']}): {v['verdict'].upper()} - {v['statement'].split(' (')[0]}"
-              for v in verdicts]
-    if not verdicts:
-        lines.append("  none testable on this run")
+def _provenance_html(results: dict, built: dict) -> str:
+    trained = results.get("provenance") or {}
+    def shown(record: dict, key: str) -> str:
+        value = record.get(key)
+        return "none" if value is None and key in record else "-" if value is None else str(value)
+
+    rows = [[label, shown(trained, key) if trained else "not recorded", shown(built, key)]
+            for key, label in PROVENANCE_ROWS]
+    note = "" if trained else ("<p>This run did not record where it was trained (it predates provenance "
+                               "records, or it is a distillation run whose sweeps hold them).</p>")
+    return note + table(["", "training (from results.json)", "this report"], rows)
+
+
+def _config_html(config: dict) -> str:
+    rows = [[key, value if isinstance(value, str) else json.dumps(value)] for key, value in config.items()]
+    return table(["setting", "value"], rows)
+
+
+def _page(run_dir: Path, results: dict, context: ReportContext, outputs: list[SectionOutput], records: list[dict],
+          summary: list[str], built: dict) -> str:
+    status = "complete" if results.get("complete") else "not complete (partial results)"
+    anchors = [_anchor(i, output.title) for i, output in enumerate(outputs, start=1)]
+    toc = "".join(f'<li><a href="#{a}">{escape(o.title)}</a></li>' for a, o in zip(anchors, outputs))
+    toc += '<li><a href="#claims">Claims tested and their sources</a></li><li><a href="#provenance">Provenance and configuration</a></li>'
+    sections, offset = [], 0
+    for anchor, output in zip(anchors, outputs):
+        own = records[offset:offset + len(output.verdicts)]
+        offset += len(output.verdicts)
+        verdicts = f"<h3>Verdicts</h3>{verdict_table(own)}" if own else ""
+        sections.append(f'<section id="{anchor}"><h2>{escape(output.title)}</h2>{output.html}{verdicts}</section>')
+    legacy = (f'<p class="legacy"><b>Recorded before the lab kept a validation split.</b> The per-epoch metrics '
+              f"of this run came from the test split; verdicts that would be chosen on them are not applicable. "
+              f"Rerun it for those verdicts.</p>" if context.legacy else "")
+    data = json.dumps(records).replace("<", "\\u003c")
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>labelsmooth report: {escape(run_dir.name)}</title><style>{_STYLE}</style></head><body>"
+            f"<h1>Label smoothing lab: {escape(run_dir.name)}</h1>"
+            f"<p>Run directory <code>{escape(run_dir.resolve())}</code>, {escape(status)}, "
+            f"{len(results['runs'])} cells; report built {escape(built['date'])}.</p>{legacy}"
+            f'<h2 id="found">What was found</h2><div class="summary"><ul>'
+            + "".join(f"<li>{escape(line)}</li>" for line in summary)
+            + "</ul><p>Verdicts: <i>supported</i> when the 95% interval of the paired effect excludes 0 and reaches "
+            "the smallest effect that matters; <i>not supported</i> when it lies below that effect; "
+            "<i>inconclusive</i> otherwise (always with one seed); <i>not applicable</i> when a precondition "
+            "fails. Primary contrast: the largest eps against eps=0; other rows are secondary and not corrected "
+            "for multiplicity. Every verdict is in verdicts.json.</p></div>"
+            f"<nav><h2>Contents</h2><ol>{toc}</ol></nav>" + "".join(sections)
+            + f'<section id="claims"><h2>Claims tested and their sources</h2>{_claims_html(records)}</section>'
+            + f'<section id="provenance"><h2>Provenance and configuration</h2>{_provenance_html(results, built)}'
+            + f"{_config_html(results.get('config') or {})}</section>"
+            + f'<script type="application/json" id="verdicts-data">{data}</script></body></html>')
+
+
+def _summary_text(summary: list[str], context: ReportContext, records: list[dict]) -> str:
+    lines = ["Summary:"] + [f"  {line}" for line in summary] + metrics_lines(context)
+    primary = [r for r in records if r["primary"]]
+    lines.append(f"Primary verdicts ({len(primary)} of {len(records)}; report.html and verdicts.json hold all, "
+                 "with each claim's source):")
+    lines += [f"  {r['title']} ({r['contrast']}, {r['quantity']}, {r['split']}): {r['verdict'].upper()}"
+              for r in primary] or ["  none"]
     return "\n".join(lines)
 
 
 def build_report(run_dir: str | os.PathLike, *, sections: Sequence[Section] | None = None) -> Path:
-    """Write the plots, report.html and summary.txt of a run directory; return report.html's path.
-
-    ``sections`` default to :func:`sections_for` the run.
+    """Write verdicts.json, summary.txt, report.html and the figures of a run directory; return
+    report.html's path. ``sections`` default to :func:`sections_for` the run.
 
     >>> import json, tempfile, pathlib
     >>> run = pathlib.Path(tempfile.mkdtemp())
@@ -120,25 +169,25 @@ def build_report(run_dir: str | os.PathLike, *, sections: Sequence[Section] | No
     >>> build_report(run).name
     'report.html'
     """
+    started = time.perf_counter()
     run_dir = Path(run_dir)
     results = load_results(run_dir)
-    fragments, verdicts = [], []
+    context = ReportContext(results, run_dir)
+    outputs = []
     for section in sections_for(results) if sections is None else sections:
-        fragment, found = section(results, run_dir)
-        fragments.append(f"<section>{fragment}</section>")
-        verdicts += _checked_verdicts(section, found)
-    verdicts.sort(key=lambda v: str(v["claim"]))
-    status = "complete" if results.get("complete") else "not complete (partial results)"
-    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            f"<title>labelsmooth report: {escape(run_dir.name)}</title><style>{_STYLE}</style></head>"
-            f"<body><h1>Label smoothing lab: {escape(run_dir.name)}</h1>"
-            f"<p>Run directory <code>{escape(run_dir.resolve())}</code>, {escape(status)}, "
-            f"{len(results['runs'])} cells.</p>{_claims_html(verdicts)}"
-            f"<h2>Verdicts</h2>{_verdict_list_html(verdicts)}"
-            + "".join(fragments) + "</body></html>")
-    summary = summary_text(results, verdicts)
+        output = section(context)
+        where = f"report section {section.__module__}.{section.__qualname__}"
+        outputs.append(SectionOutput(output.title, output.html, [check_record(r, where) for r in output.verdicts]))
+    # the records as verdicts.json holds them: the page and the summary are rendered from these
+    records = json.loads(json.dumps([r for output in outputs for r in output.verdicts]))
+    summary = plain_summary(records, context)
+    built = {**provenance(), "wall_seconds": None}
+    write_json(run_dir / "verdicts.json", records, durable=False)
+    write_bytes(run_dir / "summary.txt", (_summary_text(summary, context, records) + "\n").encode("utf-8"),
+                durable=False)
+    built["wall_seconds"] = round(time.perf_counter() - started, 1)
+    page = _page(run_dir, results, context, outputs, records, summary, built)
     report = run_dir / "report.html"
-    write_bytes(run_dir / "summary.txt", (summary + "\n").encode("utf-8"), durable=False)
     write_bytes(report, page.encode("utf-8"), durable=False)
     return report
 

@@ -1,26 +1,23 @@
 """The calibration section of a lab report: per-cell metrics before and after temperature scaling,
-and the answer to "label smoothing or temperature scaling?" with numbers.
+reliability diagrams, and the calibration claim.
 
-``cell_calibration(final_npz)`` scores one finished cell (``cells/<key>/final.npz`` of the lab
-contract): on the test split, the metrics of ``bootstrap.SUMMARY_METRICS`` (accuracy, ECE, MCE,
-class-wise ECE, Brier, NLL, the signed confidence gap = mean confidence - accuracy), each with a
-percentile-bootstrap interval over test rows; the temperature fitted on the holdout split; and the
-same metrics after scaling. The result is plain JSON, so the sweep can store it as ``run["calibration"]``.
+``cell_calibration(final_npz)`` scores one finished cell (``cells/<key>/final.npz``): on the test
+split, the metrics of ``bootstrap.SUMMARY_METRICS`` (accuracy, ECE, MCE, class-wise ECE, Brier,
+NLL, the signed confidence gap = mean confidence - accuracy), each with a percentile-bootstrap
+interval over test rows; the temperature fitted on the validation (hold-out) split; and the same
+metrics after scaling. The result is plain JSON, so a sweep could store it as ``run["calibration"]``.
 
-``report_section(results, run_dir)`` (one of the sweep report's sections) builds a table in the
-shape of Müller et al. 2019, Table 3 (each condition at T = 1 and after temperature scaling with
-its T), reliability diagrams per condition before and after scaling
-(``calibration_reliability*.png``, also embedded), and verdicts:
-
-- "smoothing beats temperature scaling": ECE(eps, T=1) against ECE(eps=0, fitted T);
-- "smoothing still helps after scaling": ECE(eps, fitted T) against ECE(eps=0, fitted T);
-  both judged by :func:`labelsmooth.lab.report.overview.judge` on per-seed paired differences
-  (one seed is inconclusive, as for the report's other claims);
-- "smoothing does not make the model under-confident": the confidence gap at T = 1. Its interval
-  (Student t over seeds, or with one seed the bootstrap over test rows, which measures this
-  model on this test set) entirely below 0 is flagged as under-confidence (not supported),
-  entirely above 0 as remaining over-confidence (not supported); an interval inside
-  ``+-GAP_TOLERANCE`` is supported; anything else is inconclusive.
+``section(context)`` (one of the sweep report's sections) builds a table in the shape of
+Müller et al. 2019, Table 3 (each condition at T = 1 and after temperature scaling with its T),
+reliability diagrams per condition before and after scaling (``calibration_reliability*.png``),
+a line per condition saying whether it is over- or under-confident, and the verdicts of the
+calibration claim: test ECE of eps > 0 against eps = 0, both as trained, by the one rule
+(:func:`labelsmooth.lab.report.verdicts.judge`; smallest effect that matters: 10% of the
+baseline's ECE). Precondition: the eps = 0 model is over-confident on the validation split (its
+mean confidence exceeds its accuracy, the interval over seeds above 0); a model that is not
+over-confident has nothing for smoothing to fix, so the verdict is "not applicable". Whether
+smoothing beats temperature scaling is the decisive comparisons' section
+(:mod:`labelsmooth.lab.report.decisive`).
 """
 
 from __future__ import annotations
@@ -34,18 +31,17 @@ from torch import Tensor
 
 from ...calibration.bootstrap import SUMMARY_METRICS, calibration_summary
 from ...calibration.diagrams import reliability_diagrams
-from ...calibration.metrics import check_inputs
+from ...calibration.metrics import check_inputs, confidence_gap
 from ...calibration.scaling import TemperatureScaling
 from ..rundir import cell_file
-from ..stats import Estimate, estimate, paired_difference
-from .html import embed_figure, escape, table
-from .overview import baseline_of, condition_label, group_runs, judge
+from ..stats import BOUNDS, estimate
+from .context import ReportContext, SectionOutput
+from .html import embed_figure, escape, figure_grid, table
+from .verdicts import Claim, judge
 
-__all__ = ["GAP_TOLERANCE", "cell_calibration", "report_section"]
+__all__ = ["CALIBRATION", "cell_calibration", "section"]
 
 SPLIT_ARRAYS = {"test": ("test_logits", "test_target"), "holdout": ("holdout_logits", "holdout_target")}
-# |mean confidence - accuracy| below this counts as calibrated overall (the under-confidence claim)
-GAP_TOLERANCE = 0.01
 
 
 def _load_split(arrays: Mapping[str, np.ndarray], split: str, source: str,
@@ -124,14 +120,22 @@ def cell_calibration(final_npz: str | Path | Mapping[str, np.ndarray], *, n_resa
 
 # Report section ---------------------------------------------------------------------------------
 
+CALIBRATION = Claim(
+    "calibration", "Smoothing calibrates",
+    "A model trained with label smoothing is better calibrated (lower expected calibration error) than the "
+    "same model trained without it.",
+    "Müller, Kornblith & Hinton 2019, When does label smoothing help? (Section 3, Table 3); a blog post on "
+    "label smoothing and over-confidence")
+RELATIVE_MARGIN = 0.1  # of the baseline's ECE
 
-def _calibrations(results: dict, run_dir: Path, n_resamples: int) -> dict:
+
+def _calibrations(context: ReportContext, n_resamples: int) -> dict:
     """condition -> seed -> cell_calibration dict (stored by the sweep, or computed from final.npz)."""
     found: dict = {}
-    for condition, runs in group_runs(results).items():
+    for condition, runs in context.groups.items():
         for seed, run in runs.items():
             calibration = run.get("calibration")
-            if calibration is None and (path := cell_file(run_dir, run, "final.npz")) is not None:
+            if calibration is None and (path := cell_file(context.run_dir, run, "final.npz")) is not None:
                 calibration = cell_calibration(path, n_resamples=n_resamples)
             if calibration is not None:
                 found.setdefault(condition, {})[seed] = calibration
@@ -150,155 +154,114 @@ def _cell_text(by_seed: dict, variant: str, metric: str) -> str:
     if len(values) == 1:
         one = next(c[variant][metric] for c in by_seed.values() if c.get(variant))
         return f"{one['estimate']:.4f} [{one['low']:.4f}, {one['high']:.4f}]"
-    return estimate(list(values.values())).format()
+    return estimate(list(values.values()), BOUNDS.get(metric)).format()
 
 
 def _temperature_text(by_seed: dict) -> str:
     temperatures = [c["temperature"] for c in by_seed.values() if c.get("temperature") is not None]
-    return estimate(temperatures).format(3) if temperatures else "-"
+    return estimate(temperatures, (0.0, None)).format(3) if temperatures else "-"
 
 
-def _table_rows(calibrations: dict, groups: dict) -> list[list[str]]:
+def _table_rows(calibrations: dict, context: ReportContext) -> list[list[str]]:
     rows = []
     for condition, by_seed in calibrations.items():
-        label = condition_label(condition, groups)
-        metrics = [_cell_text(by_seed, "raw", m) for m in SUMMARY_METRICS]
-        rows.append([label, str(len(by_seed)), "1 (none)"] + metrics)
+        label = context.label(condition)
+        rows.append([label, str(len(by_seed)), "1 (none)"] + [_cell_text(by_seed, "raw", m) for m in SUMMARY_METRICS])
         if any(c.get("scaled") for c in by_seed.values()):
             rows.append([label, str(len(by_seed)), f"fitted: {_temperature_text(by_seed)}"]
                         + [_cell_text(by_seed, "scaled", m) for m in SUMMARY_METRICS])
     return rows
 
 
-def _probabilities(path: Path) -> dict[str, tuple[Tensor, Tensor]]:
-    """Test probabilities of one cell at T = 1 and after temperature scaling (when a holdout exists)."""
-    arrays, source = _read_arrays(path)
-    logits, target = _load_split(arrays, "test", source)
-    found = {"raw": (torch.softmax(logits.double(), 1), target)}
-    holdout = _load_split(arrays, "holdout", source, logits.shape[1])
-    if holdout is not None:
-        found["scaled"] = (TemperatureScaling().fit(*holdout).transform(logits.double()), target)
-    return found
-
-
-def _figures(results: dict, run_dir: Path, groups: dict) -> str:
+def _figures(context: ReportContext) -> str:
     """Reliability diagrams (lowest seed per condition) at T = 1 and after scaling, written and embedded."""
     panels: dict[str, dict[str, tuple[Tensor, Tensor]]] = {"raw": {}, "scaled": {}}
-    for condition, runs in groups.items():
+    for condition, runs in context.groups.items():
         for seed in sorted(runs):
-            path = cell_file(run_dir, runs[seed], "final.npz")
-            if path is not None:
-                for variant, pair in _probabilities(path).items():
-                    panels[variant][f"{condition_label(condition, groups)}, seed {seed}"] = pair
+            cell = context.cell(runs[seed])
+            if cell is not None:
+                logits, target = cell.test
+                name = f"{context.label(condition)}, seed {seed}"
+                panels["raw"][name] = (torch.softmax(logits, 1), target)
+                if cell.temperature is not None:
+                    panels["scaled"][name] = (torch.softmax(logits / cell.temperature, 1), target)
                 break
-    html_parts = []
+    figures = []
     titles = {"raw": "at T = 1 (as trained)",
-              "scaled": "after temperature scaling (T fitted on the holdout split)"}
+              "scaled": "after temperature scaling (T fitted on the validation split)"}
     for variant, models in panels.items():
-        if not models:
-            continue
-        name = "calibration_reliability.png" if variant == "raw" else "calibration_reliability_scaled.png"
-        html_parts.append(embed_figure(reliability_diagrams(models, title=f"Test split, {titles[variant]}"),
-                                       run_dir / name, f"Reliability diagrams, {titles[variant]}"))
-    return "".join(html_parts)
+        if models:
+            name = "calibration_reliability.png" if variant == "raw" else "calibration_reliability_scaled.png"
+            figure = reliability_diagrams(models, title=f"Test split, {titles[variant]}")
+            figures.append(embed_figure(figure, context.run_dir / name, f"Reliability diagrams, {titles[variant]}",
+                                        wide=len(models) > 3))
+    return figure_grid(figures)
 
 
-def _comparison_verdict(statement: str, scope: str, treated: dict[int, float], baseline: dict[int, float],
-                        labels: tuple[str, str]) -> dict | None:
-    """Verdict on "``treated`` ECE is lower than ``baseline`` ECE" (per-seed dicts), by ``judge``."""
-    if not treated or not baseline:
-        return None
-    difference = paired_difference(treated, baseline)
-    margin = 0.1 * sum(baseline.values()) / len(baseline)
-    verdict = judge(difference, "lower", margin)
-    reason = {
-        "supported": "the 95% interval of the paired difference lies below 0",
-        "not supported": f"the interval rules out a reduction of {margin:.4g} (10% of the reference "
-                         f"ECE) or more",
-        "inconclusive": ("one seed gives no interval over training runs; run more seeds"
-                         if difference is None or not difference.has_interval else
-                         f"the interval contains both 0 and a reduction of {margin:.4g}"),
-    }[verdict]
-    evidence = (f"{verdict.capitalize()}: {reason}. Test ECE: "
-                f"{labels[1]} {estimate(list(baseline.values())).format()}, "
-                f"{labels[0]} {estimate(list(treated.values())).format()}; paired difference "
-                f"{difference.format() if difference else 'n/a (no shared seed)'}.")
-    return dict(claim="2", statement=statement, scope=scope, verdict=verdict, evidence=evidence)
+def _validation_gap(context: ReportContext, runs: dict[int, dict]) -> dict[int, float]:
+    """seed -> mean confidence minus accuracy of a condition's cells on the validation split, at T = 1."""
+    gaps = {}
+    for seed, run in runs.items():
+        cell = context.cell(run)
+        if cell is not None and cell.validation is not None:
+            gaps[seed] = float(confidence_gap(*cell.validation, from_logits=True))
+    return gaps
 
 
-def _gap_interval(by_seed: dict) -> tuple[Estimate, str]:
-    values = _per_seed(by_seed, "raw", "confidence_gap")
-    if len(values) > 1:
-        return estimate(list(values.values())), "95% interval over seeds"
-    one = next(iter(by_seed.values()))["raw"]["confidence_gap"]
-    return Estimate(one["estimate"], one["low"], one["high"], 1), \
-        "bootstrap interval over test rows (one seed: this model, this test set)"
+def _not_over_confident(context: ReportContext, base_runs: dict[int, dict]) -> str | None:
+    gaps = _validation_gap(context, base_runs)
+    if not gaps:
+        return "the eps=0 cells have no validation split to check whether they are over-confident"
+    gap = estimate(list(gaps.values()), BOUNDS["confidence_gap"])
+    if gap.has_interval and gap.low <= 0:
+        return (f"the eps=0 model is not over-confident on the validation split (mean confidence minus "
+                f"accuracy {gap.format()}, an interval not above 0), so there is no over-confidence for "
+                f"smoothing to remove")
+    return None
 
 
-def _under_confidence_verdict(condition, by_seed: dict, groups: dict) -> dict:
-    gap, kind = _gap_interval(by_seed)
-    temperatures = [c["temperature"] for c in by_seed.values() if c.get("temperature") is not None]
-    t_text = f"; the NLL-optimal temperature is {estimate(temperatures).format(3)}" if temperatures else ""
-    if gap.high < 0:
-        verdict, finding = "not supported", (f"the model is UNDER-CONFIDENT: its mean confidence is below its "
-                                             f"accuracy{t_text} (T < 1 sharpens it)")
-    elif gap.low > 0:
-        verdict, finding = "not supported", f"the model is still over-confident{t_text}"
-    elif -GAP_TOLERANCE <= gap.low and gap.high <= GAP_TOLERANCE:
-        verdict, finding = "supported", f"confidence matches accuracy within +-{GAP_TOLERANCE}{t_text}"
-    else:
-        verdict, finding = "inconclusive", (f"the interval contains 0 but is wider than "
-                                            f"+-{GAP_TOLERANCE}{t_text}")
-    return dict(claim="2", statement="Label smoothing removes over-confidence without making the model "
-                "under-confident (a blog post; Müller et al. 2019)", scope=condition_label(condition, groups),
-                verdict=verdict,
-                evidence=f"{verdict.capitalize()}: {finding}. Mean confidence minus accuracy at T = 1: "
-                         f"{gap.format()} ({kind}).")
-
-
-def _verdicts(calibrations: dict, groups: dict) -> list[dict]:
-    verdicts = []
+def _confidence_lines(calibrations: dict, context: ReportContext) -> str:
+    items = []
     for condition, by_seed in calibrations.items():
-        base = baseline_of(condition, groups)
-        if base is None or base not in calibrations:
+        gaps = _per_seed(by_seed, "raw", "confidence_gap")
+        temperatures = [c["temperature"] for c in by_seed.values() if c.get("temperature") is not None]
+        if not gaps:
             continue
-        label, base_label = condition_label(condition, groups), condition_label(base, groups)
-        scope = f"{label} vs {base_label}"
-        baseline_scaled = _per_seed(calibrations[base], "scaled", "ece")
-        scaled_labels = (f"{label} after temperature scaling", f"{base_label} after temperature scaling")
-        found = [
-            _comparison_verdict("Label smoothing calibrates better than temperature scaling of the eps=0 "
-                                "model (Müller et al. 2019, Table 3, found the two close)", scope,
-                                _per_seed(by_seed, "raw", "ece"), baseline_scaled,
-                                (f"{label} at T = 1", scaled_labels[1])),
-            _comparison_verdict("Label smoothing still improves calibration once both models are "
-                                "temperature-scaled", scope, _per_seed(by_seed, "scaled", "ece"),
-                                baseline_scaled, scaled_labels),
-            _under_confidence_verdict(condition, by_seed, groups),
-        ]
-        verdicts += [v for v in found if v is not None]
-    return verdicts
+        gap = estimate(list(gaps.values()), BOUNDS["confidence_gap"])
+        state = ("under-confident" if gap.high is not None and gap.high < 0 else
+                 "over-confident" if gap.low is not None and gap.low > 0 else "neither clearly over- nor under-confident")
+        fitted = f"; the temperature fitted on validation is {estimate(temperatures, (0.0, None)).format(3)}" if temperatures else ""
+        items.append(f"<li>{escape(context.label(condition))}: mean confidence minus accuracy on the test split "
+                     f"{escape(gap.format())}: {state}{escape(fitted)}</li>")
+    return f"<ul>{''.join(items)}</ul>" if items else ""
 
 
-def report_section(results: dict, run_dir: Path, *, n_resamples: int = 200) -> tuple[str, list[dict]]:
-    """HTML fragment (table, diagrams) and verdicts on calibration: smoothing vs temperature scaling."""
-    run_dir = Path(run_dir)
-    groups = group_runs(results)
-    calibrations = _calibrations(results, run_dir, n_resamples)
-    heading = "<h2>Calibration: label smoothing or temperature scaling?</h2>"
+def section(context: ReportContext, *, n_resamples: int = 200) -> SectionOutput:
+    """Table, diagrams, over/under-confidence, and the calibration claim's verdicts."""
+    title = "Calibration: label smoothing or temperature scaling?"
+    calibrations = _calibrations(context, n_resamples)
     if not calibrations:
-        return heading + "<p>No finished cell has a final.npz yet: nothing to score.</p>", []
-    header = (["condition", "seeds", "temperature T"]
-              + [f"test {metric.title}" for metric in SUMMARY_METRICS.values()])
-    sizes = sorted({(c["n_test"], c["n_holdout"])
-                    for by_seed in calibrations.values() for c in by_seed.values()})
-    size_text = "; ".join(f"{n_test} test rows, {n_holdout} holdout rows" for n_test, n_holdout in sizes)
-    fragment = (heading + "<p>In the shape of Müller et al. 2019, Table 3: each condition as trained "
-                f"(T = 1) and after temperature scaling, T fitted by minimum NLL on the holdout split "
-                f"({escape(size_text)} per cell). "
-                "Several seeds: mean [95% Student-t interval over seeds]; one seed: the value "
-                "[95% bootstrap interval over test rows]. ECE and class-wise ECE use 15 equal-width "
-                "bins; MCE is the largest bin gap; confidence - accuracy &lt; 0 means under-confident."
-                "</p>" + table(header, _table_rows(calibrations, groups))
-                + f'<div class="figures">{_figures(results, run_dir, groups)}</div>')
-    return fragment, _verdicts(calibrations, groups)
+        return SectionOutput(title, "<p>No finished cell has a final.npz yet: nothing to score.</p>")
+    header = ["condition", "seeds", "temperature T"] + [f"test {metric.title}" for metric in SUMMARY_METRICS.values()]
+    sizes = sorted({(c["n_test"], c["n_holdout"]) for by_seed in calibrations.values() for c in by_seed.values()})
+    size_text = "; ".join(f"{n_test} test rows, {n_holdout} validation rows" for n_test, n_holdout in sizes)
+    verdicts = []
+    for condition, base in context.pairs():
+        if condition in calibrations and base in calibrations:
+            treated, baseline = (_per_seed(calibrations[c], "raw", "ece") for c in (condition, base))
+            margin = RELATIVE_MARGIN * sum(baseline.values()) / len(baseline)
+            verdicts.append(judge(CALIBRATION, treated, baseline, section="calibration", split="test",
+                                  contrast=context.contrast(condition, base), quantity="test ECE, as trained (T = 1)",
+                                  primary=context.is_primary(condition), better="lower", margin=margin,
+                                  scope=context.scope, bounds="ece",
+                                  not_applicable=_not_over_confident(context, context.groups[base])))
+    html = ("<p>In the shape of Müller et al. 2019, Table 3: each condition as trained (T = 1) and after "
+            "temperature scaling (Guo et al. 2017), T fitted by minimum NLL on the validation split "
+            f"({escape(size_text)} per cell). Several seeds: mean [95% Student-t interval over seeds, clipped to "
+            "the metric's range]; one seed: the value [95% bootstrap interval over test rows]. ECE and "
+            "class-wise ECE use 15 equal-width bins; MCE is the largest bin gap; confidence - accuracy &lt; 0 "
+            "means under-confident. The claim's smallest effect that matters is 10% of the eps=0 ECE; it is "
+            "tested only when the eps=0 model is over-confident on the validation split.</p>"
+            + table(header, _table_rows(calibrations, context)) + _confidence_lines(calibrations, context)
+            + _figures(context))
+    return SectionOutput(title, html, verdicts)

@@ -7,26 +7,42 @@ teacher and student as a run whose ``model`` names its role (:data:`TEACHER`, :d
 student. :func:`distillation_section` tabulates them with 95% intervals, plots student accuracy
 against the teacher's smoothness index (``distillation_students.png``) and states the verdicts;
 :func:`teacher_penultimate_section` is the penultimate-layer section of the teachers' sweep.
+
+The claim predicts a *deterioration* of the student's test accuracy (smallest effect that
+matters: 0.1 points). Primary contrast: each teacher distilled at its temperature whose students
+have the best mean validation accuracy (chosen without the test set); the comparisons at one
+shared temperature are secondary. Precondition: distillation must work here at all: the best
+student distilled from the eps = 0 teacher must beat the student trained directly (eps = 0) on
+validation accuracy; otherwise whether a smoothed teacher distils *worse* cannot be tested and the
+verdict is "not applicable".
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..rundir import load_results
-from ..stats import estimate, paired_difference
-from .html import embed_figure, table
-from .overview import Condition, condition_label, group_runs, judge_decrease
-from .penultimate import penultimate_section
+import numpy as np
+import torch
 
-__all__ = ["DIRECT", "TEACHER", "distillation_section", "distilled_role", "is_distillation",
+from ..rundir import cell_file, load_results
+from ..stats import BOUNDS, estimate
+from .context import Condition, ReportContext, SectionOutput
+from .html import embed_figure, escape, figure_grid, table
+from .penultimate import penultimate_section
+from .verdicts import Claim, judge
+
+__all__ = ["DIRECT", "DISTILLATION", "TEACHER", "distillation_section", "distilled_role", "is_distillation",
            "teacher_penultimate_section"]
 
 TEACHER, DIRECT = "teacher", "student, trained directly"
 # an accuracy change smaller than this does not matter for the claim (the paper's MNIST effect:
 # student error 0.74% -> 0.91%, 0.17 points)
 ACCURACY_MARGIN = 0.001
-CLAIM = "4"
+DISTILLATION = Claim(
+    "distillation", "A smoothed teacher distils worse",
+    "A teacher trained with label smoothing makes a worse teacher for knowledge distillation: its students are "
+    "less accurate, because smoothing erases information about how classes resemble each other.",
+    "Müller, Kornblith & Hinton 2019, When does label smoothing help? (Section 4)", predicts="deterioration")
 
 
 def distilled_role(temperature: float) -> str:
@@ -58,63 +74,93 @@ def _mean_of(runs: dict[int, dict], key: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _best_by_holdout(groups: dict, eps: float) -> Condition | None:
-    """The distilled-student condition of the eps teacher with the best mean hold-out accuracy."""
+def _best_by_validation(groups: dict, eps: float) -> Condition | None:
+    """The distilled-student condition of the eps teacher with the best mean validation accuracy."""
     candidates = [c for c in groups if c.model.startswith("student, distilled") and c.label_smoothing == eps
                   and _mean_of(groups[c], "holdout_accuracy") is not None]
     return max(candidates, key=lambda c: _mean_of(groups[c], "holdout_accuracy"), default=None)
 
 
-def _comparison(groups: dict, treated: Condition, base: Condition, statement: str, how: str) -> dict:
+def _validation_accuracies(context: ReportContext, runs: dict[int, dict]) -> list[float]:
+    """Per run, its validation accuracy: recorded (distilled students), or from the hold-out logits
+    of its sweep's ``final.npz`` (teachers and students trained directly: cell ``<sweep>/<key>``)."""
+    values = []
+    for run in runs.values():
+        if run.get("holdout_accuracy") is not None:
+            values.append(float(run["holdout_accuracy"]))
+            continue
+        folder, _, key = str(run.get("cell", "")).partition("/")
+        path = cell_file(context.run_dir / folder, {"cell": key}, "final.npz") if folder in ("teachers", "students") else None
+        if path is not None:
+            with np.load(path, allow_pickle=False) as arrays:
+                if "holdout_logits" in arrays.files and len(arrays["holdout_target"]):
+                    logits, target = torch.from_numpy(arrays["holdout_logits"]), torch.from_numpy(arrays["holdout_target"])
+                    values.append(float((logits.argmax(1) == target).double().mean()))
+    return values
+
+
+def _direct_validation_accuracy(context: ReportContext) -> float | None:
+    """Mean validation accuracy of the eps = 0 students trained directly."""
+    values = _validation_accuracies(context, context.groups.get(Condition(DIRECT, "uniform", 0.0), {}))
+    return sum(values) / len(values) if values else None
+
+
+def _distillation_does_not_help(context: ReportContext) -> str | None:
+    best = _best_by_validation(context.groups, 0.0)
+    direct = _direct_validation_accuracy(context)
+    if best is None or direct is None:
+        return ("the validation accuracy of the distilled students or of the directly trained students is not "
+                "recorded, so whether distillation works here cannot be checked")
+    distilled = _mean_of(context.groups[best], "holdout_accuracy")
+    if distilled <= direct:
+        return (f"no student distilled from the eps=0 teacher beats the student trained directly on the validation "
+                f"split (best: {best.model}, {distilled:.4f}; trained directly: {direct:.4f}), so whether a "
+                f"smoothed teacher distils worse cannot be tested here")
+    return None
+
+
+def _comparison(context: ReportContext, treated: Condition, base: Condition, *, primary: bool,
+                not_applicable: str | None) -> dict:
     """Verdict on "a student of the smoothed teacher is less accurate" from per-seed pairs."""
-    scope = f"{condition_label(treated, groups)} vs {condition_label(base, groups)}"
-    treated_values, base_values = _accuracy(groups[treated]), _accuracy(groups[base])
-    difference = paired_difference(treated_values, base_values)
-    verdict, reason = judge_decrease(difference, ACCURACY_MARGIN,
-                                     f"a loss of {ACCURACY_MARGIN * 100:g} accuracy points in the student")
-    evidence = (f"{verdict.capitalize()}: {reason}. {how} Student test accuracy: "
-                f"{condition_label(base, groups)} {estimate(list(base_values.values())).format()}, "
-                f"{condition_label(treated, groups)} {estimate(list(treated_values.values())).format()}; "
-                f"paired difference {difference.format() if difference else 'n/a (no shared seed)'}.")
-    return dict(claim=CLAIM, statement=statement, scope=scope, verdict=verdict, evidence=evidence)
+    return judge(DISTILLATION, _accuracy(context.groups[treated]), _accuracy(context.groups[base]),
+                 section="distillation", split="test", contrast=context.contrast(treated, base),
+                 quantity="student test accuracy", primary=primary, better="higher", margin=ACCURACY_MARGIN,
+                 scope=context.scope, bounds="accuracy", not_applicable=not_applicable)
 
 
-STATEMENT = ("A teacher trained with label smoothing makes a worse teacher for knowledge distillation "
-             "(Müller et al. 2019, Section 4)")
-
-
-def _verdicts(groups: dict) -> list[dict]:
-    verdicts = []
+def _verdicts(context: ReportContext) -> list[dict]:
+    groups, verdicts = context.groups, []
+    precondition = _distillation_does_not_help(context)
+    largest = max((c.label_smoothing for c in groups), default=0.0)
     for eps in sorted({c.label_smoothing for c in groups if c.label_smoothing > 0}):
+        best_smoothed, best_hard = _best_by_validation(groups, eps), _best_by_validation(groups, 0.0)
+        chosen = None
+        if best_smoothed is not None and best_hard is not None:
+            chosen = (best_smoothed, best_hard)
+            verdicts.append(_comparison(context, *chosen, primary=eps == largest, not_applicable=precondition))
         for t in sorted({float(run["temperature"]) for c, runs in groups.items() if c.label_smoothing == eps
                          for run in runs.values() if "temperature" in run}):
-            treated, base = Condition(distilled_role(t), "uniform", eps), Condition(distilled_role(t), "uniform", 0.0)
-            if treated in groups and base in groups:
-                verdicts.append(_comparison(groups, treated, base, STATEMENT,
-                                            f"Both teachers distilled at the same temperature T={t:g}."))
-        best_smoothed, best_hard = _best_by_holdout(groups, eps), _best_by_holdout(groups, 0.0)
-        # (at one shared temperature this is the comparison above)
-        if best_smoothed is not None and best_hard is not None and best_smoothed.model != best_hard.model:
-            verdicts.append(_comparison(groups, best_smoothed, best_hard, STATEMENT,
-                                        "Each teacher at the temperature whose students have the best mean "
-                                        "hold-out accuracy (chosen without the test set)."))
+            pair = (Condition(distilled_role(t), "uniform", eps), Condition(distilled_role(t), "uniform", 0.0))
+            if pair[0] in groups and pair[1] in groups and pair != chosen:
+                verdicts.append(_comparison(context, *pair, primary=False, not_applicable=precondition))
     return verdicts
 
 
-def _table_rows(groups: dict) -> list[list[str]]:
+def _table_rows(context: ReportContext) -> list[list[str]]:
     rows = []
     def order(item) -> tuple:
         condition, runs = item
         return (condition.model != TEACHER, condition.model == DIRECT,
                 next(iter(runs.values())).get("temperature", 0.0), condition.label_smoothing)
 
-    for condition, runs in sorted(groups.items(), key=order):
+    for condition, runs in sorted(context.groups.items(), key=order):
         indices = [run["smoothness_index"] for run in runs.values() if run.get("smoothness_index") is not None]
-        held = [run["holdout_accuracy"] for run in runs.values() if run.get("holdout_accuracy") is not None]
-        metrics = [list(_test_values(runs, name).values()) for name in ("accuracy", "nll", "ece")]
+        held = _validation_accuracies(context, runs)
+        metrics = [(name, list(_test_values(runs, name).values())) for name in ("accuracy", "nll", "ece")]
         rows.append([condition.model, f"{condition.label_smoothing:g}", str(len(runs)),
-                     estimate(indices).format(3) if indices else "-", estimate(held).format() if held else "-"]
-                    + [estimate(values).format() if values else "-" for values in metrics])
+                     estimate(indices).format(3) if indices else "-",
+                     estimate(held, BOUNDS["accuracy"]).format() if held else "-"]
+                    + [estimate(values, BOUNDS[name]).format() if values else "-" for name, values in metrics])
     return rows
 
 
@@ -126,7 +172,8 @@ def _figure(groups: dict, path: Path) -> str:
     axes = figure.add_subplot()
     for index, eps in enumerate(sorted({c.label_smoothing for c in groups})):
         points = sorted((estimate([r["smoothness_index"] for r in runs.values()]).mean,
-                         estimate(list(_accuracy(runs).values())), c.model) for c, runs in groups.items()
+                         estimate(list(_accuracy(runs).values()), BOUNDS["accuracy"]), c.model)
+                        for c, runs in groups.items()
                         if c.label_smoothing == eps and c.model.startswith("student, distilled"))
         if points:
             x = [p[0] for p in points]
@@ -148,32 +195,32 @@ def _figure(groups: dict, path: Path) -> str:
     return embed_figure(figure, path, "Student test accuracy against the teacher's smoothness index")
 
 
-def distillation_section(results: dict, run_dir: Path) -> tuple[str, list[dict]]:
+def distillation_section(context: ReportContext) -> SectionOutput:
     """Teachers and students with 95% intervals, the accuracy-vs-smoothness figure, the verdicts."""
-    config = results.get("config") or {}
-    groups = group_runs(results)
+    config, groups = context.config, context.groups
+    dataset = escape(config.get("dataset", "?"))
     intro = (
-        "<h2>Knowledge distillation: does a smoothed teacher teach worse?</h2>"
         f"<p>Teachers: MLP {'x'.join(map(str, config.get('teacher_widths', [])))}; students: MLP "
-        f"{'x'.join(map(str, config.get('student_widths', [])))}, trained on "
-        f"{config.get('dataset', '?')} with the same optimizer and epochs. A distilled student minimises "
-        f"beta * CE(student, y) + (1 - beta) * T^2 * KL(softmax(teacher / T) || softmax(student / T)) "
-        f"with beta = {config.get('beta', '?')}; the eps=0 teacher is distilled at several temperatures T "
-        "(the paper's temperature sweep). Each student of seed s starts from the same weights and sees "
-        "the same batches as the directly trained student of seed s, so differences are paired by seed. "
-        "Smoothness index = K/(K-1) * mean over training images of (1 - teacher's probability of the true "
-        "class at T): the mass a teacher puts on wrong classes on the label-smoothing scale (a teacher "
-        "that fits eps-smoothed targets exactly has index eps). Hold-out accuracy (training images not "
-        "used for training) chooses the best temperature without touching the test set.</p>")
+        f"{'x'.join(map(str, config.get('student_widths', [])))}, trained on {dataset} with the same optimizer and "
+        f"epochs. A distilled student minimises beta * CE(student, y) + (1 - beta) * T^2 * "
+        f"KL(softmax(teacher / T) || softmax(student / T)) with beta = {escape(config.get('beta', '?'))} (Hinton, "
+        "Vinyals & Dean 2015); the eps=0 teacher is distilled at several temperatures T (the paper's temperature "
+        "sweep). Each student of seed s starts from the same weights and sees the same batches as the directly "
+        "trained student of seed s, so differences are paired by seed. Smoothness index = K/(K-1) * mean over "
+        "training images of (1 - teacher's probability of the true class at T): the mass a teacher puts on "
+        "wrong classes on the label-smoothing scale (a teacher that fits eps-smoothed targets exactly has index "
+        "eps). Validation accuracy (training images not used for training) chooses the best temperature "
+        "without touching the test set.</p>")
     rows = table(["role", "eps (teacher's for distilled students)", "seeds", "teacher smoothness index",
-                    "hold-out accuracy", "test accuracy", "test NLL", "test ECE"], _table_rows(groups))
-    figure = _figure(groups, Path(run_dir) / "distillation_students.png")
-    return intro + rows + f'<div class="figures">{figure}</div>', _verdicts(groups)
+                  "validation accuracy", "test accuracy", "test NLL", "test ECE"], _table_rows(context))
+    figure = _figure(groups, Path(context.run_dir) / "distillation_students.png")
+    return SectionOutput("Knowledge distillation: does a smoothed teacher teach worse?",
+                         intro + rows + figure_grid([figure]), _verdicts(context))
 
 
-def teacher_penultimate_section(results: dict, run_dir: Path) -> tuple[str, list[dict]]:
-    """The penultimate-layer section of the teachers' sweep, figures written into ``run_dir``."""
-    teachers = Path(run_dir) / "teachers"
-    html, verdicts = penultimate_section(load_results(teachers), teachers, Path(run_dir))
-    verdicts = [{**v, "scope": f"teachers, {v['scope']}"} for v in verdicts]
-    return html.replace("<h2>Penultimate layer:", "<h2>Teachers' penultimate layer:", 1), verdicts
+def teacher_penultimate_section(context: ReportContext) -> SectionOutput:
+    """The penultimate-layer section of the teachers' sweep, figures written into the run directory."""
+    teachers = Path(context.run_dir) / "teachers"
+    output = penultimate_section(ReportContext(load_results(teachers), teachers), context.run_dir)
+    verdicts = [{**v, "contrast": f"teachers, {v['contrast']}", "scope": context.scope} for v in output.verdicts]
+    return SectionOutput("Teachers' penultimate layer: tight, equidistant clusters?", output.html, verdicts)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..rundir import write_bytes
 
-__all__ = ["embed_figure", "escape", "figure_text", "table"]
+__all__ = ["embed_figure", "escape", "figure_grid", "figure_text", "table"]
 
 
 def escape(value) -> str:
@@ -47,12 +47,21 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def embed_figure(figure, path: Path, caption: str) -> str:
+def embed_figure(figure, path: Path, caption: str, *, wide: bool = False) -> str:
     """Save a matplotlib ``figure`` as PNG (100 dpi) at ``path``, atomically; return it as an
-    HTML ``<figure>`` whose image is the same PNG as a ``data:`` URI."""
+    HTML ``<figure>`` whose image is the same PNG as a ``data:`` URI and whose caption sits under
+    it. ``wide`` figures span the whole row of a :func:`figure_grid`."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
     write_bytes(path, buffer.getvalue(), durable=False)
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return (f'<figure><img alt="{escape(caption)}" src="data:image/png;base64,{data}">'
+    width, height = (round(v * 100) for v in figure.get_size_inches())
+    css = ' class="wide"' if wide else ""
+    return (f'<figure{css}><img alt="{escape(caption)}" width="{width}" height="{height}" '
+            f'src="data:image/png;base64,{data}">'
             f"<figcaption>{escape(caption)} ({escape(path.name)})</figcaption></figure>")
+
+
+def figure_grid(figures: list[str]) -> str:
+    """Figures from :func:`embed_figure` in a responsive grid (as many columns as fit)."""
+    return f'<div class="figures">{"".join(figures)}</div>' if figures else ""

@@ -1,7 +1,7 @@
 """The penultimate-layer section of a lab report: does label smoothing make tight, equidistant
 class clusters (Müller, Kornblith & Hinton 2019, Section 2)?
 
-``report_section(results, run_dir)`` is one of the sweep report's sections. For each model of a
+``section(context)`` is one of the sweep report's sections. For each model of a
 sweep it rebuilds the eps = 0 and the largest-eps models of every seed from
 ``cells/<key>/model.pt``, computes their penultimate activations on (a fixed sample of) the
 training and test images, and reports
@@ -9,16 +9,19 @@ training and test images, and reports
 - figures like Müller et al. (2019, Figure 1): activations of three classes projected onto the
   plane through their templates, columns eps = 0 and eps > 0, rows train and test, for two
   triples (:data:`CLASS_TRIPLES`: one with two look-alike classes, one of three unlike ones),
-  written as ``penultimate_<model>_<k1>-<k2>-<k3>.png`` and embedded;
+  written as ``penultimate_<model>_<k1>-<k2>-<k3>.png`` and embedded, every panel of a figure on
+  the same axes so eps = 0 and eps > 0 compare at a glance;
 - the measures of :func:`labelsmooth.analysis.penultimate.cluster_measures` in the span of all
   K templates (the part of activation space the softmax sees), in the full penultimate space,
   and in each triple's plane, as mean [95% interval] over seeds;
 - verdicts on "smoothing tightens clusters" and "smoothing makes them equidistant", from the
-  per-seed paired differences in the templates' span on the training split, by the report's
-  one rule (:func:`labelsmooth.lab.report.overview.judge`).
+  per-seed paired differences in the templates' span, separately on the training and the test
+  split (a change on the training images alone may not generalise), by the report's one rule
+  (:func:`labelsmooth.lab.report.verdicts.judge`; smallest effect that matters: 10% of the
+  eps = 0 value).
 
-``penultimate_section(results, sweep_dir, figure_dir)`` is the same for any sweep directory,
-so the distillation experiment can show its teachers in its own report.
+``penultimate_section(context, figure_dir)`` is the same for any sweep directory's context, so
+the distillation experiment can show its teachers in its own report.
 """
 
 from __future__ import annotations
@@ -40,9 +43,10 @@ from ...analysis.penultimate import (
 from ..data import Dataset, load_dataset
 from ..models import build_model
 from ..rundir import cell_file
-from ..stats import estimate, paired_difference
-from .html import embed_figure, escape, figure_text, table
-from .overview import Condition, condition_label, group_runs, judge_decrease
+from ..stats import BOUNDS, estimate
+from .context import Condition, ReportContext, SectionOutput
+from .html import embed_figure, escape, figure_grid, figure_text, table
+from .verdicts import Claim, judge
 
 __all__ = [
     "CLASS_TRIPLES",
@@ -50,7 +54,7 @@ __all__ = [
     "load_cell_model",
     "penultimate_activations",
     "penultimate_section",
-    "report_section",
+    "section",
 ]
 
 # data set name -> [(three classes, why these)]; the first two classes of a "look-alike" triple
@@ -66,7 +70,6 @@ MAX_POINTS = 5000
 SPLITS = ("train", "test")
 # a change smaller than this fraction of the eps = 0 value does not matter for the claim
 RELATIVE_MARGIN = 0.1
-CLAIM = "4"
 
 
 def class_triples(dataset: str, num_classes: int) -> list[tuple[tuple[int, int, int], str]]:
@@ -128,7 +131,7 @@ class CellActivations:
     templates: Tensor
 
 
-SPAN, FULL = "span of all templates", "full penultimate space"
+SPAN, FULL, PLANE = "span of all templates", "full penultimate space", "plane of classes "
 MEASURES = ("tightness", "equidistance_cv")
 
 
@@ -165,7 +168,7 @@ def cell_measures(cell: CellActivations, triples: Sequence[tuple[int, int, int]]
     num_classes, width = cell.templates.shape
     spaces = {SPAN: _span_measures} if width >= num_classes - 1 else {}
     spaces[FULL] = _full_measures
-    spaces.update({f"plane of classes {t}": (lambda c, s, t=t: _plane_measures(c, s, t)) for t in triples})
+    spaces.update({f"{PLANE}{t}": (lambda c, s, t=t: _plane_measures(c, s, t)) for t in triples})
     return {space: {split: {m: getattr(function(cell, split), m) for m in MEASURES} for split in SPLITS}
             for space, function in spaces.items()}
 
@@ -187,8 +190,16 @@ def _pairs(groups: dict) -> list[tuple[Condition, Condition]]:
     return pairs
 
 
+def _space_name(space: str, dataset: Dataset) -> str:
+    """A space of :func:`cell_measures` for the page: a plane named by its classes' names."""
+    if not space.startswith(PLANE):
+        return space
+    triple = [int(k) for k in space[len(PLANE):].strip("() ").split(",")]
+    return "plane of " + ", ".join(dataset.class_names[k] for k in triple)
+
+
 def _figure(cells: dict, pair: tuple[Condition, Condition], seed: int, triple: tuple[int, int, int],
-            dataset: Dataset, groups: dict, path: Path) -> str:
+            dataset: Dataset, context: ReportContext, path: Path) -> str:
     """The paper's grid for one triple and one seed, written to ``path``; returns an HTML figure."""
     names = {k: dataset.class_names[k] for k in triple}
     drawn = {k: figure_text(name) for k, name in names.items()}
@@ -196,15 +207,16 @@ def _figure(cells: dict, pair: tuple[Condition, Condition], seed: int, triple: t
     for split in SPLITS:
         row = []
         for condition in pair:
-            title = f"{condition_label(condition, groups)}, {split}, seed {seed}"
+            title = f"{context.label(condition)}, {split}, seed {seed}"
             row.append(ProjectionPanel(*_plane_points(cells[condition][seed], split, triple), drawn, title))
         rows.append(row)
     caption = (f"{', '.join(names.values())}: penultimate activations projected onto the plane through "
-               f"the three class templates")
-    return embed_figure(plot_projection_grid(rows), path, caption)
+               f"the three class templates (all panels on the same axes)")
+    return embed_figure(plot_projection_grid(rows, share_axes=True), path, caption)
 
 
-def _table_rows(measures: dict, pair: tuple[Condition, Condition], groups: dict) -> list[list[str]]:
+def _table_rows(measures: dict, pair: tuple[Condition, Condition], context: ReportContext,
+                dataset: Dataset) -> list[list[str]]:
     rows = []
     base_measures = measures[pair[0]]
     spaces = next(iter(base_measures.values())).keys()
@@ -212,41 +224,36 @@ def _table_rows(measures: dict, pair: tuple[Condition, Condition], groups: dict)
         for split in SPLITS:
             for condition in pair:
                 by_seed = measures[condition]
-                row = [space, split, condition_label(condition, groups), str(len(by_seed))]
-                row += [estimate([m[space][split][name] for m in by_seed.values()]).format(3) for name in MEASURES]
+                row = [_space_name(space, dataset), split, context.label(condition), str(len(by_seed))]
+                row += [estimate([m[space][split][name] for m in by_seed.values()], BOUNDS[name]).format(3)
+                        for name in MEASURES]
                 rows.append(row)
     return rows
 
 
-# measure -> (short name, what lower means, the claim)
-MEASURE_CLAIMS = {
-    "tightness": ("cluster tightness", "tighter", "Label smoothing makes each class's penultimate "
-                  "activations a tight cluster (Müller et al. 2019, Section 2)"),
-    "equidistance_cv": ("equidistance", "more equidistant", "Label smoothing makes the class clusters "
-                        "equidistant from each other (Müller et al. 2019, Section 2)"),
-}
+TIGHT = Claim("tight-clusters", "Smoothing tightens the clusters",
+              "Label smoothing makes each class's penultimate-layer activations a tight cluster.",
+              "Müller, Kornblith & Hinton 2019, When does label smoothing help? (Section 2)")
+EQUIDISTANT = Claim("equidistant-clusters", "Smoothing makes the clusters equidistant",
+                    "Label smoothing makes the class clusters of the penultimate layer equidistant from each other.",
+                    "Müller, Kornblith & Hinton 2019, When does label smoothing help? (Section 2)")
+# measure -> (claim, what it is called)
+MEASURE_CLAIMS = {"tightness": (TIGHT, "tightness (within / between)"),
+                  "equidistance_cv": (EQUIDISTANT, "equidistance CV")}
 
 
-def _verdicts(measures: dict, pair: tuple[Condition, Condition], groups: dict) -> list[dict]:
+def _verdicts(measures: dict, pair: tuple[Condition, Condition], context: ReportContext) -> list[dict]:
     verdicts = []
     base, treated = pair
     space = SPAN if SPAN in next(iter(measures[base].values())) else FULL
-    for name, (short, lower, statement) in MEASURE_CLAIMS.items():
-        scope = f"{condition_label(treated, groups)} vs {condition_label(base, groups)}: {short}, training split"
-        values = {c: {seed: m[space]["train"][name] for seed, m in measures[c].items()} for c in pair}
-        test = {c: {seed: m[space]["test"][name] for seed, m in measures[c].items()} for c in pair}
-        difference = paired_difference(values[treated], values[base])
-        test_difference = paired_difference(test[treated], test[base])
-        margin = RELATIVE_MARGIN * sum(values[base].values()) / len(values[base])
-        verdict, reason = judge_decrease(difference, margin,
-                                         f"a decrease of {margin:.3g} ({RELATIVE_MARGIN:.0%} of the eps=0 value)")
-        evidence = (f"{verdict.capitalize()}: {reason}. {name} in the {space} "
-                    f"(lower is {lower}), training "
-                    f"split: eps=0 {estimate(list(values[base].values())).format(3)}, "
-                    f"{condition_label(treated, groups)} {estimate(list(values[treated].values())).format(3)}; "
-                    f"paired difference {difference.format(3) if difference else 'n/a'}. Test split: "
-                    f"paired difference {test_difference.format(3) if test_difference else 'n/a'}.")
-        verdicts.append(dict(claim=CLAIM, statement=statement, scope=scope, verdict=verdict, evidence=evidence))
+    for name, (claim, short) in MEASURE_CLAIMS.items():
+        for split in SPLITS:
+            values = {c: {seed: m[space][split][name] for seed, m in measures[c].items()} for c in pair}
+            margin = RELATIVE_MARGIN * sum(values[base].values()) / len(values[base])
+            verdicts.append(judge(claim, values[treated], values[base], section="penultimate layer", split=split,
+                                  contrast=context.contrast(treated, base), quantity=f"{short}, {space}",
+                                  primary=context.is_primary(treated), better="lower", margin=margin,
+                                  scope=context.scope, bounds=name))
     return verdicts
 
 
@@ -259,34 +266,34 @@ INTRODUCTION = (
     "<b>equidistance CV</b> = standard deviation / mean of the distances between class means (0 when "
     "all are equal). They are given in the span of all K templates (the part of the activations "
     "that changes the softmax), in the full penultimate space, and in each triple's plane; mean and "
-    "95% interval over seeds, on at most {max_points} images per split.</p>")
+    "95% interval over seeds, on at most {max_points} images per split. Verdicts are given for the "
+    "training and the test split separately, in the templates' span; the smallest effect that matters "
+    "is 10% of the eps=0 value.</p>")
 
 
-def penultimate_section(results: dict, sweep_dir: Path, figure_dir: Path, *,
-                        max_points: int = MAX_POINTS) -> tuple[str, list[dict]]:
-    """HTML and verdicts for the sweep in ``sweep_dir``; figures written into ``figure_dir``."""
-    sweep_dir, figure_dir = Path(sweep_dir), Path(figure_dir)
-    heading = "<h2>Penultimate layer: tight, equidistant clusters?</h2>"
-    config = results.get("config") or {}
-    groups = group_runs(results)
-    pairs = _pairs(groups)
+def penultimate_section(context: ReportContext, figure_dir: Path, *, max_points: int = MAX_POINTS) -> SectionOutput:
+    """The section for the sweep of ``context``; figures written into ``figure_dir``."""
+    figure_dir = Path(figure_dir)
+    title = "Penultimate layer: tight, equidistant clusters?"
+    config = context.config
+    pairs = _pairs(context.groups)
     if not pairs:
-        return heading + "<p>No eps=0 and eps&gt;0 pair of the same model in this run.</p>", []
+        return SectionOutput(title, "<p>No eps=0 and eps&gt;0 pair of the same model in this run.</p>")
     try:
         dataset = load_dataset(config.get("dataset", "digits"), data_dir=config.get("data_dir"),
                                train_fraction=config.get("train_fraction", 1.0), seed=config.get("data_seed", 0),
                                remap_labels=config.get("remap_labels", False))
     except ValueError as error:  # a DataError, or a data set name this installation does not know
-        return heading + f"<p>The data set is not available here, so no activations: {escape(error)}</p>", []
+        return SectionOutput(title, f"<p>The data set is not available here, so no activations: {escape(error)}</p>")
     samples = split_sample(dataset, max_points)
     triples = class_triples(config.get("dataset", ""), dataset.num_classes)
-    fragments, verdicts = [heading, INTRODUCTION.format(max_points=max_points)], []
+    fragments, verdicts = [INTRODUCTION.format(max_points=max_points)], []
     for pair in pairs:
         cells: dict = {}
         for condition in pair:
-            for seed, run in groups[condition].items():
+            for seed, run in context.groups[condition].items():
                 try:
-                    model = load_cell_model(sweep_dir, run, config, dataset)
+                    model = load_cell_model(context.run_dir, run, config, dataset)
                 except ValueError as error:
                     fragments.append(f"<p>Skipped a cell: {escape(error)}</p>")
                     continue
@@ -299,18 +306,19 @@ def penultimate_section(results: dict, sweep_dir: Path, figure_dir: Path, *,
             fragments.append(f"<p>{escape(pair[0].model)}: no finished cells with model.pt for both eps.</p>")
             continue
         measures = {c: {s: cell_measures(cells[c][s], [t for t, _ in triples]) for s in seeds} for c in pair}
-        fragments.append(f"<h3>{escape(pair[0].model)}: {escape(condition_label(pair[1], groups))} vs "
-                         f"{escape(condition_label(pair[0], groups))}</h3>")
-        figures = [f"<p>{escape(why)}</p>" + _figure(
-            cells, pair, seeds[0], triple, dataset, groups,
-            figure_dir / f"penultimate_{pair[0].model}_{'-'.join(map(str, triple))}.png") for triple, why in triples]
-        fragments.append(f'<div class="figures">{"".join(figures)}</div>')
+        fragments.append(f"<h3>{escape(pair[0].model)}: {escape(context.contrast(pair[1], pair[0]))}</h3>")
+        figures = [_figure(cells, pair, seeds[0], triple, dataset, context,
+                           figure_dir / f"penultimate_{pair[0].model}_{'-'.join(map(str, triple))}.png")
+                   for triple, _ in triples]
+        reasons = "".join(f"<li>{escape(', '.join(dataset.class_names[k] for k in triple))}: {escape(why)}</li>"
+                          for triple, why in triples)
+        fragments.append(f"<p>The figures' classes:</p><ul>{reasons}</ul>" + figure_grid(figures))
         fragments.append(table(["space", "split", "condition", "seeds", "tightness", "equidistance CV"],
-                                _table_rows(measures, pair, groups)))
-        verdicts += _verdicts(measures, pair, groups)
-    return "".join(fragments), verdicts
+                               _table_rows(measures, pair, context, dataset)))
+        verdicts += _verdicts(measures, pair, context)
+    return SectionOutput(title, "".join(fragments), verdicts)
 
 
-def report_section(results: dict, run_dir: Path) -> tuple[str, list[dict]]:
-    """The penultimate-layer section of a sweep's report (figures written into ``run_dir``)."""
-    return penultimate_section(results, Path(run_dir), Path(run_dir))
+def section(context: ReportContext) -> SectionOutput:
+    """The penultimate-layer section of a sweep's report (figures written into its run directory)."""
+    return penultimate_section(context, context.run_dir)
