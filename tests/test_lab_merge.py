@@ -223,3 +223,18 @@ def test_shards_merged_equal_the_unsharded_sweep(tmp_path, no_report, model):
         assert sorted(found.files) == sorted(expected.files)
         for key in expected.files:
             np.testing.assert_array_equal(found[key], expected[key])
+
+
+def test_shards_of_an_older_lab_merge_into_an_older_run_and_added_keys_take_their_old_value(tmp_path, no_report):
+    """Shards written before the validation split stay so after the merge (the report then says
+    their per-epoch metrics came from the test split), and a shard written before remap_labels
+    existed counts as remap_labels false."""
+    shards = three_shards(tmp_path)
+    for shard in shards:
+        config = json.loads((shard / "config.json").read_text())
+        for key in ("validation_split", "preset", "quick", *(("remap_labels",) if shard.name == "shard2" else ())):
+            del config[key]
+        (shard / "config.json").write_text(json.dumps(config))
+    merged = merge_shards(shards, tmp_path / "merged", report=False)["config"]
+    assert "validation_split" not in merged and merged["remap_labels"] is False
+    assert "validation_split" not in json.loads((tmp_path / "merged" / "config.json").read_text())

@@ -5,12 +5,14 @@ Merging reads only the shards' ``config.json`` and ``results.json`` (plain JSON)
 
 - refuses shards whose configs differ in anything but ``shard`` and the keys a sweep may resume
   with (``config.RESUME_IGNORES``: where the data lives, which may differ between machines),
-  naming the keys and the run directories; two shards holding the same cell; a cell that is not
-  in the grid;
+  naming the keys and the run directories (a key added to config.json later, ``config.ADDED_KEYS``,
+  counts with its old value where a shard lacks it); two shards holding the same cell; a cell
+  that is not in the grid;
 - refuses an incomplete shard, or a union that misses cells of the grid (naming them), unless
   ``allow_partial`` (the merged run is then ``"complete": false``, like an unfinished sweep);
 - writes a new run directory, never into a non-empty one, atomically (built in a hidden folder
-  beside it, then renamed): ``config.json`` (the sweep's config with ``shard`` None),
+  beside it, then renamed): ``config.json`` (the sweep's config with ``shard`` None; without
+  ``validation_split`` when the shards predate the validation split, so the report says so),
   ``results.json`` with the runs in grid order (``config.grid_cells``), ``metrics.csv`` and each
   cell's ``cells/<cell key>/`` copied from its shard; then builds the report.
 
@@ -45,7 +47,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import DERIVED_KEYS, RESUME_IGNORES, SweepConfig, grid_cells
+from .config import ADDED_KEYS, DERIVED_KEYS, RESUME_IGNORES, SweepConfig, grid_cells
 from .report.builder import build_report
 from .rundir import is_plain_cell_key, write_json, write_metrics_csv
 
@@ -120,7 +122,7 @@ def common_config(shards: list[Shard]) -> SweepConfig:
     absent = object()
     differing = {}
     for key in sorted({key for shard in shards for key in shard.config} - MAY_DIFFER):
-        values = [shard.config.get(key, absent) for shard in shards]
+        values = [shard.config.get(key, ADDED_KEYS.get(key, absent)) for shard in shards]
         if any(value != values[0] for value in values[1:]):
             differing[key] = "; ".join(
                 f"{shard.run_dir}: {'(absent)' if value is absent else json.dumps(value)}"
@@ -216,7 +218,10 @@ def merge_shards(run_dirs: list[str | os.PathLike], out: str | os.PathLike, *,
     runs = [run for _, run in owners]
     complete = len(runs) == len(grid) and all(run.get("test") is not None for run in runs)
     derived = {key: shards[0].config[key] for key in sorted(DERIVED_KEYS) if key in shards[0].config}
-    results = {"config": {**config.to_dict(), **derived}, "runs": runs, "complete": complete}
+    merged = {**config.to_dict(), **derived}
+    if "validation_split" not in shards[0].config:  # shards of an older lab (per-epoch metrics on test)
+        del merged["validation_split"]
+    results = {"config": merged, "runs": runs, "complete": complete}
     if "original_labels" in shards[0].results:  # --remap-labels: the same data, so the same mapping
         results["original_labels"] = shards[0].results["original_labels"]
     made = [shard.results["provenance"] for shard in shards if isinstance(shard.results.get("provenance"), dict)]
