@@ -251,6 +251,24 @@ def test_npz_labels_must_be_every_class_or_remapped(tmp_path):
     assert torch.equal(plain.y_train, remapped.y_train)
 
 
+def test_npz_validation_split_labels_are_checked_and_remapped_with_the_others(tmp_path):
+    """An .npz's own x_val/y_val is the validation split: its labels count in the 0..K-1 check
+    and are renumbered by the same mapping as the training and test labels."""
+    rng = np.random.default_rng(0)
+    y, y_val = np.array([0, 2] * 30), np.array([0, 2, 7] * 5)
+    x, x_val = rng.normal(size=(60, 4)).astype(np.float32), rng.normal(size=(15, 4)).astype(np.float32)
+    x[:, 0], x_val[:, 0] = y, y_val  # each image carries its label
+    np.savez(tmp_path / "val.npz", x=x, y=y, x_val=x_val, y_val=y_val)
+    with pytest.raises(DataError, match=r"got labels \[0, 2, 7\] \(3 distinct\)"):
+        load_dataset(tmp_path / "val.npz")
+    ds = load_dataset(tmp_path / "val.npz", remap_labels=True)
+    assert (ds.num_classes, ds.original_labels) == (3, (0, 2, 7))
+    assert len(ds.x_holdout) == len(x_val) and ds.y_holdout.tolist() == [0, 1, 2] * 5
+    carried = ds.x_holdout[:, 0]  # the file's label, standardised (an increasing map)
+    assert [ds.y_holdout[carried == v].unique().tolist() for v in carried.unique()] == [[0], [1], [2]]
+    assert set(ds.y_train.tolist()) == {0, 1} and set(ds.y_test.tolist()) == {0, 1}
+
+
 def test_npz_refuses_pickled_objects(tmp_path):
     np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}] * 4, dtype=object), y=np.zeros(4, int))
     with pytest.raises(DataError, match="allow_pickle=False"):
