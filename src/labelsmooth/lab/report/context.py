@@ -21,7 +21,6 @@ and the page says so at its top.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..config import VALIDATION_SPLIT
-from ..rundir import cell_file
+from ..rundir import cell_file, read_json
 
 __all__ = ["CellLogits", "Condition", "ReportContext", "SectionOutput", "baseline_of", "condition_label",
            "final_metric", "group_runs", "per_seed"]
@@ -186,7 +185,7 @@ class ReportContext:
         config = self.config
         if "teacher_widths" in config:  # a distillation run: its teachers' sweep says
             path = self.run_dir / "teachers" / "config.json"
-            config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+            config = read_json(path) if path.is_file() else {}
         return config.get("validation_split") != VALIDATION_SPLIT
 
     @property
@@ -211,7 +210,7 @@ class ReportContext:
         models = config.get("models") or [config.get("model", "?")]
         if "teacher_widths" in config:  # a distillation run: its sweeps record the split sizes
             path = self.run_dir / "teachers" / "config.json"
-            sizes = (json.loads(path.read_text(encoding="utf-8")).get("split_sizes") or {}) if path.is_file() else {}
+            sizes = (read_json(path).get("split_sizes") or {}) if path.is_file() else {}
             models = [f"MLP teachers {'x'.join(map(str, config['teacher_widths']))} and students "
                       f"{'x'.join(map(str, config.get('student_widths', [])))}"]
         if sizes.get("train"):
