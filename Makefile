@@ -12,7 +12,7 @@ TORCH  ?= torch==2.13.0
 TIMM   ?= timm==1.0.29
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test data clean bench bench-gpu gpu-check gpu-check-dry
+.PHONY: demo test test-fast lint data clean bench bench-gpu gpu-check gpu-check-dry
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,16 @@ data:
 demo: $(VENV)/.installed data
 	$(BIN)/python -m labelsmooth demo
 
-test: $(VENV)/.installed data
+# make test: the lint, then every test (CI runs this). make test-fast: the lint, then the tests
+# not marked slow (about a minute; end-to-end lab runs and real-compiler checks are left out).
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+
+test: lint data
 	$(BIN)/python -m pytest -n 2 -q
+
+test-fast: lint
+	$(BIN)/python -m pytest -n 2 -q -m "not slow"
 
 # CPU benchmarks (minutes; results appended to benchmarks/results/*.csv). On a CUDA machine:
 # make bench-gpu.

@@ -54,7 +54,7 @@ class Recorder:
                               date=self.date))
 
     def save(self) -> Path:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         new = not self.path.exists()
         with open(self.path, "a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=FIELDS)

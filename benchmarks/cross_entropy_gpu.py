@@ -189,7 +189,6 @@ def copy_bandwidth_gbps(nbytes: int, device="cuda") -> float:
     src = torch.empty(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     ms = _median_ms(lambda: dst.copy_(src))
-    del src, dst
     return 2 * nbytes / ms / 1e6
 
 
@@ -210,7 +209,6 @@ def measure(loss_fn, logits, target) -> dict:
     extra_peak = torch.cuda.max_memory_allocated() - before
     x.grad = None
     ms = _median_ms(step, grad_to_none=[x])
-    del x
     return dict(ms=ms, extra_peak=extra_peak)
 
 

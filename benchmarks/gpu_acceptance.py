@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from _record import FIELDS, Recorder  # noqa: E402
+from _record import Recorder  # noqa: E402
 
 OUT = Path(os.environ.get("OUT") or ROOT / "gpu-out")
 EPS = 0.1
@@ -61,15 +61,6 @@ def recorder() -> Recorder:
     r.path = OUT / "gpu_acceptance.csv"
     return r
 
-
-def save(r: Recorder) -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    new = not r.path.exists()
-    with open(r.path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerows(r.rows)
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -120,7 +111,7 @@ def step_versions(device: str, dry: bool) -> bool:
         except (OSError, subprocess.SubprocessError) as error:
             print(f"nvidia-smi: {error}")
     r.add("versions", f"torch {torch.__version__} triton {triton.__version__}", "-", "-", "ok", 1)
-    save(r)
+    r.save()
     return True
 
 
@@ -144,8 +135,8 @@ def _option_sets(k: int, n: int, device: str):
     yield "weights+ignore", dict(weight=(0.5 + torch.rand(k, generator=g)).to(device), ignore=3)
     yield "all-ignored", dict(ignore=1)
     yield "non_target", dict(distribution="non_target")
-    yield "prior+z_loss", dict(distribution=torch.rand(k, generator=g, dtype=torch.float64).softmax(0).float().to(device),
-                               z_loss=1e-3)
+    prior = torch.rand(k, generator=g, dtype=torch.float64).softmax(0).float().to(device)
+    yield "prior+z_loss", dict(distribution=prior, z_loss=1e-3)
     if k <= 4099:
         yield "class_conditional", dict(distribution=torch.rand(k, k, generator=g, dtype=torch.float64)
                                         .softmax(1).float().to(device))
@@ -175,7 +166,8 @@ def step_exact(device: str, dry: bool) -> bool:
                 if ignore_every:
                     y[::ignore_every] = -100
                 if shape > 2:  # (N, K, d1[, d2]) from the same rows
-                    x = x.reshape(n // 4, 4, k).movedim(2, 1) if shape == 3 else x.reshape(n // 4, 2, 2, k).movedim(3, 1)
+                    x = (x.reshape(n // 4, 4, k).movedim(2, 1) if shape == 3
+                         else x.reshape(n // 4, 2, 2, k).movedim(3, 1))
                     y = y.reshape(x.shape[:1] + x.shape[2:])
                 reference = x.detach().double().requires_grad_()
                 ref_options = {key: v for key, v in options.items() if key not in ("label_smoothing", "weight")}
@@ -201,7 +193,7 @@ def step_exact(device: str, dry: bool) -> bool:
         print(f"  {entry:15s} {dtype:15s} worst relative error {error:.2e}")
         r.add("exact-worst-relative-error", entry, f"K in {widths}", dtype.removeprefix("torch."), "rel_error", error)
     r.add("exact", "all", f"K in {widths}", "-", "passed", int(ok))
-    save(r)
+    r.save()
     print("exact: " + ("all cases within tolerance" if ok else "MISMATCHES above"))
     return ok
 
@@ -237,7 +229,7 @@ def step_big(device: str, dry: bool) -> bool:
         del logits, loss, grad, leaf
         if device == "cuda":
             torch.cuda.empty_cache()
-    save(r)
+    r.save()
     return ok
 
 
@@ -271,7 +263,7 @@ def step_linear(device: str, dry: bool) -> bool:
               f"{'ok' if passed else 'MISMATCH'}")
         r.add("linear-exact", case, f"N={n},D={d},V={v}", str(hidden_dtype).removeprefix("torch."),
               "max_rel_error", max(errors))
-    save(r)
+    r.save()
     return ok
 
 
@@ -299,7 +291,7 @@ def step_vocab_parallel(device: str, dry: bool) -> bool:
     print(f"  {backend} world size 1: loss rel err {errors[0]:.2e}, grad rel err {errors[1]:.2e}")
     r = recorder()
     r.add("vocab-parallel", backend, "64x1000", "float32", "passed", int(passed))
-    save(r)
+    r.save()
     return passed
 
 
@@ -352,7 +344,7 @@ def step_lab(device: str, dry: bool) -> bool:
     r.add("lab", "sweep", size, "float32", f"wall_s_{epochs}_epochs", tn)
     r.add("lab", "sweep", size, "float32", "wall_s_200_epochs_extrapolated", protocol)
     r.add("lab", "sweep-vs-cpu", size, "float32", "max_cell_accuracy_gap", max(gaps))
-    save(r)
+    r.save()
     return max(gaps) <= 0.05  # different summation orders over a few epochs; a broken device path is far off
 
 
@@ -409,8 +401,8 @@ def step_timing(device: str, dry: bool) -> bool:
                     continue  # one compiled size: each shape compiles anew
                 source = logits.detach().clone().requires_grad_()
 
-                def step():
-                    fn(source * 1 if "inplace" in name else source, target).backward()
+                def step(fn=fn, source=source, target=target, copy_first="inplace" in name):
+                    fn(source * 1 if copy_first else source, target).backward()
                 try:
                     step()
                     if device == "cuda":
@@ -434,7 +426,7 @@ def step_timing(device: str, dry: bool) -> bool:
             del logits, target
             if device == "cuda":
                 torch.cuda.empty_cache()
-    save(r)
+    r.save()
     return True
 
 
@@ -458,7 +450,7 @@ def step_linear_timing(device: str, dry: bool) -> bool:
         providers["liger-fp32-accumulation"] = lambda: liger_fp32(w, h, y)
     size = f"N={n},D={d},V={v}"
     for name, fn in providers.items():
-        def step():
+        def step(fn=fn):
             out = fn()
             (out[0] if isinstance(out, tuple) else out).backward()
         try:
@@ -479,7 +471,7 @@ def step_linear_timing(device: str, dry: bool) -> bool:
         r.add("linear fwd+bwd", name, size, "bf16", "median_ms", ms)
         r.add("linear fwd+bwd", name, size, "bf16", "extra_peak_GiB", extra / 2**30)
         h.grad = w.grad = None
-    save(r)
+    r.save()
     return True
 
 
@@ -506,13 +498,14 @@ def step_sweep(device: str, dry: bool) -> bool:
                 utils.STREAM_BLOCK[4] = (block, value)
                 label = f"stream block={block} warps={value}"
             source = x.clone().requires_grad_()
-            ms = median_ms(lambda: fused_cross_entropy_with_grad(source * 1, y, label_smoothing=EPS,
-                                                                 inplace_backward=True).backward(), device)
+            def step(source=source, y=y):
+                fused_cross_entropy_with_grad(source * 1, y, label_smoothing=EPS, inplace_backward=True).backward()
+            ms = median_ms(step, device)
             print(f"  N={n} K={k} {label:32s} {ms:8.3f} ms")
             r.add("sweep", label, f"N={n},K={k}", "bf16", "median_ms", ms)
         for table, default in defaults:
             table.update(default)
-    save(r)
+    r.save()
     return True
 
 

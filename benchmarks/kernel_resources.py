@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import labelsmooth as ls  # noqa: E402
-from labelsmooth.ops import cross_entropy_kernels as kernels  # noqa: E402
 from labelsmooth.ops import cross_entropy, linear_cross_entropy_triton  # noqa: E402
+from labelsmooth.ops import cross_entropy_kernels as kernels  # noqa: E402
 
 KERNEL_NAMES = ("_statistics_kernel", "_gradient_kernel", "_statistics_and_gradient_kernel", "_scale_rows_kernel")
 TARGETS = {"sm_90": GPUTarget("cuda", 90, 32), "sm_80": GPUTarget("cuda", 80, 32)}
@@ -73,7 +73,8 @@ def _calls(quick: bool):
 
     widths = (10, 50257) if quick else WIDTHS
     dtypes = (torch.float32, torch.bfloat16, torch.float64) if quick else DTYPES
-    option_sets = [dict(label_smoothing=0.1), dict(label_smoothing=0.0), dict(label_smoothing=0.1, softcap=30.0, z_loss=1e-4),
+    option_sets = [dict(label_smoothing=0.1), dict(label_smoothing=0.0),
+                   dict(label_smoothing=0.1, softcap=30.0, z_loss=1e-4),
                    dict(label_smoothing=0.1, distribution="prior"), dict(label_smoothing=0.1, weight="weight")]
     if quick:
         option_sets = option_sets[:1] + option_sets[2:4]
@@ -120,7 +121,7 @@ def capture(quick: bool = False) -> list:
         setattr(kernels, name, _Capture(getattr(kernels, name), launches))
     no_check = lambda tensor, name: None  # noqa: E731  (CPU tensors stand in for CUDA ones)
     cross_entropy.check_kernel_device = linear_cross_entropy_triton.check_kernel_device = no_check
-    for description, call in _calls(quick):
+    for _description, call in _calls(quick):
         call()
     return launches
 

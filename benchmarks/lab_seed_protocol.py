@@ -68,8 +68,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from PIL import Image
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -216,7 +216,7 @@ def seed_loop(config: SweepConfig, device: torch.device, images: bool) -> tuple[
                 with torch.no_grad():
                     losses, nums = zip(*[(loss_func(model(xb.to(device)), yb.to(device)).item(), len(xb))
                                          for xb, yb in valid_dl])
-                val_loss = sum(l * n for l, n in zip(losses, nums)) / sum(nums)
+                val_loss = sum(loss * n for loss, n in zip(losses, nums)) / sum(nums)
                 history.append((train_total / len(train_set), val_loss))
             histories[(eps, seed)] = history
     return loaded - start, time.perf_counter() - loaded, histories

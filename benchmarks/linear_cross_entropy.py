@@ -35,7 +35,6 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import Recorder  # noqa: E402
-
 from labelsmooth import linear_cross_entropy  # noqa: E402  (imported now, not while measured)
 
 EPS = 0.1

@@ -68,6 +68,7 @@ def test_gradient_is_the_closed_form_and_the_teacher_gets_none(beta, temperature
     assert teacher.grad is None
 
 
+@pytest.mark.slow
 def test_gradcheck_in_float64():
     student, teacher, target = logits_and_target(n=4, k=3, seed=3)
     fn = lambda s: distillation_loss(s, teacher.double(), target, beta=0.25, temperature=2.0)  # noqa: E731

@@ -164,6 +164,7 @@ def test_cluster_measures_reject_a_class_without_points_and_bad_labels():
         cluster_measures(points, np.array([0.0, 0, 1, 1]), (0, 1))
 
 
+@pytest.mark.slow
 def test_projection_grid_writes_a_png_with_one_panel_per_cell(tmp_path):
     templates, _ = known_templates()
     plane = template_plane(templates, (0, 1, 2))

@@ -32,6 +32,7 @@ def blobs(n: int, dim: int, num_classes: int, seed: int, spread: float = 1.0):
 # 1. The probe against scikit-learn ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_classes, l2", [(2, 1e-2), (5, 1e-3), (5, 1e-1)])
 def test_probe_solves_scikit_learns_l2_logistic_regression(num_classes, l2):
     x, y = blobs(300, 8, num_classes, seed=num_classes, spread=2.0)
@@ -53,6 +54,7 @@ def test_probe_solves_scikit_learns_l2_logistic_regression(num_classes, l2):
     np.testing.assert_array_equal(probe.predict(torch.from_numpy(x)).numpy(), reference.predict(standardized))
 
 
+@pytest.mark.slow
 def test_probe_without_standardisation_matches_scikit_learn_on_raw_features():
     x, y = blobs(200, 4, 3, seed=11)
     probe = fit_linear_probe(x, y, l2=1e-2, standardize=False)
@@ -60,6 +62,7 @@ def test_probe_without_standardisation_matches_scikit_learn_on_raw_features():
     np.testing.assert_allclose(probe.weight.numpy(), reference.coef_, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_choose_linear_probe_picks_the_penalty_with_the_best_validation_accuracy():
     x, y = blobs(400, 30, 4, seed=12, spread=4.0)
     train, val = slice(0, 60), slice(60, 400)  # few training rows, many features: the penalty matters
@@ -72,6 +75,7 @@ def test_choose_linear_probe_picks_the_penalty_with_the_best_validation_accuracy
     assert choice.probe.l2 == max(l2 for l2 in grid if expected[l2] == best)
 
 
+@pytest.mark.slow
 def test_probe_accuracy_refuses_labels_it_was_not_fitted_on():
     x, y = blobs(50, 3, 3, seed=13)
     probe = fit_linear_probe(x, y)

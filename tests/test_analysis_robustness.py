@@ -81,6 +81,7 @@ def test_fgsm_on_the_margin_loss_moves_toward_the_runner_up_template():
     np.testing.assert_array_equal(fgsm(model, x, y, 0.2, loss="margin").numpy(), expected)
 
 
+@pytest.mark.slow
 def test_pgd_on_a_two_class_linear_model_reaches_the_fgsm_corner_from_any_random_start():
     # The loss is monotone along sign(w_{y'} - w_y) in every pixel, so its maximum over the box is the
     # corner FGSM jumps to; PGD's steps (2.5 budgets in all) reach it from anywhere in the box.
@@ -100,6 +101,7 @@ def small_mlp(dim: int, num_classes: int, seed: int) -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(dim, 32), torch.nn.ReLU(), torch.nn.Linear(32, num_classes))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["cross_entropy", "margin"])
 @pytest.mark.parametrize("budget", [0.05, 0.1, 0.2])
 def test_pgd_never_leaves_the_budget_ball_or_the_pixel_range(loss, budget):
@@ -153,6 +155,7 @@ def digits_model():
     return model, standardize, x[1400:], y[1400:]
 
 
+@pytest.mark.slow
 def test_pgd_is_at_least_as_strong_as_fgsm_on_a_trained_model(digits_model):
     model, standardize, x, y = digits_model
     clean = correct_predictions(model, x, y, to_model_input=standardize).float().mean().item()
@@ -190,6 +193,7 @@ def test_a_model_without_a_useful_gradient_is_not_robust_under_the_transfer_cont
 # 4. Data sets in batches, stacked cells, seeds ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_craft_adversarial_does_not_depend_on_the_batch_size_and_follows_the_seed():
     model = small_mlp(16, 3, seed=21)
     x = pixels_with_edges(50, 16, seed=22, dtype=torch.float32)

@@ -47,6 +47,7 @@ def test_bins_match_a_float64_reference():
     assert bins.overall_accuracy == pytest.approx(correct.mean(), abs=1e-12)
 
 
+@pytest.mark.slow
 def test_side_by_side_png_has_a_panel_and_histogram_per_model(tmp_path):
     models = {f"eps={t}": predictions(1, temperature=t) for t in (0.4, 1.0, 2.5)}
     path = tmp_path / "side.png"
@@ -84,6 +85,7 @@ def test_bad_arguments():
         reliability_diagram(logits, target)  # logits without from_logits=True
 
 
+@pytest.mark.slow
 def test_importing_the_package_does_not_import_matplotlib_or_pyplot():
     code = ("import sys, labelsmooth.calibration as c; assert 'matplotlib' not in sys.modules; "
             "import torch; c.reliability_diagram(torch.tensor([[0.6, 0.4]]), torch.tensor([0])); "

@@ -267,6 +267,7 @@ def test_every_metric_validates():
 # Bootstrap -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bootstrap_matches_normal_approximation_for_a_mean():
     """For a mean (Brier), the percentile interval approaches mean +- 1.96 sd / sqrt(n)."""
     logits, target = random_predictions(2000, 4, seed=11, scale=1.0, dtype=torch.float64)
@@ -292,6 +293,7 @@ def test_bootstrap_ci_forwards_keywords_and_checks_arguments():
         bootstrap_ci(brier_score, logits.softmax(1), target, confidence=1.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("from_logits", [False, True])
 def test_summary_equals_one_bootstrap_per_metric(monkeypatch, from_logits):
     """The counts-matrix bootstrap draws the same rows as bootstrap_ci and gets the same values."""

@@ -45,6 +45,7 @@ def test_temperature_is_the_nll_minimum_found_by_scipy():
     assert torch.equal(probs.argmax(1), logits.argmax(1))
 
 
+@pytest.mark.slow
 def test_vector_scaling_recovers_per_class_distortion_and_beats_temperature():
     logits, target = calibrated_logits(20000, 4, seed=2)
     scale = torch.tensor([0.5, 1.0, 2.0, 1.5], dtype=torch.float64)

@@ -221,6 +221,7 @@ def worlds(tmp_path_factory) -> dict[int, list[dict]]:
     return {n: [by_rank[r][str(n)] for r in (ranks or range(4))] for n, (ranks, _) in WORLDS.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world_size", sorted(WORLDS))
 def test_loss_and_gradients_equal_single_process(worlds, world_size):
     for rank, result in enumerate(worlds[world_size]):

@@ -180,6 +180,7 @@ def imports() -> list[Import]:
     return collect_imports(SRC)
 
 
+@pytest.mark.slow
 def test_library_never_imports_the_application(imports):
     violations = library_imports_of_application(imports)
     if violations:

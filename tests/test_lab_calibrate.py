@@ -34,6 +34,7 @@ def row(output: str, title: str) -> list[float]:
     return [float(x) for x in re.findall(r"-?\d+\.\d+", line[len(title):])]
 
 
+@pytest.mark.slow
 def test_scores_and_temperature_scales(files, capsys):
     assert main(["calibrate", str(files / "test.npz"), "--fit-on", str(files / "val.npz"),
                  "--out", str(files / "out"), "--n-resamples", "20"]) == 0
@@ -60,6 +61,7 @@ def test_without_fit_on_prints_one_column_and_writes_nothing(files, capsys):
     assert not (files / "out").exists()
 
 
+@pytest.mark.slow
 def test_other_calibrator(files, capsys):
     assert main(["calibrate", str(files / "test.npz"), "--fit-on", str(files / "val.npz"),
                  "--method", "isotonic", "--n-resamples", "5"]) == 0

@@ -57,6 +57,7 @@ def files(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch that sees no GPU")
 def test_cuda_without_a_gpu(tmp_path):
     one_line_error(labelsmooth_cli("sweep", *TINY, "--device", "cuda", "--out", str(tmp_path / "r")),
@@ -64,6 +65,7 @@ def test_cuda_without_a_gpu(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, pattern", [
     (["sweep", "--device", "gpu0"], r"^labelsmooth sweep: error: device must be a torch device .* got 'gpu0'$"),
     (["sweep", "--threads", "0"], r"^labelsmooth sweep: error: argument --threads: expected an integer >= 1, got '0'$"),
@@ -87,12 +89,14 @@ def test_bad_arguments_and_files_are_one_line(files, tmp_path, args, pattern):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_calibrate_out_that_cannot_be_written(files):
     process = labelsmooth_cli("calibrate", str(files / "logits.npz"), "--n-resamples", "5",
                               "--out", str(files / "a-file" / "plots"))
     one_line_error(process, r"^labelsmooth calibrate: error: --out: cannot write \S*a-file/plots/reliability\.png")
 
 
+@pytest.mark.slow
 def test_a_write_that_fails_during_a_checkpoint_names_the_file_and_resumes(tmp_path):
     """A file-size limit makes writing the checkpoint fail as a full disk would (EFBIG instead of ENOSPC)."""
     def small_files():
@@ -108,6 +112,7 @@ def test_a_write_that_fails_during_a_checkpoint_names_the_file_and_resumes(tmp_p
     assert json.loads((tmp_path / "r" / "results.json").read_text())["complete"]
 
 
+@pytest.mark.slow
 def test_divergence_is_one_line_naming_cell_epoch_and_learning_rate(tmp_path):
     process = labelsmooth_cli("sweep", *TINY, "--lr", "1e30", "--out", str(tmp_path / "r"))
     one_line_error(process, r"^labelsmooth sweep: error: training diverged: cell mlp-uniform-eps0-seed0 at epoch 1 "
@@ -115,11 +120,13 @@ def test_divergence_is_one_line_naming_cell_epoch_and_learning_rate(tmp_path):
     assert json.loads((tmp_path / "r" / "results.json").read_text())["complete"] is False
 
 
+@pytest.mark.slow
 def test_version():
     process = labelsmooth_cli("--version")
     assert (process.returncode, process.stdout) == (0, f"labelsmooth {labelsmooth.__version__}\n")
 
 
+@pytest.mark.slow
 def test_a_lab_command_without_the_lab_extras_names_the_extra():
     # (torch itself warns on import that it found no NumPy; that warning is torch's, not the lab's)
     setup = ("import sys, warnings; sys.modules['numpy'] = None\n"
@@ -129,6 +136,7 @@ def test_a_lab_command_without_the_lab_extras_names_the_extra():
                             r'pip install "labelsmooth\[lab\]"$')
 
 
+@pytest.mark.slow
 def test_reproduce_help_lists_distillation_and_finds_the_name_after_options():
     listing = labelsmooth_cli("reproduce", "--help")
     assert listing.returncode == 0 and "distillation:" in listing.stdout

@@ -285,6 +285,7 @@ def test_bad_arguments(kwargs, message):
         load_dataset(**kwargs)
 
 
+@pytest.mark.slow
 @pytest.mark.fashion_mnist
 def test_real_fashion_mnist_files():
     if not (DEFAULT_FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz").is_file():

@@ -7,10 +7,13 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
+
 from labelsmooth.cli import main as cli_main
 from labelsmooth.lab import presets
 
 
+@pytest.mark.slow
 def test_demo_falls_back_to_digits_with_a_notice(tmp_path, monkeypatch, capsys):
     empty = tmp_path / "no-data"
     empty.mkdir()

@@ -42,6 +42,7 @@ def run(tmp_path_factory):
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_run_directory_holds_every_role_and_the_report(run):
     config, out, results = run
     roles = [r["model"] for r in results["runs"]]
@@ -165,6 +166,7 @@ def test_command_on_the_finished_run_prints_its_summary(run, capsys, command):
     assert "already complete" in printed and "A smoothed teacher distils worse" in printed and "report.html" in printed
 
 
+@pytest.mark.slow
 def test_a_finished_run_without_its_report_gets_it_back(run, tmp_path, capsys):
     _, out, _ = run
     copy = tmp_path / out.name
@@ -176,6 +178,7 @@ def test_a_finished_run_without_its_report_gets_it_back(run, tmp_path, capsys):
     assert f"Report: {(copy / 'report.html').resolve()}" in printed and (copy / "report.html").is_file()
 
 
+@pytest.mark.slow
 def test_report_command_rebuilds_the_distillation_report(run, tmp_path, capsys):
     _, out, _ = run
     copy = tmp_path / out.name

@@ -98,6 +98,7 @@ def test_merge_orders_runs_as_the_grid_and_writes_a_run_directory(tmp_path, no_r
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged", "shard1", "shard2", "shard3"]
 
 
+@pytest.mark.slow
 def test_merge_command_builds_the_report(tmp_path, capsys):
     out = tmp_path / "merged"
     assert main(["merge", *map(str, three_shards(tmp_path)), "--out", str(out)]) == 0
@@ -201,6 +202,7 @@ TINY = ["--dataset", "digits", "--train-fraction", "0.15", "--epochs", "2", "--l
         "--label-smoothing", "0", "0.1", "--seeds", "0", "1", "--no-progress"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["mlp", "seed-cnn"])
 def test_shards_merged_equal_the_unsharded_sweep(tmp_path, no_report, model):
     tiny = [*TINY, "--model", model]

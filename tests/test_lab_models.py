@@ -7,8 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from labelsmooth.lab.models import (MODELS, SEED_CNN_PARAMETERS, StackableModel, build_model, seed_cnn_backward,
-                                    seed_cnn_forward)
+from labelsmooth.lab.models import (
+    MODELS,
+    SEED_CNN_PARAMETERS,
+    StackableModel,
+    build_model,
+    seed_cnn_backward,
+    seed_cnn_forward,
+)
 
 SHAPES = [(1, 28, 28), (1, 8, 8)]
 

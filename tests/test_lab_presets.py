@@ -67,6 +67,7 @@ def test_unknown_preset_is_refused():
         presets.preset_settings("imagenet")
 
 
+@pytest.mark.slow
 def test_reproduce_end_to_end_on_digits(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["reproduce", "seed-fashion-mnist", "--quick", *TINY, "--out", str(out)]

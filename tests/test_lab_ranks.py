@@ -93,6 +93,7 @@ def files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
+@pytest.mark.slow
 def test_two_process_sweep_equals_single_process(tmp_path, one_thread):
     single = run_sweep(CONFIG, tmp_path / "single", progress=False)
     ranks = [tmp_path / "rank0", tmp_path / "rank1"]

@@ -37,6 +37,7 @@ def built(tmp_path_factory, lab_runs):
     return run_dir, path.read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_report_escapes_user_strings(built):
     run_dir, page = built
     assert '<img src=x onerror="alert(1)">' not in page
@@ -68,7 +69,9 @@ def reference_verdict(record: dict) -> str:
         return "inconclusive"
     sign = (1 if record["better"] == "higher" else -1) * (1 if record["predicts"] == "improvement" else -1)
     a, b = sorted((sign * record["low"], sign * record["high"]))
-    return "supported" if a > 0 and b >= record["margin"] else "not supported" if b < record["margin"] else "inconclusive"
+    if a > 0 and b >= record["margin"]:
+        return "supported"
+    return "not supported" if b < record["margin"] else "inconclusive"
 
 
 def check_verdicts_json_against_the_page(run_dir, page, lab_runs) -> list[dict]:
@@ -129,6 +132,7 @@ def one_seed_tiny_sweep(tmp_path, seeds):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_a_real_sweep_with_one_seed_is_inconclusive_everywhere(tmp_path, lab_runs):
     run_dir, page = one_seed_tiny_sweep(tmp_path, (0,))
     records = check_verdicts_json_against_the_page(run_dir, page, lab_runs)
@@ -139,6 +143,7 @@ def test_a_real_sweep_with_one_seed_is_inconclusive_everywhere(tmp_path, lab_run
     assert "n/a (1 seed)" in page
 
 
+@pytest.mark.slow
 def test_a_real_sweep_with_two_seeds_has_every_section_and_follows_the_rule(tmp_path, lab_runs):
     run_dir, page = one_seed_tiny_sweep(tmp_path, (0, 1))
     records = check_verdicts_json_against_the_page(run_dir, page, lab_runs)
@@ -150,6 +155,7 @@ def test_a_real_sweep_with_two_seeds_has_every_section_and_follows_the_rule(tmp_
     assert "Is a simpler fix as good?" in (run_dir / "summary.txt").read_text()
 
 
+@pytest.mark.slow
 def test_partial_results_report_without_error(tmp_path, lab_runs):
     results = lab_runs.results({0.0: [0.3, 0.3], 0.1: [0.1, 0.1]})
     results["complete"] = False
@@ -172,6 +178,7 @@ def broken_section(context):
     return SectionOutput("Broken", "", [dict(claim="9", statement="s", verdict="probably")])
 
 
+@pytest.mark.slow
 def test_a_new_section_is_one_function_and_bad_records_are_refused(tmp_path, lab_runs):
     run_dir = lab_runs.write(tmp_path / "run", lab_runs.results({0.0: [0.3, 0.3], 0.1: [0.1, 0.1]}))
     page = builder.build_report(run_dir, sections=[*builder.SWEEP_SECTIONS, fake_section]).read_text()
@@ -182,6 +189,7 @@ def test_a_new_section_is_one_function_and_bad_records_are_refused(tmp_path, lab
         builder.build_report(run_dir, sections=[broken_section])
 
 
+@pytest.mark.slow
 def test_a_sweep_gets_the_sweep_sections_and_the_claims_with_their_sources(tmp_path, lab_runs):
     results = lab_runs.results({0.0: [0.3, 0.31], 0.1: [0.1, 0.12]})
     assert builder.sections_for(results) == builder.SWEEP_SECTIONS
@@ -190,6 +198,7 @@ def test_a_sweep_gets_the_sweep_sections_and_the_claims_with_their_sources(tmp_p
     assert "Fashion-MNIST" in claims and "Szegedy et al. 2016" in claims
 
 
+@pytest.mark.slow
 def test_a_legacy_run_says_so_at_the_top(tmp_path, lab_runs):
     results = lab_runs.results({0.0: [0.3, 0.31], 0.1: [0.1, 0.12]})
     del results["config"]["validation_split"]
@@ -198,6 +207,7 @@ def test_a_legacy_run_says_so_at_the_top(tmp_path, lab_runs):
     assert "per-epoch metrics of this run came from the test split" in page
 
 
+@pytest.mark.slow
 def test_report_command_rebuilds_and_rejects_a_non_run_dir(tmp_path, capsys, lab_runs):
     run_dir = lab_runs.write(tmp_path / "run", lab_runs.results({0.0: [0.3, 0.31], 0.1: [0.1, 0.12]}))
     assert cli_main(["report", str(run_dir)]) == 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import re
 from pathlib import Path
 
@@ -14,10 +13,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.classification import multiclass_calibration_error
-
 from scipy import stats
 from sklearn.metrics import roc_auc_score
+from torchmetrics.functional.classification import multiclass_calibration_error
 
 from labelsmooth.calibration.scaling import TemperatureScaling
 from labelsmooth.lab.report import decisive, selective
@@ -76,6 +74,7 @@ def write_run_dir(directory: Path, cells: dict[tuple[float, int], dict], model: 
 # cell_calibration ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cell_calibration_against_independent_formulas(tmp_path):
     arrays = cell_arrays(scale=2.5, seed=0, n_test=4000, n_holdout=8000)
     np.savez(tmp_path / "final.npz", **arrays)
@@ -142,6 +141,7 @@ def context_of(run_dir: Path) -> ReportContext:
     return ReportContext(load_results(run_dir), run_dir)
 
 
+@pytest.mark.slow
 def test_section_table_diagrams_and_an_over_confident_baseline(tmp_path):
     cells = {(0.0, seed): cell_arrays(2.5, seed) for seed in range(3)}
     cells.update({(0.1, seed): cell_arrays(0.4, 10 + seed) for seed in range(3)})
@@ -176,6 +176,7 @@ def test_section_table_diagrams_and_an_over_confident_baseline(tmp_path):
     assert len(embedded) == 2 and base64.b64decode(embedded[0])[:8] == PNG_SIGNATURE
 
 
+@pytest.mark.slow
 def test_the_claim_is_not_applicable_when_the_baseline_is_not_over_confident(tmp_path):
     cells = {(0.0, seed): cell_arrays(0.7, seed) for seed in range(3)}   # under-confident baseline
     cells.update({(0.1, seed): cell_arrays(1.0, 10 + seed) for seed in range(3)})
@@ -183,12 +184,14 @@ def test_the_claim_is_not_applicable_when_the_baseline_is_not_over_confident(tmp
     assert verdict["verdict"] == "not applicable" and "not over-confident" in verdict["reason"]
 
 
+@pytest.mark.slow
 def test_one_seed_is_inconclusive(tmp_path):
     run_dir = write_run_dir(tmp_path / "run", {(0.0, 0): cell_arrays(2.5, 0), (0.1, 0): cell_arrays(1.0, 1)})
     verdict, = section(context_of(run_dir), n_resamples=5).verdicts
     assert verdict["verdict"] == "inconclusive" and verdict["n_seeds"] == 1
 
 
+@pytest.mark.slow
 def test_section_uses_stored_calibration_and_escapes_names(tmp_path):
     cells = {(0.0, 0): cell_arrays(2.0, 0), (0.1, 0): cell_arrays(1.0, 1)}
     run_dir = write_run_dir(tmp_path / "run", cells, model="<script>alert(1)</script>")
@@ -209,6 +212,7 @@ def test_section_without_finished_cells(tmp_path):
     assert "nothing to score" in output.html and output.verdicts == []
 
 
+@pytest.mark.slow
 def test_build_report_with_the_calibration_section(tmp_path):
     run_dir = write_run_dir(tmp_path / "run", {(0.0, 0): cell_arrays(2.0, 0, n_test=300, n_holdout=300),
                                                (0.05, 0): cell_arrays(1.0, 1, n_test=300, n_holdout=300)})
@@ -225,6 +229,7 @@ def reference_nll(logits: np.ndarray, target: np.ndarray, temperature: float = 1
     return float(F.cross_entropy(z, torch.from_numpy(target)))
 
 
+@pytest.mark.slow
 def test_decisive_comparisons_against_temperature_scaling_and_early_stopping(tmp_path):
     """eps=0 over-confident (2.5x the true logits; its early-stopped weights 1x, calibrated): temperature
     scaling and early stopping both fix it; the smoothed model (0.6x, under-confident) is worse on NLL."""
@@ -252,6 +257,7 @@ def test_decisive_comparisons_against_temperature_scaling_and_early_stopping(tmp
     assert sum(v["primary"] for v in output.verdicts) == 3  # one per claim: NLL, the largest eps
 
 
+@pytest.mark.slow
 def test_decisive_comparisons_without_early_stopped_weights_are_not_applicable(tmp_path):
     cells = {(eps, seed): cell_arrays(2.0, seed + 10 * int(eps * 10)) for eps in (0.0, 0.1) for seed in range(2)}
     output = decisive.section(context_of(write_run_dir(tmp_path / "run", cells)))
@@ -262,6 +268,7 @@ def test_decisive_comparisons_without_early_stopped_weights_are_not_applicable(t
 # selective classification ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_selective_section_scores_every_cell_as_scikit_learn_does(tmp_path):
     cells = {(eps, seed): cell_arrays(1.5 if eps == 0 else 0.5, seed + 10 * int(eps * 10)) for eps in (0.0, 0.1)
              for seed in range(3)}

@@ -44,6 +44,7 @@ def trained(tmp_path_factory):
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_penultimate_section_measures_match_numpy(trained):
     run_dir = trained
     results = load_results(run_dir)
@@ -72,6 +73,7 @@ def test_penultimate_section_measures_match_numpy(trained):
     assert float(row.group(1)) == pytest.approx(np.mean(values), abs=5e-4)
 
 
+@pytest.mark.slow
 def test_penultimate_section_skips_a_model_file_that_does_not_fit(trained, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(trained, run_dir)

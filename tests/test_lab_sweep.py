@@ -114,6 +114,7 @@ WEIGHT_TOLERANCE = dict(rtol=1e-4, atol=1e-5)
 METRIC_TOLERANCE = dict(rel=1e-4, abs=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", [
     dict(models=("seed-cnn",), optimizer="sgd", momentum=0.9, weight_decay=1e-3,
          label_smoothing=(0.0, 0.2), distributions=("uniform", "non_target"), seeds=(0, 1)),
@@ -175,6 +176,7 @@ def test_final_files_follow_the_contract(tmp_path, no_report):
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_the_test_split_is_read_only_after_the_last_epoch(tmp_path, no_report, monkeypatch):
     """Count every evaluation of the test images: two per model (final weights and the weights of
     the epoch chosen on validation), both after training ended; per-epoch metrics come from the
@@ -203,6 +205,7 @@ def test_the_test_split_is_read_only_after_the_last_epoch(tmp_path, no_report, m
     assert per_epoch[:3] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_same_seed_gives_bit_identical_results(tmp_path, no_report):
     config = SweepConfig(**SMALL, label_smoothing=(0.0, 0.1), seeds=(3,))
     first = run_sweep(config, tmp_path / "a", progress=False)
@@ -261,6 +264,7 @@ def assert_resumes_to_the_uninterrupted_run(interrupted: Path, tmp_path: Path, c
     assert not list(interrupted.rglob(".*.tmp")) and not (interrupted / ".lock").exists()
 
 
+@pytest.mark.slow
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path, no_report, capsys):
     """SIGKILL a sweep process after its second epoch, resume it, compare with an uninterrupted run.
     The killed writer's lock file and temporary files (as a kill mid-write leaves them) are left
@@ -277,6 +281,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, no_report, capsys)
     assert_resumes_to_the_uninterrupted_run(out, tmp_path, capsys)
 
 
+@pytest.mark.slow
 def test_ctrl_c_prints_one_resume_line_and_the_rerun_finishes_the_same_run(tmp_path, no_report, capsys):
     out = tmp_path / "interrupted"
     process = start_sweep(out)
@@ -288,6 +293,7 @@ def test_ctrl_c_prints_one_resume_line_and_the_rerun_finishes_the_same_run(tmp_p
     assert_resumes_to_the_uninterrupted_run(out, tmp_path, capsys)
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     out = tmp_path / "run"
     endless = [*LONG_ARGS, "--epochs", "100000"]  # still training when the second one tries
@@ -304,6 +310,7 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
         f"or choose another --out"]
 
 
+@pytest.mark.slow
 def test_a_run_killed_while_writing_its_report_gets_it_on_rerun(tmp_path, capsys):
     out = tmp_path / "run"
     kill_in_report = ("import os, signal\nfrom labelsmooth.lab import sweep\n"
@@ -355,6 +362,7 @@ def snapshot(folder: Path) -> dict:
     return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_cli_outputs_complete_rerun_and_refusal(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(cli_args(out)) == 0
@@ -389,6 +397,7 @@ def test_resume_of_a_run_without_checkpoint_starts_over(tmp_path, no_report, cap
     assert without_provenance(results) == without_provenance(run_sweep(config, tmp_path / "fresh", progress=False))
 
 
+@pytest.mark.slow
 @pytest.mark.fashion_mnist
 def test_fashion_mnist_end_to_end(tmp_path, no_report):
     if not (DEFAULT_FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
@@ -404,6 +413,7 @@ def test_fashion_mnist_end_to_end(tmp_path, no_report):
         assert final["test_logits"].shape == (10000, 10) and final["train_logits"].shape == (1200, 10)
 
 
+@pytest.mark.slow
 def test_bad_model_for_the_data_leaves_no_run_directory(tmp_path, capsys):
     np.savez(tmp_path / "flat.npz", x=np.random.default_rng(0).normal(size=(60, 5)), y=np.arange(60) % 3)
     out = tmp_path / "run"
@@ -434,6 +444,7 @@ def test_labels_that_skip_classes_are_refused_or_remapped_and_recorded(tmp_path,
     assert final["test_logits"].shape[1] == 3 and set(final["test_target"].tolist()) == {0, 1, 2}
 
 
+@pytest.mark.slow
 def test_class_names_holding_mathtext_reach_the_figures_as_written(tmp_path, capsys):
     """Matplotlib would parse '$...$' as mathtext and fail on '$\\frac{1}$' while drawing the
     penultimate-layer figure, after training."""

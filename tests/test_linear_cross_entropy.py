@@ -90,6 +90,7 @@ def test_uniform_matches_torch_on_materialised_logits(schedule, reduction, with_
         make_head())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -112,6 +113,7 @@ def test_every_option_matches_formula_and_core(schedule, distribution, reduction
                                                         label_smoothing=0.3, **options), make_head())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 @pytest.mark.parametrize("softcap", [None, 4.0])
@@ -120,10 +122,11 @@ def test_per_sample_and_negative_eps_match_formula(schedule, distribution, softc
     target = make_target((N,), ignore_every=5)
     for eps in (torch.linspace(-0.3, 1.0, N, dtype=torch.float64), -0.2):
         assert_same(
-            lambda h, w, b: ls.linear_cross_entropy(h, w, target, b, reduction="sum", label_smoothing=eps,
-                                                    distribution=dist, softcap=softcap, **SCHEDULES[schedule]),
-            lambda h, w, b: reference_ce(F.linear(h, w, b), target, reduction="sum", eps=eps,
-                                         distribution=dist, softcap=softcap),
+            lambda h, w, b, eps=eps: ls.linear_cross_entropy(h, w, target, b, reduction="sum", label_smoothing=eps,
+                                                             distribution=dist, softcap=softcap,
+                                                             **SCHEDULES[schedule]),
+            lambda h, w, b, eps=eps: reference_ce(F.linear(h, w, b), target, reduction="sum", eps=eps,
+                                                  distribution=dist, softcap=softcap),
             make_head())
 
 
@@ -237,6 +240,7 @@ def test_no_tensor_of_logits_size_is_saved_for_backward(schedule):
 # 2. Low precision ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bf16_inputs_against_fp32_reference():
     """bf16 hidden/head against fp32 on the same (bf16-representable) values.
 
@@ -260,6 +264,7 @@ def test_bf16_inputs_against_fp32_reference():
         assert (t.grad.float() - ref.grad).abs().max() <= 2e-2 * scale
 
 
+@pytest.mark.slow
 def test_bf16_weight_gradient_is_summed_in_fp32():
     """512 tokens with one target and hidden ~ 1: dW[y] ~ -512, built from 256 two-token tiles.
 
@@ -280,6 +285,7 @@ def test_bf16_weight_gradient_is_summed_in_fp32():
 # 3. Gradient filtering ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vocab_chunk_size", [None, 300])
 def test_filtering_is_within_its_stated_bound(vocab_chunk_size):
     """Skipped entries of dL/dz are g_lse * p with p < filter_eps; the module docstring's bound.

@@ -56,6 +56,7 @@ def device_tensors(tensors, target):
 # 1. impl="triton" against float64 --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @triton_needed
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("options", [

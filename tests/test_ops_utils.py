@@ -26,6 +26,7 @@ def run_without_interpreter(code: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_importing_the_kernels_does_not_change_the_environment():
     result = run_without_interpreter("""
         import os
@@ -37,6 +38,7 @@ def test_importing_the_kernels_does_not_change_the_environment():
     assert result.stdout.split() == ["None", "False"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry_point", ["cross_entropy", "fused_cross_entropy_with_grad"])
 def test_cpu_tensor_without_interpreter_says_how_to_switch_it_on(entry_point):
     call = {"cross_entropy": "labelsmooth.cross_entropy(logits, target, impl='triton')",

@@ -214,6 +214,7 @@ def test_loss_parts_keep_their_tuple_shape_and_survive_copies():
     assert "z_loss=" in repr(parts) and "accuracy=" in repr(parts)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=needs_triton)])
 def test_parts_compile_with_fullgraph(impl):
     """The Triton path's arg-max is an output of its custom operator (fake included)."""
@@ -245,6 +246,7 @@ DOUBLE_BACKWARD_OPTIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", DOUBLE_BACKWARD_OPTIONS.values(), ids=list(DOUBLE_BACKWARD_OPTIONS))
 def test_gradgradcheck_on_the_torch_path(options):
     x = torch.randn(6, K, generator=torch.Generator().manual_seed(1), dtype=torch.float64).requires_grad_()

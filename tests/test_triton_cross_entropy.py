@@ -106,6 +106,7 @@ def assert_same_value_and_grad(loss_fn, logits, **tolerance):
 # 1. labelsmooth.cross_entropy(impl="triton") against impl="torch" --------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("dist", sorted(DISTRIBUTIONS))
@@ -122,14 +123,16 @@ def test_every_distribution_weight_and_reduction(dist, weighted, reduction):
     assert_same_value_and_grad(loss_fn, logits, **FP32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dist", ["uniform", "non_target", "class_conditional"])
 def test_per_sample_and_negative_label_smoothing(dist):
     logits, target = make_inputs()
     eps = torch.linspace(-0.3, 0.9, 8, device=DEVICE)
     for label_smoothing in (eps, -0.2):
         assert_same_value_and_grad(
-            lambda x, impl: ls.cross_entropy(x, target, weight=class_weight(37), label_smoothing=label_smoothing,
-                                             distribution=distribution(dist, 37), impl=impl), logits, **FP32)
+            lambda x, impl, label_smoothing=label_smoothing: ls.cross_entropy(
+                x, target, weight=class_weight(37), label_smoothing=label_smoothing,
+                distribution=distribution(dist, 37), impl=impl), logits, **FP32)
 
 
 @pytest.mark.parametrize("z_loss, softcap", [(1e-3, None), (0.0, 4.0), (1e-2, 4.0)])
@@ -141,6 +144,7 @@ def test_z_loss_and_softcap(z_loss, softcap):
                                          impl=impl), logits, **FP32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("softcap", [None, 4.0])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
 def test_half_precision_and_float64_logits(dtype, softcap, reference_ce):
@@ -196,6 +200,7 @@ def test_rows_starting_with_a_block_of_minus_infinity():
         torch.testing.assert_close(a, e, **FP32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("softcap", [None, 20.0])
 @pytest.mark.parametrize("k", [37, RESIDENT + 37], ids=["resident", "streamed"])
 def test_accuracy_comes_from_the_statistics_pass(k, softcap):

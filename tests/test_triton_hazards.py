@@ -265,6 +265,7 @@ def test_host_syncs(entry, validate_args, syncs, monkeypatch):
     assert counter.syncs == syncs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", ["triton", "fused"])
 def test_compiles_with_fullgraph(entry):
     """torch.compile(fullgraph=True) (aot_eager: no C++ compiler needed) traces the custom operators;

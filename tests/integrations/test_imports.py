@@ -9,6 +9,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 FRAMEWORKS = ("transformers", "timm", "lightning", "pytorch_lightning", "torchmetrics", "accelerate")
 
 
@@ -16,6 +18,7 @@ def python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_importing_labelsmooth_and_its_adapters_imports_no_framework():
     result = python(
         "import sys, labelsmooth, labelsmooth.integrations, labelsmooth.integrations.transformers, "
@@ -26,6 +29,7 @@ def test_importing_labelsmooth_and_its_adapters_imports_no_framework():
     assert result.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_a_missing_framework_names_the_package_to_install():
     result = python("import sys\nsys.modules['torchmetrics'] = None\nimport labelsmooth.integrations.torchmetrics")
     assert result.returncode != 0

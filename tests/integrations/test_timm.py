@@ -166,6 +166,7 @@ def test_binary_cross_entropy_conventions_are_as_documented(timm, k):
     assert torch.isclose(ours, timm_loss, rtol=1e-12) == (k == 2)
 
 
+@pytest.mark.slow
 def test_the_timm_mixup_example_runs(timm, example):
     bootstrap = (inspect.getsource(import_timm_pieces) + "\nimport_timm_pieces()\nimport runpy, sys\n"
                  "runpy.run_path(sys.argv[1], run_name='__main__')\n")

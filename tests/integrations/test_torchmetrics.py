@@ -118,6 +118,7 @@ def test_two_processes_over_gloo_equal_one_process(tmp_path):
             assert result[name]["local_count"] == rows * groups  # compute() left the local sums alone
 
 
+@pytest.mark.slow
 def test_the_lightning_example_runs(example):
     pytest.importorskip("lightning", reason="lightning is not installed (pip install -e '.[dev]')")
     out = example("lightning_classifier.py")

@@ -381,6 +381,7 @@ def train_steps(model, tmp_path, steps=3, **trainer_options):
     return losses, torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
+@pytest.mark.slow
 def test_trainer_runs_with_the_patch_as_with_label_smoothing_factor(tmp_path):
     base = tiny_model("llama")
     patched_model = copy.deepcopy(base)
@@ -423,6 +424,7 @@ def loss_curve(model, patch: bool, steps: int = 40) -> torch.Tensor:
     return torch.tensor(curve)
 
 
+@pytest.mark.slow
 def test_training_converges_as_without_the_patch():
     patched_curve = loss_curve(tiny_model("llama", dtype=torch.float32), patch=True)
     reference_curve = loss_curve(tiny_model("llama", dtype=torch.float32), patch=False)
@@ -430,6 +432,7 @@ def test_training_converges_as_without_the_patch():
     torch.testing.assert_close(patched_curve, reference_curve, rtol=1e-5, atol=0)
 
 
+@pytest.mark.slow
 def test_the_hf_causal_lm_example_runs_and_saves_the_logits_memory(example):
     pytest.importorskip("accelerate", reason="transformers' Trainer needs accelerate (pip install -e '.[dev]')")
     out = example("hf_causal_lm.py")

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..losses import cross_entropy
 from .._checks import ContentChecks, check_class_indices, check_logits, check_reduction
+from ..losses import cross_entropy
 
 __all__ = ["distillation_loss", "smoothness_index"]
 

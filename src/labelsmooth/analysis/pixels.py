@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from .._checks import ContentChecks, first_offender
@@ -26,6 +25,7 @@ class Standardize:
     ``mean`` and ``std`` are on the ``[0, 1]`` pixel scale (a data set stored as 0..255 bytes and
     standardised by its raw mean and std has ``mean = raw_mean / 255``, ``std = raw_std / 255``).
 
+    >>> import torch
     >>> s = Standardize(mean=0.5, std=0.25)
     >>> s(torch.tensor([0.0, 1.0])), s.pixels(torch.tensor([-2.0, 2.0]))
     (tensor([-2.,  2.]), tensor([0., 1.]))
@@ -50,6 +50,7 @@ class Standardize:
 def check_pixels(pixels: Tensor, name: str = "pixels") -> None:
     """``pixels`` must be a floating tensor with every value in ``[0, 1]`` (one host sync).
 
+    >>> import torch
     >>> check_pixels(torch.tensor([0.0, 1.5]))
     Traceback (most recent call last):
     ValueError: pixels must lie in [0, 1] (images, not standardised inputs: pass to_model_input), got 1.5

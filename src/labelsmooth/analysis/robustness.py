@@ -319,7 +319,8 @@ def robust_correct(model: Model, pixels: Tensor, target: Tensor, attack: Attack,
     """Whether ``model`` still classifies each example correctly under ``attack`` (bool, target's shape).
 
     White-box (``source_model=None``): the examples are crafted on ``model`` itself. Transfer: crafted
-    on ``source_model`` (same ``to_model_input``) and evaluated on ``model``. Robust accuracy is ``robust_correct(...).float().mean(-1)``. To evaluate many
+    on ``source_model`` (same ``to_model_input``) and evaluated on ``model``. Robust accuracy is
+    ``robust_correct(...).float().mean(-1)``. To evaluate many
     targets on one transfer set, call :func:`craft_adversarial` once and
     :func:`correct_predictions` per target.
 

@@ -19,9 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Mapping
 
-import torch
-
-from .metrics import ArrayLike, NORMS, bin_statistics, check_probabilities, top_label
+from .metrics import NORMS, ArrayLike, bin_statistics, check_probabilities, top_label
 
 __all__ = ["LAYOUTS", "ReliabilityBins", "reliability_bins", "reliability_diagram", "reliability_diagrams"]
 
@@ -57,6 +55,7 @@ def reliability_bins(probs: ArrayLike, target: ArrayLike, n_bins: int = 15, *,
                      from_logits: bool = False) -> ReliabilityBins:
     """Bin top-label predictions for a diagram (checks the inputs like the metrics do).
 
+    >>> import torch
     >>> bins = reliability_bins(torch.tensor([[0.9, 0.1], [0.2, 0.8]]), torch.tensor([0, 0]), 5)
     >>> bins.filled, bins.accuracy[3], bins.accuracy[4]
     ([3, 4], 0.0, 1.0)
@@ -140,7 +139,7 @@ def reliability_diagrams(models: Mapping[str, tuple[ArrayLike, ArrayLike]], path
     panel (``"overlay"``). ``models`` maps a label to ``(probs, target)`` (or logits with
     ``from_logits=True``). Saves a PNG at ``path`` when given; returns the matplotlib Figure.
 
-    >>> import tempfile, os
+    >>> import os, tempfile, torch
     >>> p = torch.softmax(torch.randn(100, 3, generator=torch.Generator().manual_seed(0)), 1)
     >>> y = torch.zeros(100, dtype=torch.long)
     >>> with tempfile.TemporaryDirectory() as tmp:
@@ -170,6 +169,7 @@ def reliability_diagram(probs: ArrayLike, target: ArrayLike, path: str | Path | 
                         n_bins: int = 15, label: str = "model", from_logits: bool = False, dpi: int = 110):
     """Reliability diagram of one model (see :func:`reliability_diagrams`); returns the Figure.
 
+    >>> import torch
     >>> p = torch.softmax(torch.randn(50, 4, generator=torch.Generator().manual_seed(0)), 1)
     >>> reliability_diagram(p, torch.zeros(50, dtype=torch.long), label="mine").axes[0].get_title()[:8]
     'mine\\nECE'

@@ -31,7 +31,8 @@ class CalibrationError(nn.Module):
 
     ``update(probs, target)`` adds each batch to per-bin sums (count, confidence, accuracy) kept
     as float64 non-persistent buffers (not in ``state_dict()``); ``compute()`` returns the error
-    of everything seen so far with ``norm`` (``"l1"`` ECE, ``"l2"``, ``"max"`` MCE). Equal-mass bins need every confidence at once, so they
+    of everything seen so far with ``norm`` (``"l1"`` ECE, ``"l2"``, ``"max"`` MCE). Equal-mass bins
+    need every confidence at once, so they
     are not offered here: use :func:`expected_calibration_error` with ``binning="mass"``.
 
     When ``torch.distributed`` is initialised, ``sync()`` and ``compute()`` all-reduce the sums

@@ -148,11 +148,11 @@ class CellGroup:
 
     @classmethod
     def create(cls, config: SweepConfig, cells: list[Cell], dataset: Dataset,
-               device: torch.device, ranks: Ranks = Ranks()) -> "CellGroup":
+               device: torch.device, ranks: Ranks | None = None) -> "CellGroup":
         initial = {s: initial_model(config, cells[0].model, s, dataset) for s in {c.seed for c in cells}}
         stacked = StackedCells([initial[c.seed] for c in cells]).to(device)
         return cls(cells, stacked, OPTIMIZERS[config.optimizer](list(stacked.parameters()), config),
-                   ranks=ranks)
+                   ranks=ranks or Ranks())
 
     def state_dict(self) -> dict:
         return {"epochs_done": self.epochs_done, "parameters": self.stacked.state_dict(),

@@ -73,8 +73,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..engine import (accumulation_dtype, check_class_index_call, class_target_loss, loss_gradient_coefficients,
-                      prepare_class_targets, single_backward, to_rows, writable_in_place)
+from ..engine import (
+    accumulation_dtype,
+    check_class_index_call,
+    class_target_loss,
+    loss_gradient_coefficients,
+    prepare_class_targets,
+    single_backward,
+    to_rows,
+    writable_in_place,
+)
 from ..targets import Distribution, Smoothing
 from . import cross_entropy_kernels as kernels
 from .utils import check_kernel_device

@@ -489,7 +489,8 @@ def _launch_statistics_and_gradient(logits: Tensor, grad: Tensor, target: Tensor
     return lse, target_logit, dot
 
 
-_COEFFICIENT_ARGS = f"Tensor target, int ignore_index, {_SMOOTHING_ARGS}, Tensor a, Tensor? b, Tensor g_xy, Tensor g_dot"
+_COEFFICIENT_ARGS = (f"Tensor target, int ignore_index, {_SMOOTHING_ARGS}, "
+                     "Tensor a, Tensor? b, Tensor g_xy, Tensor g_dot")
 
 
 @_kernel_op("loss_statistics_and_gradient", f"(Tensor logits, {_COEFFICIENT_ARGS}) -> (Tensor, Tensor, Tensor, Tensor)",

@@ -8,7 +8,8 @@ matmuls run in (:func:`compute_dtypes`: mixed precision as ``F.linear`` + ``F.cr
 under autocast give) and hands the head to one of two tilings with the same numbers:
 
 - the torch tiles (``impl="chunked"``, CPU and GPU),
-  :mod:`labelsmooth.ops.linear_cross_entropy_chunked`, where the tiling, the closed-form smoothing term, the two schedules, filtering and the memory
+  :mod:`labelsmooth.ops.linear_cross_entropy_chunked`, where the tiling, the closed-form
+  smoothing term, the two schedules, filtering and the memory
   budget are derived;
 - the Triton tiles (``impl="triton"``, and ``"auto"`` on CUDA where they apply: a scalar loss
   when a gradient is wanted, no ``filter_eps`` / ``vocab_chunk_size``),

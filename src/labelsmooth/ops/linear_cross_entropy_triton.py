@@ -24,8 +24,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..engine import (ClassTargets, LossParts, accumulation_dtype, class_target_loss, loss_gradient_coefficients,
-                      single_backward)
+from ..engine import (
+    ClassTargets,
+    LossParts,
+    accumulation_dtype,
+    class_target_loss,
+    loss_gradient_coefficients,
+    single_backward,
+)
 from . import cross_entropy_kernels as kernels
 from .linear_cross_entropy_chunked import gradients_formed_in_forward
 from .utils import check_kernel_device

@@ -116,16 +116,17 @@ def _page(run_dir: Path, results: dict, context: ReportContext, outputs: list[Se
     status = "complete" if results.get("complete") else "not complete (partial results)"
     anchors = [_anchor(i, output.title) for i, output in enumerate(outputs, start=1)]
     toc = "".join(f'<li><a href="#{a}">{escape(o.title)}</a></li>' for a, o in zip(anchors, outputs))
-    toc += '<li><a href="#claims">Claims tested and their sources</a></li><li><a href="#provenance">Provenance and configuration</a></li>'
+    toc += ('<li><a href="#claims">Claims tested and their sources</a></li>'
+            '<li><a href="#provenance">Provenance and configuration</a></li>')
     sections, offset = [], 0
     for anchor, output in zip(anchors, outputs):
         own = records[offset:offset + len(output.verdicts)]
         offset += len(output.verdicts)
         verdicts = f"<h3>Verdicts</h3>{verdict_table(own)}" if own else ""
         sections.append(f'<section id="{anchor}"><h2>{escape(output.title)}</h2>{output.html}{verdicts}</section>')
-    legacy = (f'<p class="legacy"><b>Recorded before the lab kept a validation split.</b> The per-epoch metrics '
-              f"of this run came from the test split; verdicts that would be chosen on them are not applicable. "
-              f"Rerun it for those verdicts.</p>" if context.legacy else "")
+    legacy = ('<p class="legacy"><b>Recorded before the lab kept a validation split.</b> The per-epoch metrics '
+              "of this run came from the test split; verdicts that would be chosen on them are not applicable. "
+              "Rerun it for those verdicts.</p>" if context.legacy else "")
     data = json.dumps(records).replace("<", "\\u003c")
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -229,8 +229,10 @@ def _confidence_lines(calibrations: dict, context: ReportContext) -> str:
             continue
         gap = estimate(list(gaps.values()), BOUNDS["confidence_gap"])
         state = ("under-confident" if gap.high is not None and gap.high < 0 else
-                 "over-confident" if gap.low is not None and gap.low > 0 else "neither clearly over- nor under-confident")
-        fitted = f"; the temperature fitted on validation is {estimate(temperatures, (0.0, None)).format(3)}" if temperatures else ""
+                 "over-confident" if gap.low is not None and gap.low > 0 else
+                 "neither clearly over- nor under-confident")
+        fitted = (f"; the temperature fitted on validation is {estimate(temperatures, (0.0, None)).format(3)}"
+                  if temperatures else "")
         items.append(f"<li>{escape(context.label(condition))}: mean confidence minus accuracy on the test split "
                      f"{escape(gap.format())}: {state}{escape(fitted)}</li>")
     return f"<ul>{''.join(items)}</ul>" if items else ""

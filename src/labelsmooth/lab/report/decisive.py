@@ -17,12 +17,11 @@ split. Runs recorded before the lab kept the early-stopped weights get "not appl
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ...calibration.metrics import expected_calibration_error
-from ..stats import BOUNDS, estimate
+from ..stats import estimate
 from .context import CellLogits, Condition, ReportContext, SectionOutput
 from .html import escape, table
 from .verdicts import Claim, judge, unavailable
@@ -111,7 +110,8 @@ def section(context: ReportContext) -> SectionOutput:
         treated, reference = _by_seed(context, condition), _by_seed(context, base)
         if not treated or not reference:
             continue
-        note = f"{context.label(base)} early-stopped at epoch(s) {_early_epochs(context, base)} (per seed, chosen on validation)"
+        note = (f"{context.label(base)} early-stopped at epoch(s) {_early_epochs(context, base)} "
+                "(per seed, chosen on validation)")
         if note not in notes:
             notes.append(note)
         for claim, own, other, quantities in COMPARISONS.values():

@@ -90,11 +90,13 @@ def _validation_accuracies(context: ReportContext, runs: dict[int, dict]) -> lis
             values.append(float(run["holdout_accuracy"]))
             continue
         folder, _, key = str(run.get("cell", "")).partition("/")
-        path = cell_file(context.run_dir / folder, {"cell": key}, "final.npz") if folder in ("teachers", "students") else None
+        path = (cell_file(context.run_dir / folder, {"cell": key}, "final.npz")
+                if folder in ("teachers", "students") else None)
         if path is not None:
             with np.load(path, allow_pickle=False) as arrays:
                 if "holdout_logits" in arrays.files and len(arrays["holdout_target"]):
-                    logits, target = torch.from_numpy(arrays["holdout_logits"]), torch.from_numpy(arrays["holdout_target"])
+                    logits = torch.from_numpy(arrays["holdout_logits"])
+                    target = torch.from_numpy(arrays["holdout_target"])
                     values.append(float((logits.argmax(1) == target).double().mean()))
     return values
 

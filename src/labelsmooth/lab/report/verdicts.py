@@ -40,7 +40,8 @@ to ``verdicts.json``.
 
 **A report section** is one module with a function ``section(context) -> SectionOutput``
 (:mod:`labelsmooth.lab.report.context`): it returns its title, its HTML and the verdict records
-it made with :func:`judge` (or :func:`unavailable`, for a contrast without numbers); the builder adds the section to the table of contents, renders its verdicts under it and collects
+it made with :func:`judge` (or :func:`unavailable`, for a contrast without numbers); the builder
+adds the section to the table of contents, renders its verdicts under it and collects
 them into ``verdicts.json``.
 """
 
@@ -163,7 +164,8 @@ def unavailable(claim: Claim, *, section: str, split: str, contrast: str, quanti
     record = _base_record(claim, section=section, split=split, contrast=contrast, quantity=quantity,
                           primary=primary, better=better, margin=margin, scope=scope)
     verdict = "not applicable" if n_seeds >= 2 else "inconclusive"
-    record.update(n_seeds=n_seeds, verdict=verdict, reason=_reason(verdict, None, (None, None), margin, n_seeds, reason))
+    record.update(n_seeds=n_seeds, verdict=verdict,
+                  reason=_reason(verdict, None, (None, None), margin, n_seeds, reason))
     return record
 
 
