@@ -109,6 +109,17 @@ def test_one_seed_is_inconclusive_and_a_clean_sweep_has_no_section(tmp_path):
     assert label_noise.section(ReportContext(clean, tmp_path)) is None
 
 
+def test_a_negative_eps_whose_training_loss_fell_below_zero_is_named(tmp_path):
+    found = results({(r, e): [0.7, 0.71] for r in (0.0, 0.4) for e in (-0.2, 0.0)})
+    assert "Run-away" not in label_noise.section(ReportContext(found, tmp_path)).html
+    for run in found["runs"]:
+        run["history"] = [{"train_loss": 0.5}, {"train_loss": -3.0 - run["seed"] if run["label_smoothing"] < 0
+                                                and run["label_noise"] == 0 else 0.2}]
+    html = label_noise.section(ReportContext(found, tmp_path)).html
+    assert "Run-away loss" in html and "eps=-0.2 at noise rate 0 (down to -4)" in html
+    assert "noise rate 0.4 (" not in html
+
+
 def test_memorised_is_the_fraction_of_flipped_labels_the_model_predicts(tmp_path):
     clean = np.arange(20) % 4
     noisy = flip_labels(torch.from_numpy(clean), 0.5, num_classes=4, seed=3)

@@ -143,6 +143,27 @@ def _rows(context: ReportContext, grid: dict) -> list[list[str]]:
     return rows
 
 
+def _runaway(context: ReportContext, grid: dict) -> str:
+    """A warning naming the eps < 0 cells whose training loss fell below 0 (empty when none did).
+
+    With eps < 0 the non-target classes get negative weight, so the smoothed loss is unbounded
+    below: a model that fits its training labels lowers it without limit by pushing its logits apart.
+    """
+    found = []
+    for (rate, eps), condition in sorted(grid.items()):
+        losses = [run["history"][-1]["train_loss"] for run in context.groups[condition].values()
+                  if eps < 0 and run.get("history")]
+        if losses and min(losses) < 0:
+            found.append(f"eps={eps:g} at noise rate {rate:g} (down to {min(losses):.3g})")
+    if not found:
+        return ""
+    return ("<p><strong>Run-away loss.</strong> With eps &lt; 0 the smoothed loss is unbounded below (the "
+            "other classes get negative weight): once a model fits its training labels it lowers the loss "
+            "without limit by pushing its logits apart, and its clean test accuracy and NLL degrade. The last "
+            f"training loss fell below 0 for {escape('; '.join(found))}, so those numbers measure that run-away, "
+            "not negative smoothing at its best.</p>")
+
+
 def _figure(context: ReportContext, grid: dict, path: Path, title: str) -> str:
     """Clean test accuracy and NLL against the noise rate, one line per eps with its 95% band;
     the final weights (top) and the early-stopped ones (bottom)."""
@@ -208,5 +229,6 @@ def section(context: ReportContext) -> SectionOutput | None:
         html.append(figure_grid([_figure(context, grid, path, title)]))
         html.append(table(["noise rate", "eps", "seeds", "test accuracy", "test NLL", "early-stopped accuracy",
                            "early-stopped NLL", "flipped labels fitted"], _rows(context, grid)))
+        html.append(_runaway(context, grid))
         verdicts += _verdicts(context, grid, _is_primary_arm(context, model, distribution))
     return SectionOutput("Label noise: does smoothing help, and does negative smoothing?", "".join(html), verdicts)
