@@ -16,7 +16,7 @@ into the run directory, each file atomically, in this order:
 A sweep's report has the :data:`SWEEP_SECTIONS`; a distillation run's (its config names
 ``teacher_widths``) the :data:`DISTILLATION_SECTIONS`, so ``labelsmooth report`` rebuilds either
 kind of run directory. A new section is one module with a ``section(context)`` function, added
-to the tuple here.
+to the tuple here; a section that does not apply to a run returns None and is left out.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 
 from ..provenance import provenance
 from ..rundir import load_results, write_bytes, write_json
-from . import calibration, decisive, distillation, overview, penultimate, selective
+from . import calibration, decisive, distillation, label_noise, overview, penultimate, selective
 from .context import ReportContext, SectionOutput
 from .html import escape, table
 from .summary import metrics_lines, plain_summary
@@ -39,12 +39,13 @@ from .verdicts import check_record, verdict_table
 
 __all__ = ["DISTILLATION_SECTIONS", "SWEEP_SECTIONS", "add_arguments", "build_report", "run", "sections_for"]
 
-Section = Callable[[ReportContext], SectionOutput]
+Section = Callable[[ReportContext], "SectionOutput | None"]
 
 SWEEP_SECTIONS: tuple[Section, ...] = (
     overview.final_metrics_section,
     overview.overfitting_section,
     overview.curves_section,
+    label_noise.section,
     calibration.section,
     decisive.section,
     selective.section,
@@ -177,6 +178,8 @@ def build_report(run_dir: str | os.PathLike, *, sections: Sequence[Section] | No
     outputs = []
     for section in sections_for(results) if sections is None else sections:
         output = section(context)
+        if output is None:  # a section that does not apply to this run (label noise in a clean sweep)
+            continue
         where = f"report section {section.__module__}.{section.__qualname__}"
         outputs.append(SectionOutput(output.title, output.html, [check_record(r, where) for r in output.verdicts]))
     # the records as verdicts.json holds them: the page and the summary are rendered from these
