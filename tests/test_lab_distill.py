@@ -20,15 +20,15 @@ from labelsmooth.cli import main
 from labelsmooth.lab import distill
 from labelsmooth.lab.cells import epoch_order
 from labelsmooth.lab.config import SweepConfig
-from labelsmooth.lab.data import load_dataset
+from labelsmooth.lab.data import load_dataset, training_subset
 from labelsmooth.lab.distill import DistillationConfig, run_distillation
 from labelsmooth.lab.models import build_model
 from labelsmooth.lab.report.verdicts import FIELDS, VERDICTS
 from labelsmooth.lab.rundir import RunDirectoryError, open_run_directory
 
 SETTINGS = dict(dataset="digits", teacher_widths=(32, 32), student_widths=(16,), label_smoothing=(0.0, 0.3),
-                seeds=(0, 1), temperatures=(1.0, 4.0), smoothed_temperatures=(1.0,), beta=0.25, epochs=3,
-                batch_size=64, lr=0.01, train_fraction=0.4)
+                seeds=(0, 1), temperatures=(1.0, 4.0), smoothed_temperatures=(1.0, 4.0), beta=0.25, epochs=3,
+                batch_size=64, lr=0.01, train_fraction=0.4, student_train_size=150, student_epochs=6)
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +46,10 @@ def test_run_directory_holds_every_role_and_the_report(run):
     config, out, results = run
     roles = [r["model"] for r in results["runs"]]
     assert roles.count("teacher") == 4 and roles.count("student, trained directly") == 4
-    # eps=0 teacher at two temperatures, the eps=0.3 teacher at one, two seeds each
-    assert roles.count("student, distilled at T=1") == 4 and roles.count("student, distilled at T=4") == 2
+    # both teachers at two temperatures, two seeds each
+    assert roles.count("student, distilled at T=1") == 4 and roles.count("student, distilled at T=4") == 4
     assert json.loads((out / "results.json").read_text()) == results and results["complete"]
-    for name in ("report.html", "summary.txt", "distillation_students.png", "penultimate_mlp_3-8-1.png",
+    for name in ("report.html", "summary.txt", "distillation_students.png", "distillation_temperatures.png", "penultimate_mlp_3-8-1.png",
                  "penultimate_mlp_0-1-4.png", "teachers/report.html", "students/report.html"):
         assert (out / name).is_file(), name
     page = (out / "report.html").read_text()
@@ -59,17 +59,23 @@ def test_run_directory_holds_every_role_and_the_report(run):
 
 def test_distilled_student_matches_a_reference_trainer(run):
     config, out, results = run
-    dataset = load_dataset("digits", train_fraction=config.training.train_fraction, seed=config.training.data_seed)
-    student = next(r for r in results["runs"] if r["model"] == "student, distilled at T=4" and r["seed"] == 1)
+    fraction, seed = config.training.train_fraction, config.training.data_seed
+    full = load_dataset("digits", train_fraction=fraction, seed=seed)  # the teachers' images
+    dataset = load_dataset("digits", train_fraction=fraction, seed=seed, train_size=config.student_train_size)
+    # the students' images are the directly trained students' subset of the teachers'
+    subset = training_subset(full.y_train.numpy(), config.student_train_size, seed)
+    assert len(subset) == 150 and torch.equal(full.x_train[subset], dataset.x_train)
+    student = next(r for r in results["runs"] if r["model"] == "student, distilled at T=4" and r["seed"] == 1
+                   and r["label_smoothing"] == 0.0)
     teacher_cell = student["teacher_cell"]
     with np.load(out / teacher_cell.replace("teachers/", "teachers/cells/") / "final.npz") as arrays:
-        teacher_logits = torch.from_numpy(arrays["train_logits"])
+        teacher_logits = torch.from_numpy(arrays["train_logits"])[subset]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
         model = build_model("mlp", 10, dataset.in_shape, widths=list(config.student_widths))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.training.lr)
     t, beta = 4.0, config.beta
-    for epoch in range(config.training.epochs):
+    for epoch in range(config.student_epochs):
         order = epoch_order(len(dataset.x_train), 1, epoch)
         for start in range(0, len(order), config.training.batch_size):
             index = order[start:start + config.training.batch_size]
@@ -108,9 +114,14 @@ def test_verdicts_are_well_formed_and_name_the_distillation_and_cluster_claims(r
                                             (out / "report.html").read_text()).group(1))
     for verdict in verdicts:
         assert set(FIELDS) <= set(verdict) and verdict["verdict"] in VERDICTS
-    assert {v["claim"] for v in verdicts} == {"distillation", "tight-clusters", "equidistant-clusters"}
+    assert {v["claim"] for v in verdicts} == {"distillation", "distillation-temperature", "tight-clusters",
+                                             "equidistant-clusters"}
+    assert {v["source"].split(",")[0] for v in verdicts if v["claim"].startswith("distillation")} == {
+        "Müller", "Chandrasegaran et al. 2022"}
+    assert all("Shen et al. 2021" in v["source"] for v in verdicts if v["claim"] == "distillation")
     contrasts = [v["contrast"] for v in verdicts]
-    assert any(c.startswith("eps=0.3 student, distilled at T=") for c in contrasts)
+    assert sum(c.startswith("eps=0.3 student, distilled at T=") for c in contrasts) == 2  # one per temperature
+    assert [v["primary"] for v in verdicts if v["claim"] == "distillation-temperature"] == [False, True]
     assert sum(c.startswith("teachers, ") for c in contrasts) == 4  # two claims, train and test
 
 
@@ -125,6 +136,10 @@ def test_finished_run_is_left_alone_and_another_config_is_refused(run, capsys):
 @pytest.mark.parametrize("settings, match", [
     (dict(label_smoothing=(0.1, 0.2)), "must hold 0"),
     (dict(temperatures=(1.0, 0.0)), "temperatures"),
+    (dict(smoothed_temperatures=(-2.0,)), "smoothed_temperatures must be distinct finite numbers > 0"),
+    (dict(student_train_size=1), "student_train_size must be None or an integer >= 2"),
+    (dict(student_train_size=True), "student_train_size"),
+    (dict(student_epochs=0), "student_epochs must be None or an integer >= 1"),
     (dict(beta=1.5), "beta"),
     (dict(student_widths=(0,)), "student_widths"),
     (dict(epochs=0), "epochs"),
@@ -152,8 +167,8 @@ def test_quick_flag_and_given_flags_override_the_preset():
 # the command-line flags of SETTINGS
 FLAGS = ["--dataset", "digits", "--teacher-widths", "32", "32", "--student-widths", "16",
          "--label-smoothing", "0", "0.3", "--seeds", "0", "1", "--temperatures", "1", "4",
-         "--smoothed-temperatures", "1", "--beta", "0.25", "--epochs", "3", "--batch-size", "64",
-         "--lr", "0.01", "--train-fraction", "0.4"]
+         "--smoothed-temperatures", "1", "4", "--beta", "0.25", "--epochs", "3", "--batch-size", "64",
+         "--lr", "0.01", "--train-fraction", "0.4", "--student-train-size", "150", "--student-epochs", "6"]
 
 
 @pytest.mark.parametrize("command", [["distill"], ["reproduce", "--quick", "distillation"]])
@@ -235,9 +250,11 @@ def test_a_stored_config_is_read_and_written_back_unchanged(tmp_path):
                                           seeds=(0, 1), epochs=3, batch_size=128, optimizer="adam", lr=0.001,
                                           train_fraction=0.1, eval_batch_size=1000)
     assert (config.teacher_widths, config.temperatures, config.beta) == ((64,), (1.0, 4.0), 0.0)
-    # written back as stored, with the key added since (remap_labels, whose old value is false)
+    # written back as stored, with the keys added since at their old values (the students trained on the
+    # teachers' images, for the teachers' epochs)
     assert json.dumps(config.to_dict(), indent=1) + "\n" == json.dumps(
-        {**json.loads(STORED), "remap_labels": False}, indent=1) + "\n"
+        {**json.loads(STORED), "remap_labels": False, "student_train_size": None, "student_epochs": None},
+        indent=1) + "\n"
     # a run directory holding that config.json is this run's (resumed, not refused)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text(STORED)
