@@ -20,7 +20,7 @@ from labelsmooth.cli import main
 from labelsmooth.lab import distill
 from labelsmooth.lab.cells import epoch_order
 from labelsmooth.lab.config import SweepConfig
-from labelsmooth.lab.data import load_dataset, training_subset
+from labelsmooth.lab.data import DEFAULT_FASHION_MNIST_DIR, load_dataset, training_subset
 from labelsmooth.lab.distill import DistillationConfig, run_distillation
 from labelsmooth.lab.models import build_model
 from labelsmooth.lab.report.verdicts import FIELDS, VERDICTS
@@ -159,9 +159,15 @@ def test_quick_flag_and_given_flags_override_the_preset():
     parser = __import__("argparse").ArgumentParser()
     distill.add_arguments(parser)
     config = distill.config_from_args(parser.parse_args(["--quick", "--epochs", "2", "--seeds", "5"]))
-    assert (config.training.epochs, config.training.seeds, config.training.train_fraction) == (
-        2, (5,), distill.QUICK["train_fraction"])
+    assert (config.training.epochs, config.training.seeds, config.teacher_widths, config.student_epochs) == (
+        2, (5,), distill.QUICK["teacher_widths"], distill.QUICK["student_epochs"])
+    # --quick keeps the protocol: teachers on the whole training split, students on 1,200 images,
+    # both teachers at every temperature
+    assert (config.training.train_fraction, config.student_train_size) == (1.0, 1200)
+    assert config.temperatures == config.smoothed_temperatures == (1.0, 2.0, 4.0, 8.0)
+    config = distill.config_from_args(parser.parse_args([]))
     assert config.teacher_widths == (1200, 1200) and config.training.dataset == "fashion-mnist"
+    assert (config.student_train_size, config.student_epochs) == (1200, 60)
 
 
 # the command-line flags of SETTINGS
@@ -266,3 +272,52 @@ def test_training_must_leave_the_models_to_the_widths():
         DistillationConfig(training=SweepConfig(label_smoothing=(0.0, 0.1)))
     with pytest.raises(ValueError, match="training must be a SweepConfig"):
         DistillationConfig(training=SweepConfig(models=("mlp",), label_smoothing=(0.0, 0.1), shard="1/2"))
+
+
+@pytest.mark.parametrize("size", ["5", "576"])
+def test_a_student_subset_the_data_cannot_hold_is_refused_in_one_line_before_anything_is_written(
+        tmp_path, capsys, size):
+    """digits at train_fraction 0.4: 10 classes, 575 training images for the teachers."""
+    assert main(["distill", *FLAGS, "--student-train-size", size, "--out", str(tmp_path / "x")]) == 2
+    error = capsys.readouterr().err
+    assert error == (f"labelsmooth distill: error: student_train_size must be from 10 (one image per class of "
+                     f"digits) to 575 (the teachers' training images), got {size}\n")
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_run_interrupted_while_distilling_resumes_without_retraining_the_sweeps(run, tmp_path, capsys):
+    """The sweeps finished, the distilled students not (no results.json): the rerun trains the
+    distilled students again (same numbers) and leaves the teachers' and students' sweeps alone."""
+    config, out, results = run
+    copy = tmp_path / out.name
+    shutil.copytree(out, copy)
+    for name in ("results.json", "report.html", "summary.txt", "verdicts.json"):
+        (copy / name).unlink()
+    sweeps = {p: p.stat().st_mtime_ns for p in copy.glob("*/cells/*/final.npz")}
+    assert len(sweeps) == 8  # 4 teachers and 4 students trained directly
+    resumed = run_distillation(config, copy, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in copy.glob("*/cells/*/final.npz")} == sweeps
+    assert "already complete" in capsys.readouterr().out  # said by each sweep
+    assert [r["cell"] for r in resumed["runs"]] == [r["cell"] for r in results["runs"]]
+    for new, old in zip(resumed["runs"], results["runs"]):
+        assert new["test"]["accuracy"] == pytest.approx(old["test"]["accuracy"], abs=1e-9)
+        assert new["test"]["nll"] == pytest.approx(old["test"]["nll"], rel=1e-5)
+    assert (copy / "report.html").is_file() and (copy / "verdicts.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DEFAULT_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+                    reason=f"Fashion-MNIST is not installed in {DEFAULT_FASHION_MNIST_DIR}")
+def test_on_fashion_mnist_the_teachers_see_the_whole_training_split_and_the_students_a_subset(tmp_path):
+    config = DistillationConfig.from_dict(dict(
+        dataset="fashion-mnist", teacher_widths=(32,), student_widths=(16,), label_smoothing=(0.0, 0.1),
+        seeds=(0, 1), temperatures=(1.0, 8.0), smoothed_temperatures=(1.0, 8.0), epochs=1, batch_size=256,
+        student_train_size=300, student_epochs=3))
+    results = run_distillation(config, tmp_path / "run", progress=False)
+    sizes = {folder: json.loads((tmp_path / "run" / folder / "config.json").read_text())["split_sizes"]
+             for folder in ("teachers", "students")}
+    assert sizes["teachers"]["train"] == 54_000 and sizes["students"]["train"] == 300
+    assert sizes["teachers"]["validation"] == sizes["students"]["validation"] == 6_000
+    assert sum(r["model"].startswith("student, distilled") for r in results["runs"]) == 8
+    verdicts = json.loads((tmp_path / "run" / "verdicts.json").read_text())
+    assert {"distillation", "distillation-temperature"} <= {v["claim"] for v in verdicts}
