@@ -184,7 +184,7 @@ class DistillationConfig:
 # epochs (a GPU job). --quick keeps the protocol (whole split for the teachers, 1,200 images for the
 # students, T in {1, 2, 4, 8} for both teachers, three seeds) with smaller MLPs and fewer teacher
 # epochs, so that it runs in a few minutes on two CPU cores.
-QUICK: dict = dict(teacher_widths=(256, 256), student_widths=(128, 128), epochs=4, student_epochs=40)
+QUICK: dict = dict(teacher_widths=(128, 128), student_widths=(64, 64), epochs=3, student_epochs=30)
 
 
 # 2. Distilled students ----------------------------------------------------------------------------
