@@ -20,15 +20,15 @@ from labelsmooth.cli import main
 from labelsmooth.lab import distill
 from labelsmooth.lab.cells import epoch_order
 from labelsmooth.lab.config import SweepConfig
-from labelsmooth.lab.data import load_dataset
+from labelsmooth.lab.data import DEFAULT_FASHION_MNIST_DIR, load_dataset, training_subset
 from labelsmooth.lab.distill import DistillationConfig, run_distillation
 from labelsmooth.lab.models import build_model
 from labelsmooth.lab.report.verdicts import FIELDS, VERDICTS
 from labelsmooth.lab.rundir import RunDirectoryError, open_run_directory
 
 SETTINGS = dict(dataset="digits", teacher_widths=(32, 32), student_widths=(16,), label_smoothing=(0.0, 0.3),
-                seeds=(0, 1), temperatures=(1.0, 4.0), smoothed_temperatures=(1.0,), beta=0.25, epochs=3,
-                batch_size=64, lr=0.01, train_fraction=0.4)
+                seeds=(0, 1), temperatures=(1.0, 4.0), smoothed_temperatures=(1.0, 4.0), beta=0.25, epochs=3,
+                batch_size=64, lr=0.01, train_fraction=0.4, student_train_size=150, student_epochs=6)
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +47,10 @@ def test_run_directory_holds_every_role_and_the_report(run):
     config, out, results = run
     roles = [r["model"] for r in results["runs"]]
     assert roles.count("teacher") == 4 and roles.count("student, trained directly") == 4
-    # eps=0 teacher at two temperatures, the eps=0.3 teacher at one, two seeds each
-    assert roles.count("student, distilled at T=1") == 4 and roles.count("student, distilled at T=4") == 2
+    # both teachers at two temperatures, two seeds each
+    assert roles.count("student, distilled at T=1") == 4 and roles.count("student, distilled at T=4") == 4
     assert json.loads((out / "results.json").read_text()) == results and results["complete"]
-    for name in ("report.html", "summary.txt", "distillation_students.png", "penultimate_mlp_3-8-1.png",
+    for name in ("report.html", "summary.txt", "distillation_students.png", "distillation_temperatures.png", "penultimate_mlp_3-8-1.png",
                  "penultimate_mlp_0-1-4.png", "teachers/report.html", "students/report.html"):
         assert (out / name).is_file(), name
     page = (out / "report.html").read_text()
@@ -60,17 +60,23 @@ def test_run_directory_holds_every_role_and_the_report(run):
 
 def test_distilled_student_matches_a_reference_trainer(run):
     config, out, results = run
-    dataset = load_dataset("digits", train_fraction=config.training.train_fraction, seed=config.training.data_seed)
-    student = next(r for r in results["runs"] if r["model"] == "student, distilled at T=4" and r["seed"] == 1)
+    fraction, seed = config.training.train_fraction, config.training.data_seed
+    full = load_dataset("digits", train_fraction=fraction, seed=seed)  # the teachers' images
+    dataset = load_dataset("digits", train_fraction=fraction, seed=seed, train_size=config.student_train_size)
+    # the students' images are the directly trained students' subset of the teachers'
+    subset = training_subset(full.y_train.numpy(), config.student_train_size, seed)
+    assert len(subset) == 150 and torch.equal(full.x_train[subset], dataset.x_train)
+    student = next(r for r in results["runs"] if r["model"] == "student, distilled at T=4" and r["seed"] == 1
+                   and r["label_smoothing"] == 0.0)
     teacher_cell = student["teacher_cell"]
     with np.load(out / teacher_cell.replace("teachers/", "teachers/cells/") / "final.npz") as arrays:
-        teacher_logits = torch.from_numpy(arrays["train_logits"])
+        teacher_logits = torch.from_numpy(arrays["train_logits"])[subset]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
         model = build_model("mlp", 10, dataset.in_shape, widths=list(config.student_widths))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.training.lr)
     t, beta = 4.0, config.beta
-    for epoch in range(config.training.epochs):
+    for epoch in range(config.student_epochs):
         order = epoch_order(len(dataset.x_train), 1, epoch)
         for start in range(0, len(order), config.training.batch_size):
             index = order[start:start + config.training.batch_size]
@@ -109,9 +115,14 @@ def test_verdicts_are_well_formed_and_name_the_distillation_and_cluster_claims(r
                                             (out / "report.html").read_text()).group(1))
     for verdict in verdicts:
         assert set(FIELDS) <= set(verdict) and verdict["verdict"] in VERDICTS
-    assert {v["claim"] for v in verdicts} == {"distillation", "tight-clusters", "equidistant-clusters"}
+    assert {v["claim"] for v in verdicts} == {"distillation", "distillation-temperature", "tight-clusters",
+                                             "equidistant-clusters"}
+    assert {v["source"].split(",")[0] for v in verdicts if v["claim"].startswith("distillation")} == {
+        "Müller", "Chandrasegaran et al. 2022"}
+    assert all("Shen et al. 2021" in v["source"] for v in verdicts if v["claim"] == "distillation")
     contrasts = [v["contrast"] for v in verdicts]
-    assert any(c.startswith("eps=0.3 student, distilled at T=") for c in contrasts)
+    assert sum(c.startswith("eps=0.3 student, distilled at T=") for c in contrasts) == 2  # one per temperature
+    assert [v["primary"] for v in verdicts if v["claim"] == "distillation-temperature"] == [False, True]
     assert sum(c.startswith("teachers, ") for c in contrasts) == 4  # two claims, train and test
 
 
@@ -126,6 +137,10 @@ def test_finished_run_is_left_alone_and_another_config_is_refused(run, capsys):
 @pytest.mark.parametrize("settings, match", [
     (dict(label_smoothing=(0.1, 0.2)), "must hold 0"),
     (dict(temperatures=(1.0, 0.0)), "temperatures"),
+    (dict(smoothed_temperatures=(-2.0,)), "smoothed_temperatures must be distinct finite numbers > 0"),
+    (dict(student_train_size=1), "student_train_size must be None or an integer >= 2"),
+    (dict(student_train_size=True), "student_train_size"),
+    (dict(student_epochs=0), "student_epochs must be None or an integer >= 1"),
     (dict(beta=1.5), "beta"),
     (dict(student_widths=(0,)), "student_widths"),
     (dict(epochs=0), "epochs"),
@@ -145,16 +160,22 @@ def test_quick_flag_and_given_flags_override_the_preset():
     parser = __import__("argparse").ArgumentParser()
     distill.add_arguments(parser)
     config = distill.config_from_args(parser.parse_args(["--quick", "--epochs", "2", "--seeds", "5"]))
-    assert (config.training.epochs, config.training.seeds, config.training.train_fraction) == (
-        2, (5,), distill.QUICK["train_fraction"])
+    assert (config.training.epochs, config.training.seeds, config.teacher_widths, config.student_epochs) == (
+        2, (5,), distill.QUICK["teacher_widths"], distill.QUICK["student_epochs"])
+    # --quick keeps the protocol: teachers on the whole training split, students on 1,200 images,
+    # both teachers at every temperature
+    assert (config.training.train_fraction, config.student_train_size) == (1.0, 1200)
+    assert config.temperatures == config.smoothed_temperatures == (1.0, 2.0, 4.0, 8.0)
+    config = distill.config_from_args(parser.parse_args([]))
     assert config.teacher_widths == (1200, 1200) and config.training.dataset == "fashion-mnist"
+    assert (config.student_train_size, config.student_epochs) == (1200, 60)
 
 
 # the command-line flags of SETTINGS
 FLAGS = ["--dataset", "digits", "--teacher-widths", "32", "32", "--student-widths", "16",
          "--label-smoothing", "0", "0.3", "--seeds", "0", "1", "--temperatures", "1", "4",
-         "--smoothed-temperatures", "1", "--beta", "0.25", "--epochs", "3", "--batch-size", "64",
-         "--lr", "0.01", "--train-fraction", "0.4"]
+         "--smoothed-temperatures", "1", "4", "--beta", "0.25", "--epochs", "3", "--batch-size", "64",
+         "--lr", "0.01", "--train-fraction", "0.4", "--student-train-size", "150", "--student-epochs", "6"]
 
 
 @pytest.mark.parametrize("command", [["distill"], ["reproduce", "--quick", "distillation"]])
@@ -238,9 +259,11 @@ def test_a_stored_config_is_read_and_written_back_unchanged(tmp_path):
                                           seeds=(0, 1), epochs=3, batch_size=128, optimizer="adam", lr=0.001,
                                           train_fraction=0.1, eval_batch_size=1000)
     assert (config.teacher_widths, config.temperatures, config.beta) == ((64,), (1.0, 4.0), 0.0)
-    # written back as stored, with the key added since (remap_labels, whose old value is false)
+    # written back as stored, with the keys added since at their old values (the students trained on the
+    # teachers' images, for the teachers' epochs)
     assert json.dumps(config.to_dict(), indent=1) + "\n" == json.dumps(
-        {**json.loads(STORED), "remap_labels": False}, indent=1) + "\n"
+        {**json.loads(STORED), "remap_labels": False, "student_train_size": None, "student_epochs": None},
+        indent=1) + "\n"
     # a run directory holding that config.json is this run's (resumed, not refused)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.json").write_text(STORED)
@@ -252,3 +275,52 @@ def test_training_must_leave_the_models_to_the_widths():
         DistillationConfig(training=SweepConfig(label_smoothing=(0.0, 0.1)))
     with pytest.raises(ValueError, match="training must be a SweepConfig"):
         DistillationConfig(training=SweepConfig(models=("mlp",), label_smoothing=(0.0, 0.1), shard="1/2"))
+
+
+@pytest.mark.parametrize("size", ["5", "576"])
+def test_a_student_subset_the_data_cannot_hold_is_refused_in_one_line_before_anything_is_written(
+        tmp_path, capsys, size):
+    """digits at train_fraction 0.4: 10 classes, 575 training images for the teachers."""
+    assert main(["distill", *FLAGS, "--student-train-size", size, "--out", str(tmp_path / "x")]) == 2
+    error = capsys.readouterr().err
+    assert error == (f"labelsmooth distill: error: student_train_size must be from 10 (one image per class of "
+                     f"digits) to 575 (the teachers' training images), got {size}\n")
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_run_interrupted_while_distilling_resumes_without_retraining_the_sweeps(run, tmp_path, capsys):
+    """The sweeps finished, the distilled students not (no results.json): the rerun trains the
+    distilled students again (same numbers) and leaves the teachers' and students' sweeps alone."""
+    config, out, results = run
+    copy = tmp_path / out.name
+    shutil.copytree(out, copy)
+    for name in ("results.json", "report.html", "summary.txt", "verdicts.json"):
+        (copy / name).unlink()
+    sweeps = {p: p.stat().st_mtime_ns for p in copy.glob("*/cells/*/final.npz")}
+    assert len(sweeps) == 8  # 4 teachers and 4 students trained directly
+    resumed = run_distillation(config, copy, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in copy.glob("*/cells/*/final.npz")} == sweeps
+    assert "already complete" in capsys.readouterr().out  # said by each sweep
+    assert [r["cell"] for r in resumed["runs"]] == [r["cell"] for r in results["runs"]]
+    for new, old in zip(resumed["runs"], results["runs"]):
+        assert new["test"]["accuracy"] == pytest.approx(old["test"]["accuracy"], abs=1e-9)
+        assert new["test"]["nll"] == pytest.approx(old["test"]["nll"], rel=1e-5)
+    assert (copy / "report.html").is_file() and (copy / "verdicts.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DEFAULT_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+                    reason=f"Fashion-MNIST is not installed in {DEFAULT_FASHION_MNIST_DIR}")
+def test_on_fashion_mnist_the_teachers_see_the_whole_training_split_and_the_students_a_subset(tmp_path):
+    config = DistillationConfig.from_dict(dict(
+        dataset="fashion-mnist", teacher_widths=(32,), student_widths=(16,), label_smoothing=(0.0, 0.1),
+        seeds=(0, 1), temperatures=(1.0, 8.0), smoothed_temperatures=(1.0, 8.0), epochs=1, batch_size=256,
+        student_train_size=300, student_epochs=3))
+    results = run_distillation(config, tmp_path / "run", progress=False)
+    sizes = {folder: json.loads((tmp_path / "run" / folder / "config.json").read_text())["split_sizes"]
+             for folder in ("teachers", "students")}
+    assert sizes["teachers"]["train"] == 54_000 and sizes["students"]["train"] == 300
+    assert sizes["teachers"]["validation"] == sizes["students"]["validation"] == 6_000
+    assert sum(r["model"].startswith("student, distilled") for r in results["runs"]) == 8
+    verdicts = json.loads((tmp_path / "run" / "verdicts.json").read_text())
+    assert {"distillation", "distillation-temperature"} <= {v["claim"] for v in verdicts}

@@ -39,9 +39,10 @@ RESUME_IGNORES = frozenset({"data_dir"}) | DERIVED_KEYS
 VALIDATION_SPLIT = "holdout"
 # Keys added to config.json after run directories with a validation split existed -> the value
 # such an older directory had (preset, quick and validation_split came with the split itself).
-# student_train_size is a distillation run's (lab.distill), whose config.json shares these rules.
+# student_train_size and student_epochs are a distillation run's (lab.distill), whose config.json
+# shares these rules (None: the students train on the teachers' images, for the teachers' epochs).
 ADDED_KEYS = {"remap_labels": False, "label_noise": [0.0], "noise_kind": "symmetric", "held_out_classes": [],
-              "train_size": None, "student_train_size": None}
+              "train_size": None, "student_train_size": None, "student_epochs": None}
 # data set -> the confusable classes asymmetric label noise flips between (lab.noise)
 CONFUSABLE_CLASSES = {"fashion-mnist": FASHION_MNIST_CONFUSABLE, "digits": DIGITS_CONFUSABLE}
 

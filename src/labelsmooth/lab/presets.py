@@ -103,8 +103,9 @@ PRESETS: dict[str, Preset] = {
 
 # Experiments that are other commands, reachable as `labelsmooth reproduce NAME` too (with that
 # command's options): NAME -> (command, description).
-OTHER_COMMANDS = {"distillation": ("distill", "do smoothed teachers distil worse? (Müller et al. 2019; the "
-                                              "options of labelsmooth distill)")}
+OTHER_COMMANDS = {"distillation": ("distill", "do smoothed teachers distil worse to a student trained on a small "
+                                              "subset? (Müller et al. 2019 against Shen et al. 2021 and "
+                                              "Chandrasegaran et al. 2022; the options of labelsmooth distill)")}
 
 
 def preset_settings(name: str, *, quick: bool = False) -> dict:

@@ -226,6 +226,8 @@ class ReportContext:
             data += f" ({sizes['train']:,} training images)"
         if config.get("student_train_size"):
             data += f", students trained on {config['student_train_size']:,} of them"
+            if config.get("student_epochs"):
+                data += f" for {config['student_epochs']} epochs (teachers: {config.get('epochs', '?')})"
         if config.get("held_out_classes"):
             data += f", classes {', '.join(map(str, config['held_out_classes']))} held out of training"
         if any(config.get("label_noise") or ()):
