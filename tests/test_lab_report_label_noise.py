@@ -174,7 +174,8 @@ def test_bad_noise_settings_are_refused_in_one_line(tmp_path, capsys):
 @pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Fashion-MNIST is not installed at "
                                                        "/usr/share/datasets/fashion-mnist")
 def test_reproduce_label_noise_on_fashion_mnist_one_epoch(tmp_path):
-    found = run_preset(tmp_path / "run", "--epochs", "1", "--seeds", "0", "1")
+    found = run_preset(tmp_path / "run", "--epochs", "1", "--seeds", "0", "1", "--label-noise", "0", "0.6",
+                       "--label-smoothing", "-0.2", "0", "0.3")
     assert len([v for v in found if v["section"] == "label noise" and v["primary"]]) == 2
 
 
