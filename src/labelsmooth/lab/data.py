@@ -27,8 +27,11 @@ images not used for training (when ``train_fraction < 1``: taken from the images
 most 10% of the pool; otherwise 10% of the pool, so training uses the other 90%; an .npz's
 ``x_val`` when it has one). Everything a run chooses (per-epoch metrics, the best epoch, a
 temperature) uses it; ``x_test`` (the official test split) gives the final numbers only. Images
-are float32, standardised by the training pool's mean and standard deviation (one scalar each),
-with a channel axis: (N, C, H, W) for images, (N, D) for flat features.
+are float32, standardised by the training pool's mean and standard deviation (one scalar each,
+kept as ``Dataset.mean`` / ``Dataset.std``), with a channel axis: (N, C, H, W) for images, (N, D)
+for flat features. ``Dataset.pixel_max`` is the stored value of a white pixel (255 for
+Fashion-MNIST's bytes, 16 for digits; None for an .npz, whose scale is unknown): attacks and
+shifts, defined on pixels in ``[0, 1]``, need it.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ INSTALL_HINT = ("Install it with `sudo apt-get install dataset-fashion-mnist` (D
                 "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
                 "t10k-labels-idx1-ubyte (each optionally .gz), or use --dataset digits (bundled "
                 "with scikit-learn).")
+# data set name -> the stored value of a white pixel (attacks and shifts work on pixels in [0, 1])
+PIXEL_MAX = {"fashion-mnist": 255.0, "digits": 16.0}
 HOLDOUT_FRACTION = 0.1  # of the training pool
 TEST_FRACTION = 0.2     # of a source without an official test split
 SPLIT_SEED = 0          # the fixed seed of such an official-style test split
@@ -77,7 +82,8 @@ class Dataset:
     """One data set in memory. Targets are int64 class indices in ``[0, num_classes)``.
 
     ``x_holdout`` / ``y_holdout`` are the validation split (training images not trained on),
-    disjoint from ``x_test``.
+    disjoint from ``x_test``. Every ``x`` is ``(stored - mean) / std``; ``pixel_max`` is the stored
+    value of a white pixel (None when unknown), so ``stored / pixel_max`` is a pixel in ``[0, 1]``.
     """
 
     name: str
@@ -90,6 +96,9 @@ class Dataset:
     num_classes: int
     class_names: tuple[str, ...]
     original_labels: tuple[int, ...] | None = None  # the file's label of each class, when remapped
+    mean: float = 0.0                                 # subtracted from the stored values ...
+    std: float = 1.0                                  # ... which are then divided by this
+    pixel_max: float | None = None
 
     @property
     def in_shape(self) -> tuple[int, ...]:
@@ -370,4 +379,5 @@ def load_dataset(name_or_path: str | Path, *, data_dir: str | Path | None = None
         return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
 
     return Dataset(name, *tensors(x_pool[train], y_pool[train]), *tensors(x_test, y_test),
-                   *tensors(x_val, y_val), len(class_names), class_names, original_labels)
+                   *tensors(x_val, y_val), len(class_names), class_names, original_labels,
+                   float(np.float32(mean)), float(np.float32(std)), PIXEL_MAX.get(name))
