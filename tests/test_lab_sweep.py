@@ -165,7 +165,7 @@ def test_final_files_follow_the_contract(tmp_path, no_report):
         with torch.no_grad():
             np.testing.assert_allclose(model(ds.x_test).numpy(), arrays["test_logits"], rtol=1e-5, atol=1e-5)
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
-    assert rows[0] == ("cell,model,distribution,label_smoothing,seed,epoch,train_loss,val_loss,"
+    assert rows[0] == ("cell,model,distribution,label_smoothing,label_noise,seed,epoch,train_loss,val_loss,"
                        "val_nll,val_accuracy,val_ece")
     assert len(rows) == 1 + 2 * 2
     sizes = {"train": len(ds.x_train), "validation": len(ds.x_holdout), "test": len(ds.x_test)}
@@ -182,8 +182,8 @@ def test_the_test_split_is_read_only_after_the_last_epoch(tmp_path, no_report, m
     from labelsmooth.lab.cells import CellGroup
 
     loaded = {}
-    real_load = sweep.load_dataset
-    monkeypatch.setattr(sweep, "load_dataset", lambda *a, **k: loaded.setdefault("ds", real_load(*a, **k)))
+    real_load = sweep.load_run_dataset
+    monkeypatch.setattr(sweep, "load_run_dataset", lambda *a, **k: loaded.setdefault("ds", real_load(*a, **k)))
     reads = []
     real_logits = CellGroup.logits
 

@@ -13,7 +13,9 @@ own update for that cell.
 
 Paired design: every cell of one seed starts from the same initial weights
 (:func:`initial_model`) and sees the same order of batches (:func:`epoch_order`), so eps and
-distribution are the only differences. Neither draws from a global RNG, so there is no RNG state
+distribution are the only differences. Each cell has its own training labels
+(``CellGroup.train_targets``: with label noise, its noise rate's flipped labels; see
+:mod:`labelsmooth.lab.noise`), so cells of different noise rates train together too. Neither draws from a global RNG, so there is no RNG state
 to carry across an interrupted run.
 
 Per epoch and cell :class:`CellGroup` gives the training loss (the smoothed objective per image,
@@ -134,7 +136,9 @@ class StackedCells(nn.Module):
 class CellGroup:
     """The cells of one model, trained together; ``epochs_done`` counts finished epochs.
 
-    ``ranks`` are the processes that share every batch and evaluation split.
+    ``ranks`` are the processes that share every batch and evaluation split. ``train_targets``
+    (C, N_train) holds each cell's training labels when they differ from the data set's (label
+    noise), else None.
     """
 
     cells: list[Cell]
@@ -142,17 +146,18 @@ class CellGroup:
     optimizer: torch.optim.Optimizer
     epochs_done: int = 0
     ranks: Ranks = field(default_factory=Ranks)
+    train_targets: Tensor | None = field(default=None, repr=False)
     loss_plan: list | None = field(default=None, init=False, repr=False)
     # the weights of each cell's epoch of lowest validation NLL so far (see remember_best)
     best: dict | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def create(cls, config: SweepConfig, cells: list[Cell], dataset: Dataset,
-               device: torch.device, ranks: Ranks = Ranks()) -> "CellGroup":
+               device: torch.device, ranks: Ranks = Ranks(), train_targets: Tensor | None = None) -> "CellGroup":
         initial = {s: initial_model(config, cells[0].model, s, dataset) for s in {c.seed for c in cells}}
         stacked = StackedCells([initial[c.seed] for c in cells]).to(device)
         return cls(cells, stacked, OPTIMIZERS[config.optimizer](list(stacked.parameters()), config),
-                   ranks=ranks)
+                   ranks=ranks, train_targets=None if train_targets is None else train_targets.to(device))
 
     def state_dict(self) -> dict:
         return {"epochs_done": self.epochs_done, "parameters": self.stacked.state_dict(),
@@ -235,7 +240,8 @@ class CellGroup:
         model's ``stacked_vjp`` gives the logits, the core package's ``cross_entropy_with_grad``
         the loss rows and their gradient with respect to the logits, the vjp turns that into the
         parameters' gradients, and the optimizer steps. Each rank trains on its rows of every
-        batch and the ranks' gradients are summed (see :mod:`labelsmooth.lab.ranks`).
+        batch and the ranks' gradients are summed (see :mod:`labelsmooth.lab.ranks`). Each cell's
+        targets are its own ``train_targets`` row when there are any.
         """
         x, y = dataset.x_train, dataset.y_train
         runs = [(seed, len(list(cells))) for seed, cells in itertools.groupby(c.seed for c in self.cells)]
@@ -249,7 +255,9 @@ class CellGroup:
             index = orders[:, start:start + config.batch_size]
             mine = index[:, self.ranks.rows(index.shape[1])]
             logits, vjp = self.stacked.template.stacked_vjp(params, x[mine], counts)
-            rows, grad = self._by_distribution(logits, y[mine][run_of_cell], _loss_and_grad)
+            target = (y[mine][run_of_cell] if self.train_targets is None
+                      else self.train_targets.gather(1, mine[run_of_cell]))
+            rows, grad = self._by_distribution(logits, target, _loss_and_grad)
             # d(sum over cells of each cell's batch mean)/d(cell c's weights) = cell c's gradient
             grads = vjp(grad.div_(index.shape[1]))
             for p, g in zip(params.values(), self.ranks.sum_gradients([grads[name] for name in params])):

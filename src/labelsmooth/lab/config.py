@@ -1,8 +1,10 @@
 """A sweep's configuration (:class:`SweepConfig`, stored as its ``config.json``) and its grid of cells.
 
-A *cell* is one (model, distribution, eps, seed); :func:`grid_cells` lists them in the grid's
-order (model, distribution, eps, seed), or one shard's share of them (``--shard i/n``, see
-:mod:`labelsmooth.lab.shard`).
+A *cell* is one (model, distribution, label-noise rate, eps, seed); :func:`grid_cells` lists them
+in the grid's order (model, distribution, noise rate, eps, seed), or one shard's share of them
+(``--shard i/n``, see :mod:`labelsmooth.lab.shard`). A noise rate ``r > 0`` means the cell trains
+on labels of which a seeded fraction ``r`` was flipped (:mod:`labelsmooth.lab.noise`; the
+validation and test labels stay clean).
 
 Besides the settings, ``config.json`` records what the sweep derived from them (:data:`DERIVED_KEYS`:
 the sizes of the training, validation and test splits), which a resumed run need not repeat.
@@ -19,10 +21,11 @@ import torch
 from torch import Tensor
 
 from .models import MODELS
+from .noise import DIGITS_CONFUSABLE, FASHION_MNIST_CONFUSABLE, NOISE_KINDS
 from .shard import format_shard, select_cells
 
-__all__ = ["ADDED_KEYS", "DERIVED_KEYS", "DISTRIBUTIONS", "OPTIMIZERS", "RESUME_IGNORES", "VALIDATION_SPLIT", "Cell",
-           "SweepConfig", "as_tuples", "grid_cells", "is_device_name"]
+__all__ = ["ADDED_KEYS", "CONFUSABLE_CLASSES", "DERIVED_KEYS", "DISTRIBUTIONS", "OPTIMIZERS", "RESUME_IGNORES",
+           "VALIDATION_SPLIT", "Cell", "SweepConfig", "as_tuples", "grid_cells", "is_device_name"]
 
 DISTRIBUTIONS = ("uniform", "non_target")
 # Keys config.json records beside the settings: facts the sweep derived from them (split sizes).
@@ -36,7 +39,11 @@ RESUME_IGNORES = frozenset({"data_dir"}) | DERIVED_KEYS
 VALIDATION_SPLIT = "holdout"
 # Keys added to config.json after run directories with a validation split existed -> the value
 # such an older directory had (preset, quick and validation_split came with the split itself).
-ADDED_KEYS = {"remap_labels": False}
+# student_train_size is a distillation run's (lab.distill), whose config.json shares these rules.
+ADDED_KEYS = {"remap_labels": False, "label_noise": [0.0], "noise_kind": "symmetric", "held_out_classes": [],
+              "train_size": None, "student_train_size": None}
+# data set -> the confusable classes asymmetric label noise flips between (lab.noise)
+CONFUSABLE_CLASSES = {"fashion-mnist": FASHION_MNIST_CONFUSABLE, "digits": DIGITS_CONFUSABLE}
 
 # name -> constructor(params, config); both are elementwise, so stacking cells changes nothing.
 OPTIMIZERS: dict[str, Callable[[list[Tensor], "SweepConfig"], torch.optim.Optimizer]] = {
@@ -88,6 +95,10 @@ class SweepConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     train_fraction: float = 1.0
+    train_size: int | None = None  # train on a stratified sample of this many training images
+    held_out_classes: tuple[int, ...] = ()  # classes left out of training, validation and test
+    label_noise: tuple[float, ...] = (0.0,)  # fractions of training labels flipped (a grid axis)
+    noise_kind: str = "symmetric"
     data_seed: int = 0
     eval_batch_size: int = 500
     device: str = "cpu"
@@ -98,7 +109,8 @@ class SweepConfig:
     validation_split: str = VALIDATION_SPLIT
 
     def __post_init__(self) -> None:
-        as_tuples(self, ("models", "label_smoothing", "seeds", "distributions"))
+        as_tuples(self, ("models", "label_smoothing", "seeds", "distributions", "label_noise"))
+        self.held_out_classes = tuple(self.held_out_classes)
         self.validate()
 
     def validate(self) -> None:
@@ -130,6 +142,23 @@ class SweepConfig:
         need(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay",
              "a finite number >= 0")
         need(0 < self.train_fraction <= 1, "train_fraction", "in (0, 1]")
+        need(self.train_size is None or (isinstance(self.train_size, int) and not isinstance(self.train_size, bool)
+                                         and self.train_size >= 2), "train_size", "None or an integer >= 2")
+        need(len(set(self.held_out_classes)) == len(self.held_out_classes) and all(
+            isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in self.held_out_classes),
+            "held_out_classes", "distinct non-negative class indices")
+        need(distinct(self.label_noise) and all(
+            isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r < 1 for r in self.label_noise),
+            "label_noise", "distinct fractions of training labels in [0, 1)")
+        need(self.noise_kind in NOISE_KINDS, "noise_kind", f"one of {list(NOISE_KINDS)}")
+        if self.noise_kind == "asymmetric" and any(self.label_noise):
+            need(self.dataset in CONFUSABLE_CLASSES, "dataset",
+                 f"one of {sorted(CONFUSABLE_CLASSES)} for asymmetric label noise (the data sets whose "
+                 f"confusable classes are known)")
+            need(not self.held_out_classes, "held_out_classes",
+                 "empty with asymmetric label noise (its confusable classes are those of the full data set)")
+            need(max(self.label_noise) < 0.5, "label_noise",
+                 "below 0.5 for asymmetric noise (at 0.5 most labels of a source class name its partner)")
         need(isinstance(self.data_seed, int) and self.data_seed >= 0, "data_seed", "a non-negative integer")
         need(is_device_name(self.device), "device", "a torch device such as cpu, cuda or cuda:1")
         need(isinstance(self.remap_labels, bool), "remap_labels", "true or false")
@@ -161,24 +190,29 @@ class Cell:
     distribution: str
     label_smoothing: float
     seed: int
+    label_noise: float = 0.0
 
     @property
     def key(self) -> str:
-        return f"{self.model}-{self.distribution}-eps{self.label_smoothing:g}-seed{self.seed}"
+        """``<model>-<distribution>-eps<eps>[-noise<r>]-seed<seed>`` (clean cells keep the older form)."""
+        noise = f"-noise{self.label_noise:g}" if self.label_noise else ""
+        return f"{self.model}-{self.distribution}-eps{self.label_smoothing:g}{noise}-seed{self.seed}"
 
     def describe(self) -> dict:
-        return {"label_smoothing": self.label_smoothing, "seed": self.seed,
+        return {"label_smoothing": self.label_smoothing, "seed": self.seed, "label_noise": self.label_noise,
                 "distribution": self.distribution, "model": self.model, "cell": self.key}
 
 
 def grid_cells(config: SweepConfig, *, sharded: bool = True) -> list[Cell]:
-    """Every cell in grid order (model, distribution, eps, seed), or this shard's share of them.
+    """Every cell in grid order (model, distribution, noise rate, eps, seed), or this shard's share of them.
 
     >>> [c.key for c in grid_cells(SweepConfig(label_smoothing=(0, 0.1), seeds=(0, 1)))][:2]
     ['seed-cnn-uniform-eps0-seed0', 'seed-cnn-uniform-eps0-seed1']
+    >>> [c.key for c in grid_cells(SweepConfig(label_smoothing=(0,), label_noise=(0, 0.2)))]
+    ['seed-cnn-uniform-eps0-seed0', 'seed-cnn-uniform-eps0-noise0.2-seed0']
     """
-    cells = [Cell(m, d, float(e), s) for m in config.models for d in config.distributions
-             for e in config.label_smoothing for s in config.seeds]
+    cells = [Cell(m, d, float(e), s, float(r)) for m in config.models for d in config.distributions
+             for r in config.label_noise for e in config.label_smoothing for s in config.seeds]
     if not sharded or config.shard is None:
         return cells
     return select_cells(cells, config.shard)

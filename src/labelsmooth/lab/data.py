@@ -26,12 +26,17 @@ training pool; ``x_holdout`` is the *validation* split, a seeded stratified samp
 images not used for training (when ``train_fraction < 1``: taken from the images left out, at
 most 10% of the pool; otherwise 10% of the pool, so training uses the other 90%; an .npz's
 ``x_val`` when it has one). Everything a run chooses (per-epoch metrics, the best epoch, a
-temperature) uses it; ``x_test`` (the official test split) gives the final numbers only. Images
-are float32, standardised by the training pool's mean and standard deviation (one scalar each,
-kept as ``Dataset.mean`` / ``Dataset.std``), with a channel axis: (N, C, H, W) for images, (N, D)
-for flat features. ``Dataset.pixel_max`` is the stored value of a white pixel (255 for
-Fashion-MNIST's bytes, 16 for digits; None for an .npz, whose scale is unknown): attacks and
-shifts, defined on pixels in ``[0, 1]``, need it.
+temperature) uses it; ``x_test`` (the official test split) gives the final numbers only.
+``train_size`` keeps a stratified, seeded sample of that many training images (the validation and
+test splits unchanged: distillation's students learn from a subset of their teachers' images).
+``held_out_classes`` leaves those classes out of every split, the others renumbered ``0..m-1`` in
+increasing order (``Dataset.classes`` holds each one's index in the full data set): a network
+trained so never sees them, and a probe of its features can be fitted on them (the same splits of
+the full data set hold their images). Images are float32, standardised by the training pool's mean
+and standard deviation (one scalar each, kept as ``Dataset.mean`` / ``Dataset.std``), with a
+channel axis: (N, C, H, W) for images, (N, D) for flat features. ``Dataset.pixel_max`` is the
+stored value of a white pixel (255 for Fashion-MNIST's bytes, 16 for digits; None for an .npz,
+whose scale is unknown): attacks and shifts, defined on pixels in ``[0, 1]``, need it.
 """
 
 from __future__ import annotations
@@ -55,7 +60,9 @@ __all__ = [
     "Dataset",
     "SOURCES",
     "load_dataset",
+    "load_run_dataset",
     "read_idx",
+    "training_subset",
 ]
 
 DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -96,6 +103,7 @@ class Dataset:
     num_classes: int
     class_names: tuple[str, ...]
     original_labels: tuple[int, ...] | None = None  # the file's label of each class, when remapped
+    classes: tuple[int, ...] | None = None  # with held-out classes: each class's index in the full data set
     mean: float = 0.0                                 # subtracted from the stored values ...
     std: float = 1.0                                  # ... which are then divided by this
     pixel_max: float | None = None
@@ -343,17 +351,49 @@ def _mean_std(x: np.ndarray, rows: int = 4096) -> tuple[float, float]:
     return mean, float(np.sqrt(max(square / x.size - mean * mean, 0.0))) or 1.0
 
 
+def training_subset(y: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Sorted indices of a stratified, seeded sample of ``size`` of the labels ``y`` (every class kept).
+
+    >>> training_subset(np.array([0, 0, 0, 1, 1, 1]), 4, 0).tolist()
+    [0, 1, 3, 4]
+    """
+    classes = len(np.unique(y))
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not classes <= size <= len(y):
+        raise ValueError(f"train_size must be an integer from {classes} (one image per class) to {len(y)} (the "
+                         f"training split's size), got {size!r}")
+    return np.arange(len(y)) if size == len(y) else _stratified_split(y, int(size), seed)[1]
+
+
+def _without_classes(labels: tuple[np.ndarray, ...], held_out, num_classes: int, source: str):
+    """(kept classes, per split the indices of rows in kept classes, their labels renumbered 0..m-1)."""
+    held = [int(k) for k in held_out]
+    if not all(0 <= k < num_classes for k in held) or len(set(held)) != len(held) \
+            or not 2 <= num_classes - len(held):
+        raise DataError(f"{source}: held_out_classes must be distinct classes in [0, {num_classes}) leaving at "
+                        f"least 2 to train on, got {held}")
+    kept = tuple(k for k in range(num_classes) if k not in held)
+    lookup = np.full(num_classes, -1, dtype=np.int64)
+    lookup[list(kept)] = np.arange(len(kept))
+    rows = [np.flatnonzero(lookup[y] >= 0) for y in labels]
+    return kept, rows, [lookup[y[r]] for y, r in zip(labels, rows)]
+
+
 def load_dataset(name_or_path: str | Path, *, data_dir: str | Path | None = None,
-                 train_fraction: float = 1.0, seed: int = 0, remap_labels: bool = False) -> Dataset:
+                 train_fraction: float = 1.0, seed: int = 0, remap_labels: bool = False,
+                 train_size: int | None = None, held_out_classes=()) -> Dataset:
     """Load a data set by name (:data:`SOURCES`) or ``.npz`` path, split and standardise it.
 
-    ``seed`` fixes the training subsample and the validation (hold-out) split (the official test
-    split never depends on it). ``x`` is standardised as ``(x - mean) / std`` with the scalar mean
-    and std of the whole training pool.
+    ``seed`` fixes the training subsample, the validation (hold-out) split and the ``train_size``
+    sample (the official test split never depends on it). ``x`` is standardised as
+    ``(x - mean) / std`` with the scalar mean and std of the whole training pool.
+    ``held_out_classes`` are left out of every split (see the module docstring).
 
     >>> ds = load_dataset("digits", train_fraction=0.5)
     >>> ds.in_shape, ds.num_classes, len(ds.x_train), len(ds.x_holdout), len(ds.x_test)
     ((1, 8, 8), 10, 718, 144, 360)
+    >>> part = load_dataset("digits", train_fraction=0.5, held_out_classes=(5, 6, 7, 8, 9), train_size=100)
+    >>> part.num_classes, part.classes, len(part.x_train), int(part.y_test.max())
+    (5, (0, 1, 2, 3, 4), 100, 4)
     """
     name = str(name_or_path)
     if not (isinstance(train_fraction, (int, float)) and 0 < train_fraction <= 1):
@@ -373,11 +413,32 @@ def load_dataset(name_or_path: str | Path, *, data_dir: str | Path | None = None
     else:
         train = np.arange(len(y_pool)) if train_fraction >= 1 else _train_indices(y_pool, train_fraction, seed)
     mean, std = _mean_std(x_pool)
+    x_train, y_train, classes = x_pool[train], y_pool[train], None
+    if len(held_out_classes):
+        classes, rows, (y_train, y_test, y_val) = _without_classes((y_train, y_test, y_val), held_out_classes,
+                                                                   len(class_names), name)
+        x_train, x_test, x_val = x_train[rows[0]], x_test[rows[1]], x_val[rows[2]]
+        class_names = tuple(class_names[k] for k in classes)
+    if train_size is not None:
+        subset = training_subset(y_train, train_size, seed)
+        x_train, y_train = x_train[subset], y_train[subset]
 
     def tensors(x: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
         x = (x.astype(np.float32) - np.float32(mean)) / np.float32(std)
         return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
 
-    return Dataset(name, *tensors(x_pool[train], y_pool[train]), *tensors(x_test, y_test),
-                   *tensors(x_val, y_val), len(class_names), class_names, original_labels,
+    return Dataset(name, *tensors(x_train, y_train), *tensors(x_test, y_test),
+                   *tensors(x_val, y_val), len(class_names), class_names, original_labels, classes,
                    float(np.float32(mean)), float(np.float32(std)), PIXEL_MAX.get(name))
+
+
+def load_run_dataset(config: dict, *, full: bool = False) -> Dataset:
+    """The data set a sweep trained on, from its stored config (``config.json``'s keys; a key an
+    older run lacks takes the default). ``full``: the same splits with every class and the whole
+    training split (no ``held_out_classes``, no ``train_size``): where probes find the held-out
+    classes' images."""
+    return load_dataset(config.get("dataset", "digits"), data_dir=config.get("data_dir"),
+                        train_fraction=config.get("train_fraction", 1.0), seed=config.get("data_seed", 0),
+                        remap_labels=config.get("remap_labels", False),
+                        train_size=None if full else config.get("train_size"),
+                        held_out_classes=() if full else tuple(config.get("held_out_classes") or ()))

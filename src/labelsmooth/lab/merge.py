@@ -13,8 +13,10 @@ Merging reads only the shards' ``config.json`` and ``results.json`` (plain JSON)
 - writes a new run directory, never into a non-empty one, atomically (built in a hidden folder
   beside it, then renamed): ``config.json`` (the sweep's config with ``shard`` None; without
   ``validation_split`` when the shards predate the validation split, so the report says so),
-  ``results.json`` with the runs in grid order (``config.grid_cells``), ``metrics.csv`` and each
-  cell's ``cells/<cell key>/`` copied from its shard; then builds the report.
+  ``results.json`` with the runs in grid order (``config.grid_cells``), ``metrics.csv``, each
+  cell's ``cells/<cell key>/`` copied from its shard and, for a grid with label noise, the first
+  shard's ``label_noise.npz`` (every shard records the draws of the whole grid); then builds the
+  report.
 
 So merging every shard of a finished grid writes the ``results.json`` the unsharded sweep writes:
 same runs, same order, same numbers (bit for bit on the CPU where a shard's cells are trained
@@ -49,7 +51,7 @@ from pathlib import Path
 
 from .config import ADDED_KEYS, DERIVED_KEYS, RESUME_IGNORES, SweepConfig, grid_cells
 from .report.builder import build_report
-from .rundir import is_plain_cell_key, write_json, write_metrics_csv
+from .rundir import LABEL_NOISE_FILE, is_plain_cell_key, write_json, write_metrics_csv
 
 __all__ = ["MergeError", "Shard", "add_arguments", "load_shard", "merge_shards", "run"]
 
@@ -188,6 +190,9 @@ def write_run_directory(out: Path, results: dict, owners: list[tuple[Shard, dict
             cell_dir = shard.run_dir / "cells" / run["cell"]
             if cell_dir.is_dir():
                 shutil.copytree(cell_dir, staging / "cells" / run["cell"])
+        noise = next((path for shard, _ in owners if (path := shard.run_dir / LABEL_NOISE_FILE).is_file()), None)
+        if noise is not None:
+            shutil.copyfile(noise, staging / LABEL_NOISE_FILE)
         write_json(staging / "config.json", results["config"])
         write_json(staging / "results.json", results)
         write_metrics_csv(staging / "metrics.csv", results["runs"])

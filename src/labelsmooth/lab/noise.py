@@ -20,20 +20,27 @@ labels stay clean) and records which ones:
 The draw depends on the seed alone, never on the rate: with one seed, the labels flipped at a
 lower rate are among those flipped at a higher one, with the same new classes, so a curve over
 noise rates compares nested corruptions rather than independent ones.
+
+In a sweep (:func:`sweep_draws`) every (noise rate, seed) cell gets the draw of its seed (mixed
+with the data seed by :func:`noise_seed`): the cells of one seed, whatever their eps, train on the
+same labels (the sweep's paired design), and each seed is a new draw of the noise. The run
+directory records every draw (:func:`draw_arrays`, ``label_noise.npz``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .._checks import ContentChecks, check_class_indices
 
-__all__ = ["DIGITS_CONFUSABLE", "FASHION_MNIST_CONFUSABLE", "NOISE_KINDS", "NoisyLabels", "flip_labels"]
+__all__ = ["DIGITS_CONFUSABLE", "FASHION_MNIST_CONFUSABLE", "NOISE_KINDS", "NoisyLabels", "draw_arrays",
+           "flip_labels", "noise_seed", "sweep_draws"]
 
 NOISE_KINDS = ("symmetric", "asymmetric")
 # Patrini et al. (2017), MNIST: 2 -> 7, 3 -> 8, 5 <-> 6, 7 -> 1 (the digits of scikit-learn's set too).
@@ -141,3 +148,50 @@ def flip_labels(labels: Tensor, label_noise: float, *, num_classes: int, kind: s
             noisy[chosen[-1]] = pairs[source]
         flipped = torch.cat(chosen)
     return NoisyLabels(labels=noisy.to(labels.device), flipped=flipped.sort().values.to(labels.device))
+
+
+# the stream of seeds label noise draws from, apart from the weights' and the batch order's
+NOISE_STREAM = 0x6E6F697365
+
+
+def noise_seed(data_seed: int, seed: int) -> int:
+    """The seed of :func:`flip_labels` for a sweep's ``seed`` on the training split of ``data_seed``.
+
+    >>> noise_seed(0, 1) == noise_seed(0, 1) != noise_seed(1, 1)
+    True
+    """
+    state = np.random.SeedSequence([NOISE_STREAM, data_seed, seed]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+def sweep_draws(labels: Tensor, rates: Sequence[float], seeds: Sequence[int], *, num_classes: int, kind: str,
+                mapping: Mapping[int, int] | None, data_seed: int) -> dict[tuple[float, int], NoisyLabels]:
+    """(rate, seed) -> the training labels of that sweep cell, for every rate > 0 and seed.
+
+    >>> draws = sweep_draws(torch.arange(10) % 5, (0.0, 0.2, 0.4), (0, 1), num_classes=5, kind="symmetric",
+    ...                     mapping=None, data_seed=0)
+    >>> sorted(draws), set(draws[0.2, 0].flipped.tolist()) <= set(draws[0.4, 0].flipped.tolist())
+    ([(0.2, 0), (0.2, 1), (0.4, 0), (0.4, 1)], True)
+    """
+    return {(float(rate), seed): flip_labels(labels, rate, num_classes=num_classes, kind=kind, mapping=mapping,
+                                             seed=noise_seed(data_seed, seed))
+            for rate in rates if rate > 0 for seed in seeds}
+
+
+def draw_arrays(labels: Tensor, draws: Mapping[tuple[float, int], NoisyLabels]) -> dict[str, np.ndarray]:
+    """The arrays that record ``draws`` of the training ``labels`` (``label_noise.npz``).
+
+    ``train_labels``: the clean training labels (n,); per draw, ``flipped_noise<r>_seed<s>``: the
+    indices into the training split of the flipped labels, sorted, and ``labels_noise<r>_seed<s>``:
+    the labels they were given instead.
+
+    >>> draws = sweep_draws(torch.arange(4), (0.5,), (0,), num_classes=4, kind="symmetric", mapping=None,
+    ...                     data_seed=0)
+    >>> sorted(draw_arrays(torch.arange(4), draws))
+    ['flipped_noise0.5_seed0', 'labels_noise0.5_seed0', 'train_labels']
+    """
+    arrays = {"train_labels": labels.cpu().numpy().astype(np.int64)}
+    for (rate, seed), noisy in sorted(draws.items()):
+        arrays[f"flipped_noise{rate:g}_seed{seed}"] = noisy.flipped.cpu().numpy().astype(np.int64)
+        arrays[f"labels_noise{rate:g}_seed{seed}"] = noisy.labels[noisy.flipped].cpu().numpy().astype(np.int64)
+    return arrays

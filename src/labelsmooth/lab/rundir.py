@@ -6,7 +6,8 @@ sizes), after every epoch ``results.json``, ``metrics.csv`` and ``checkpoint.pt`
 optimizer state, histories; removed when the sweep finishes), and per finished cell
 ``cells/<key>/final.npz`` (test, validation (``holdout_*``) and training logits and targets, and
 ``early_test_logits`` / ``early_holdout_logits`` of the weights of the epoch with the lowest
-validation NLL) and ``cells/<key>/model.pt`` (the final weights). Every file is
+validation NLL) and ``cells/<key>/model.pt`` (the final weights); a sweep with label noise also
+``label_noise.npz`` (:func:`record_label_noise`: which training labels were flipped). Every file is
 written through a temporary file and renamed into place, so a killed process leaves the old
 file or the new one, never a mix; a directory holding another run is never overwritten.
 
@@ -48,6 +49,7 @@ __all__ = [
     "locked",
     "open_run_directory",
     "read_json",
+    "record_label_noise",
     "save_checkpoint",
     "write_atomic",
     "write_bytes",
@@ -59,6 +61,7 @@ __all__ = [
 CHECKPOINT_FORMAT = 2
 TEMPORARY_SUFFIX = ".tmp"  # of write_atomic's temporary files, named .<file>.<pid>.tmp
 LOCK_FILE = ".lock"
+LABEL_NOISE_FILE = "label_noise.npz"  # the flipped training labels of a sweep with label noise
 
 
 class RunDirectoryError(ValueError):
@@ -103,7 +106,7 @@ def write_json(path: Path, value, *, durable: bool = True) -> None:
 
 def write_metrics_csv(path: Path, runs: list[dict]) -> None:
     text = io.StringIO()
-    columns = ["cell", "model", "distribution", "label_smoothing", "seed", *HISTORY_COLUMNS]
+    columns = ["cell", "model", "distribution", "label_smoothing", "label_noise", "seed", *HISTORY_COLUMNS]
     writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for run in runs:
@@ -293,6 +296,20 @@ def load_checkpoint(path: Path) -> dict | None:
                                 f"{state.get('format')}, expected {CHECKPOINT_FORMAT}); its run cannot be "
                                 f"resumed. Choose another --out to start it again.")
     return state
+
+
+def record_label_noise(out: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write :data:`LABEL_NOISE_FILE` (:func:`labelsmooth.lab.noise.draw_arrays`) into run directory
+    ``out``; one already there (a resumed run) must hold the same arrays, else RunDirectoryError."""
+    path = out / LABEL_NOISE_FILE
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as stored:
+            same = set(stored.files) == set(arrays) and all(np.array_equal(stored[k], v) for k, v in arrays.items())
+        if not same:
+            raise RunDirectoryError(f"{path} records other flipped training labels than this sweep draws (were "
+                                    f"the data files changed?); refusing to resume. Choose another --out.")
+        return
+    write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 # 5. Cell files -------------------------------------------------------------------------------------

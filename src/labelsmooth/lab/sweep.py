@@ -1,9 +1,15 @@
 """``labelsmooth sweep``: train every cell of a label-smoothing grid at once, resumably.
 
-A *cell* is one (model, distribution, eps, seed) of the grid (:mod:`labelsmooth.lab.config`).
-:func:`run_sweep` trains all cells of one model together, stacked
-(:mod:`labelsmooth.lab.cells`), one model after the other, and records into the run directory
-(:mod:`labelsmooth.lab.rundir`) after every epoch.
+A *cell* is one (model, distribution, label-noise rate, eps, seed) of the grid
+(:mod:`labelsmooth.lab.config`). :func:`run_sweep` trains all cells of one model together,
+stacked (:mod:`labelsmooth.lab.cells`), one model after the other, and records into the run
+directory (:mod:`labelsmooth.lab.rundir`) after every epoch.
+
+Label noise (``--label-noise r ...``): a cell of rate ``r > 0`` trains on the training labels with
+a seeded fraction ``r`` flipped (:mod:`labelsmooth.lab.noise`: one draw per seed, nested across
+rates; symmetric, or between confusable classes with ``--noise-kind asymmetric``); its validation
+and test labels, and every metric computed on them, stay clean. The draws of every (rate, seed)
+are recorded in the run directory's ``label_noise.npz`` before training starts.
 
 Per epoch and cell: ``train_loss`` (the smoothed objective per image, averaged over the epoch
 as it was trained), and on the validation split (training images not trained on, see
@@ -51,9 +57,10 @@ import numpy as np
 import torch
 
 from .cells import HISTORY_COLUMNS, METRIC_NAMES, CellGroup, initial_model
-from .config import DISTRIBUTIONS, OPTIMIZERS, SweepConfig, grid_cells
-from .data import load_dataset
+from .config import CONFUSABLE_CLASSES, DISTRIBUTIONS, OPTIMIZERS, SweepConfig, grid_cells
+from .data import Dataset, load_run_dataset
 from .models import MODELS
+from .noise import NOISE_KINDS, NoisyLabels, draw_arrays, sweep_draws
 from .provenance import provenance
 from .ranks import Ranks, torchrun_process_group
 from .report.builder import build_report
@@ -63,6 +70,7 @@ from .rundir import (
     load_checkpoint,
     locked,
     open_run_directory,
+    record_label_noise,
     save_checkpoint,
     write_cell_files,
     write_json,
@@ -153,8 +161,8 @@ def _run_sweep(config: SweepConfig, out: Path, progress: bool, lock: contextlib.
     started = time.perf_counter()
     device = ranks.device(config.device)
     # Data and models are checked before the run directory is made, so a bad setting leaves nothing.
-    dataset = load_dataset(config.dataset, data_dir=config.data_dir, train_fraction=config.train_fraction,
-                           seed=config.data_seed, remap_labels=config.remap_labels).to(device)
+    dataset = load_run_dataset(config.to_dict()).to(device)
+    draws = noise_draws(config, dataset)
     for model in config.models:
         initial_model(config, model, 0, dataset)
     ranks.check_splits(config, dataset)
@@ -164,6 +172,8 @@ def _run_sweep(config: SweepConfig, out: Path, progress: bool, lock: contextlib.
     if finished is not None:  # another process finished this sweep while the data loaded
         say(f"{out}: this sweep is already complete; nothing to do.")
         return finished
+    if draws and ranks.writes:
+        record_label_noise(out, draw_arrays(dataset.y_train, draws))
     if dataset.original_labels is not None:
         say(f"{config.dataset}: labels {list(dataset.original_labels)} are classes 0..{dataset.num_classes - 1} "
             f"(--remap-labels; recorded as original_labels in results.json)")
@@ -210,7 +220,8 @@ def _run_sweep(config: SweepConfig, out: Path, progress: bool, lock: contextlib.
         for model, group_cells in groups.items():
             if all(c.key in stopped for c in group_cells):
                 continue
-            group = CellGroup.create(config, group_cells, dataset, device, ranks)
+            group = CellGroup.create(config, group_cells, dataset, device, ranks,
+                                     train_targets=cell_targets(group_cells, dataset, draws))
             if saved_group is not None and saved_group[0] == model:
                 group.load_state_dict(saved_group[1])
             while group.epochs_done < config.epochs and not all(c.key in stopped for c in group_cells):
@@ -245,6 +256,23 @@ def _run_sweep(config: SweepConfig, out: Path, progress: bool, lock: contextlib.
     if ranks.writes:
         finish_run_directory(out)
     return results
+
+
+def noise_draws(config: SweepConfig, dataset: Dataset) -> dict[tuple[float, int], NoisyLabels]:
+    """(noise rate, seed) -> the flipped training labels of the grid's cells with label noise (all
+    seeds, whatever the shard, so every shard records the same draws); {} without label noise."""
+    mapping = CONFUSABLE_CLASSES.get(config.dataset) if config.noise_kind == "asymmetric" else None
+    return sweep_draws(dataset.y_train.cpu(), config.label_noise, config.seeds, num_classes=dataset.num_classes,
+                       kind=config.noise_kind, mapping=mapping, data_seed=config.data_seed)
+
+
+def cell_targets(cells: list, dataset: Dataset, draws: dict) -> torch.Tensor | None:
+    """(C, N_train): each cell's training labels (its noise rate's draw for its seed), or None when
+    every cell trains on the data set's own labels."""
+    if not any(cell.label_noise for cell in cells):
+        return None
+    return torch.stack([draws[cell.label_noise, cell.seed].labels.to(dataset.y_train.device) if cell.label_noise
+                        else dataset.y_train for cell in cells])
 
 
 def finish_group(out: Path, group: CellGroup, live: list[int], dataset, config: SweepConfig,
@@ -316,6 +344,19 @@ def add_sweep_arguments(parser) -> None:
     parser.add_argument("--remap-labels", action="store_true",
                         help="number the labels of an .npz data set 0..K-1 in increasing order when they "
                              "are not already (the mapping is recorded in results.json)")
+    parser.add_argument("--label-noise", nargs="+", type=noise_rate, default=list(d.label_noise), metavar="R",
+                        help="fractions of the training labels flipped, a grid axis like eps (validation "
+                             "and test labels stay clean; the flips are recorded in label_noise.npz) "
+                             "(default: 0)")
+    parser.add_argument("--noise-kind", default=d.noise_kind, choices=NOISE_KINDS,
+                        help="symmetric: a flipped label goes to any other class; asymmetric: to a "
+                             "confusable class (fashion-mnist and digits) (default: symmetric)")
+    parser.add_argument("--held-out-classes", nargs="+", type=int, default=list(d.held_out_classes), metavar="K",
+                        help="classes left out of training (and of the validation and test metrics); the "
+                             "report probes the network's features on them (default: none)")
+    parser.add_argument("--train-size", type=int, default=d.train_size, metavar="N",
+                        help="train on a stratified sample of N images of the training split, the "
+                             "validation split unchanged (default: all)")
     parser.add_argument("--shard", default=None, metavar="I/N",
                         help="train only shard I of N of the grid's cells (1-based; see labelsmooth merge)")
     parser.add_argument("--out", default=None,
@@ -339,7 +380,23 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
         epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         momentum=args.momentum, weight_decay=args.weight_decay, train_fraction=args.train_fraction,
         data_seed=args.data_seed, eval_batch_size=args.eval_batch_size, device=args.device,
-        shard=args.shard, remap_labels=args.remap_labels)
+        shard=args.shard, remap_labels=args.remap_labels, label_noise=args.label_noise, noise_kind=args.noise_kind,
+        held_out_classes=args.held_out_classes, train_size=args.train_size)
+
+
+def noise_rate(text: str) -> float:
+    """``--label-noise``: a fraction in [0, 1) (argparse names the flag in its one-line error).
+
+    >>> noise_rate("0.2")
+    0.2
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction of training labels in [0, 1), got {text!r}")
+    return value
 
 
 def thread_count(text: str) -> int:

@@ -9,9 +9,10 @@ finished cell's logits from ``final.npz``, the run's scope), writes its figures 
 section, writes them to ``verdicts.json`` and summarises the primary ones at the top of the page.
 
 Grouping: a *condition* is everything of a cell but its seed (:class:`Condition`);
-:meth:`ReportContext.groups` maps each condition to ``{seed: run}``. Contrasts pair an eps > 0
-condition with its eps = 0 baseline (:func:`baseline_of`) seed by seed; the *primary* contrast of
-a claim is the largest eps against eps = 0 (:meth:`ReportContext.is_primary`).
+:meth:`ReportContext.groups` maps each condition to ``{seed: run}``. Contrasts pair an eps != 0
+condition with its eps = 0 baseline of the same label-noise rate (:func:`baseline_of`) seed by
+seed; the *primary* contrast of a claim is the largest eps against eps = 0, on the grid's cleanest
+labels (:meth:`ReportContext.is_primary`).
 
 Run directories written before the lab kept a validation split (their ``config.json`` has no
 ``"validation_split"``) are *legacy*: their per-epoch metrics came from the test split, so
@@ -50,38 +51,44 @@ class SectionOutput:
 
 @dataclass(frozen=True, order=True)
 class Condition:
-    """One arm of the grid: everything but the seed."""
+    """One arm of the grid: everything but the seed (``label_noise``: the fraction of training
+    labels flipped; 0 for runs without label noise)."""
 
     model: str
     distribution: str
     label_smoothing: float
+    label_noise: float = 0.0
 
 
 def group_runs(results: dict) -> dict[Condition, dict[int, dict]]:
-    """condition -> seed -> run, conditions sorted by (model, distribution, eps)."""
+    """condition -> seed -> run, conditions sorted by (model, distribution, eps, noise rate)."""
     config = results.get("config") or {}
     groups: dict[Condition, dict[int, dict]] = {}
     for run in results["runs"]:
         condition = Condition(str(run.get("model", config.get("model", ""))),
                               str(run.get("distribution", config.get("distribution", "uniform"))),
-                              float(run["label_smoothing"]))
+                              float(run["label_smoothing"]), float(run.get("label_noise") or 0.0))
         groups.setdefault(condition, {})[int(run["seed"])] = run
     return dict(sorted(groups.items()))
 
 
 def baseline_of(condition: Condition, groups: dict) -> Condition | None:
-    """The eps = 0 condition a treatment is paired with (same model; same distribution if any)."""
+    """The eps = 0 condition a treatment is paired with (same model and noise rate; same
+    distribution if any)."""
     if condition.label_smoothing == 0.0:
         return None
-    same = Condition(condition.model, condition.distribution, 0.0)
+    same = Condition(condition.model, condition.distribution, 0.0, condition.label_noise)
     if same in groups:
         return same
-    return next((c for c in groups if c.model == condition.model and c.label_smoothing == 0.0), None)
+    return next((c for c in groups if c.model == condition.model and c.label_noise == condition.label_noise
+                 and c.label_smoothing == 0.0), None)
 
 
 def condition_label(condition: Condition, groups: dict) -> str:
-    """``"eps=0.1"``, plus distribution / model when the grid varies them."""
+    """``"eps=0.1"``, plus the noise rate, distribution and model when the grid varies them."""
     label = f"eps={condition.label_smoothing:g}"
+    if len({c.label_noise for c in groups}) > 1:
+        label += f" noise={condition.label_noise:g}"
     if len({c.distribution for c in groups}) > 1:
         label += f" {condition.distribution}"
     if len({c.model for c in groups}) > 1:
@@ -167,12 +174,14 @@ class ReportContext:
 
     @cached_property
     def primary_condition(self) -> Condition | None:
-        """The largest eps of the first model (its uniform distribution when it has one) with a baseline."""
+        """The largest eps of the first model (its uniform distribution when it has one) with a baseline,
+        on the lowest label-noise rate."""
         treated = [c for c, _ in self.pairs()]
         if not treated:
             return None
         model = treated[0].model
         same = [c for c in treated if c.model == model]
+        same = [c for c in same if c.label_noise == min(c.label_noise for c in same)]
         uniform = [c for c in same if c.distribution == "uniform"] or same
         return max(uniform, key=lambda c: c.label_smoothing)
 
@@ -202,7 +211,7 @@ class ReportContext:
 
     @cached_property
     def scope(self) -> str:
-        """Data, model(s), epochs, seeds, and quick or full, in words."""
+        """Data (classes held out, label noise), model(s), epochs, seeds, and quick or full, in words."""
         config = self.config
         dataset = str(config.get("dataset", "?"))
         data = DATASET_NAMES.get(dataset, Path(dataset).name)
@@ -215,6 +224,13 @@ class ReportContext:
                       f"{'x'.join(map(str, config.get('student_widths', [])))}"]
         if sizes.get("train"):
             data += f" ({sizes['train']:,} training images)"
+        if config.get("student_train_size"):
+            data += f", students trained on {config['student_train_size']:,} of them"
+        if config.get("held_out_classes"):
+            data += f", classes {', '.join(map(str, config['held_out_classes']))} held out of training"
+        if any(config.get("label_noise") or ()):
+            rates = ", ".join(f"{r:g}" for r in config["label_noise"])
+            data += f", {config.get('noise_kind', 'symmetric')} label noise at rates {rates}"
         seeds = sorted({seed for runs in self.groups.values() for seed in runs})
         epochs = config.get("epochs", "?")
         text = f"{data}, {', '.join(map(str, models))}, {epochs} epochs, {len(seeds)} seed{'s' * (len(seeds) != 1)}"

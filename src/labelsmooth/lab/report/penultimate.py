@@ -40,7 +40,7 @@ from ...analysis.penultimate import (
     template_plane,
     template_subspace,
 )
-from ..data import Dataset, load_dataset
+from ..data import Dataset, load_run_dataset
 from ..models import build_model
 from ..rundir import cell_file
 from ..stats import BOUNDS, estimate
@@ -177,10 +177,12 @@ def cell_measures(cell: CellActivations, triples: Sequence[tuple[int, int, int]]
 
 
 def _pairs(groups: dict) -> list[tuple[Condition, Condition]]:
-    """(eps = 0 condition, largest-eps condition) per model, preferring the uniform distribution."""
+    """(eps = 0 condition, largest-eps condition) per model, preferring the uniform distribution, on the
+    cleanest labels of the grid (its lowest label-noise rate)."""
     pairs = []
     for model in sorted({c.model for c in groups}):
         conditions = [c for c in groups if c.model == model]
+        conditions = [c for c in conditions if c.label_noise == min(c.label_noise for c in conditions)]
         distribution = "uniform" if any(c.distribution == "uniform" for c in conditions) else conditions[0].distribution
         same = [c for c in conditions if c.distribution == distribution]
         base = next((c for c in same if c.label_smoothing == 0.0), None)
@@ -280,13 +282,12 @@ def penultimate_section(context: ReportContext, figure_dir: Path, *, max_points:
     if not pairs:
         return SectionOutput(title, "<p>No eps=0 and eps&gt;0 pair of the same model in this run.</p>")
     try:
-        dataset = load_dataset(config.get("dataset", "digits"), data_dir=config.get("data_dir"),
-                               train_fraction=config.get("train_fraction", 1.0), seed=config.get("data_seed", 0),
-                               remap_labels=config.get("remap_labels", False))
+        dataset = load_run_dataset(config)
     except ValueError as error:  # a DataError, or a data set name this installation does not know
         return SectionOutput(title, f"<p>The data set is not available here, so no activations: {escape(error)}</p>")
     samples = split_sample(dataset, max_points)
-    triples = class_triples(config.get("dataset", ""), dataset.num_classes)
+    # with classes held out of training the data set's own triples may name absent classes
+    triples = class_triples(config.get("dataset", "") if dataset.classes is None else "", dataset.num_classes)
     fragments, verdicts = [INTRODUCTION.format(max_points=max_points)], []
     for pair in pairs:
         cells: dict = {}
