@@ -87,8 +87,8 @@ OOD_DETECTION = Claim(
 
 @dataclass
 class ShiftData:
-    """The evaluation sets of a run's ``dataset``: ``shifted`` maps (kind, strength) to the known classes' test images
-    shifted so, as model inputs (N, ...), with ``target`` (N,); ``unknown`` holds the held-out
+    """The evaluation sets of a run's ``dataset``: ``shifted`` maps (kind, strength) to the known
+    classes' test images shifted so, as model inputs (N, ...), with ``target`` (N,); ``unknown`` holds the held-out
     classes' test images as model inputs (None without held-out classes), ``unknown_labels`` their
     class index in the full data set, and ``unknown_names`` (class index -> name)."""
 
@@ -111,8 +111,9 @@ def shift_data(config: dict) -> ShiftData:
                          f"{dataset.name!r} with input shape {dataset.in_shape}")
     to_model = Standardize(dataset.mean / dataset.pixel_max, dataset.std / dataset.pixel_max)
     pixels = to_model.pixels(dataset.x_test.double()).clamp(0, 1)  # float32 rounding may stray past 0 or 1
+    # strength 0 is the test split itself, as the other sections score it
     shifted = {(kind, strength): to_model(shift_images(pixels, kind, strength, seed=SHIFT_SEED)).float()
-               for kind, strengths in SHIFT_STRENGTHS.items() for strength in strengths}
+               if strength else dataset.x_test for kind, strengths in SHIFT_STRENGTHS.items() for strength in strengths}
     unknown = labels = None
     names: dict[int, str] = {}
     if config.get("held_out_classes"):
@@ -142,10 +143,10 @@ def cell_scores(model: nn.Module, data: ShiftData, temperature: float | None) ->
     "temperature-scaled" (logits / ``temperature``) when a temperature is given."""
     scales = {"as trained": 1.0, **({"temperature-scaled": temperature} if temperature is not None else {})}
     found: dict = {"shift": {v: {} for v in scales}, "auroc": {v: {} for v in scales}}
-    known = None
+    known = None  # the logits of the unshifted test images, computed once
     for key, x in data.shifted.items():
-        logits = _logits(model, x)
-        known = logits if key == ("rotation", 0.0) else known
+        logits = known if key[1] == 0 and known is not None else _logits(model, x)
+        known = logits if key[1] == 0 else known
         for variant, scale in scales.items():
             found["shift"][variant][key] = _metrics(logits / scale, data.target)
     if data.unknown is not None:
@@ -155,7 +156,8 @@ def cell_scores(model: nn.Module, data: ShiftData, temperature: float | None) ->
                 aurocs = found["auroc"][variant]
                 aurocs[score] = detection_auroc(known / scale, unknown / scale, score)
                 for k in data.unknown_names:
-                    aurocs[(score, k)] = detection_auroc(known / scale, unknown[data.unknown_labels == k] / scale, score)
+                    one_class = unknown[data.unknown_labels == k]
+                    aurocs[(score, k)] = detection_auroc(known / scale, one_class / scale, score)
     return found
 
 
@@ -208,8 +210,8 @@ def _figure(scores: dict, context: ReportContext) -> str:
 
 
 def _metrics_table(scores: dict, context: ReportContext) -> str:
-    settings = [("rotation", 0.0, "no shift")] + [
-        (kind, strengths[-1], f"{kind.replace('_', ' ')} {strengths[-1]:g}") for kind, strengths in SHIFT_STRENGTHS.items()]
+    settings = [("rotation", 0.0, "no shift")] + [(kind, strengths[-1], f"{kind.replace('_', ' ')} {strengths[-1]:g}")
+                                                  for kind, strengths in SHIFT_STRENGTHS.items()]
     rows = []
     for label, condition, variant in _lines(scores, context):
         row = [label, str(len(scores[condition]))]
@@ -348,7 +350,8 @@ def section(context: ReportContext) -> SectionOutput:
     html += ("<h3>At no shift and at the strongest shifts</h3><p>Mean [95% CI] over seeds, test split, known "
              "classes.</p>" + _metrics_table(scores, context))
     if data.unknown is None:
-        html += "<h3>Unknown classes</h3><p>No class was held out of training, so there is nothing unknown to detect.</p>"
+        html += ("<h3>Unknown classes</h3><p>No class was held out of training, so there is nothing unknown to "
+                 "detect.</p>")
     else:
         names = ", ".join(data.unknown_names.values())
         html += (f"<h3>Unknown classes: {escape(names)}</h3><p>AUROC of telling the {len(data.unknown):,} test images "
