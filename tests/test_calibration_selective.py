@@ -18,8 +18,10 @@ from labelsmooth.calibration import (
     misclassification_auroc,
     risk_at_coverage,
     risk_coverage_curve,
+    roc_auc,
     selective_summary,
 )
+from labelsmooth.analysis import auroc
 
 
 def reference_risks(confidence: list[float], correct: list[int], order: list[int]) -> list[float]:
@@ -80,6 +82,22 @@ def test_misclassification_auroc_equals_scikit_learn(seed, ties):
     summary = selective_summary(probs, target)
     assert summary["auroc"] == pytest.approx(expected, abs=1e-12)
     assert summary["aurc"] == pytest.approx(aurc(probs, target).item(), abs=1e-15)
+
+
+@pytest.mark.parametrize("levels", [None, 4, 1])
+def test_roc_auc_equals_scikit_learn_with_ties_and_is_the_one_behind_both_aurocs(levels):
+    rng = np.random.default_rng(21)
+    scores, positive = rng.normal(0, 1, 250), rng.random(250) < 0.4
+    scores[positive] += 0.8
+    if levels is not None:  # coarse scores: ties within and across the classes (levels=1: a handful of values)
+        scores = np.round(scores * levels) / levels
+    expected = roc_auc_score(positive, scores)
+    found = roc_auc(torch.from_numpy(scores), torch.from_numpy(positive))
+    assert found.dtype == torch.float64 and found.item() == pytest.approx(expected, abs=1e-12)
+    # the OOD detector's AUROC (two groups of scores) is the same function
+    assert auroc(scores[positive], scores[~positive]) == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValueError, match="at least one positive and one negative row for a ROC AUC, got 3 positive and 0 negative"):
+        roc_auc(torch.ones(3), torch.ones(3, dtype=torch.bool))
 
 
 def test_results_do_not_depend_on_the_order_of_rows():

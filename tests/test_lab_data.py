@@ -107,6 +107,9 @@ def test_fashion_mnist_layout_and_standardisation(tmp_path, compress):
     test = image_index(ds.x_test, mean, std)
     assert test.tolist() == list(range(100, 150))
     np.testing.assert_array_equal(ds.y_train.numpy(), train_labels[train])
+    # the standardisation it used is recorded, and a stored byte / 255 is a pixel in [0, 1]
+    assert (ds.mean, ds.std, ds.pixel_max) == (pytest.approx(mean, rel=1e-6), pytest.approx(std, rel=1e-6), 255.0)
+    np.testing.assert_allclose(ds.x_test.double().numpy()[:, 0] * ds.std + ds.mean, test_images, atol=1e-3)
 
 
 def test_fashion_mnist_train_fraction_holdout_from_unused_images(tmp_path):
@@ -178,6 +181,7 @@ def test_digits_fixed_test_split_and_all_images():
     assert a.in_shape == (1, 8, 8) and a.num_classes == 10
     assert torch.equal(a.x_test, b.x_test) and len(a.x_test) == 360
     np.testing.assert_allclose(a.x_test[:, 0].numpy(), (images[np.sort(test)] - mean) / std, atol=1e-5)
+    assert (a.mean, a.std, a.pixel_max) == (pytest.approx(mean, rel=1e-6), pytest.approx(std, rel=1e-6), 16.0)
     # train + hold-out are the pool, each image once (compared as sorted rows)
     got = torch.cat([a.x_train, a.x_holdout]).double().flatten(1).numpy() * std + mean
     want = images[pool].reshape(len(pool), -1)
@@ -198,6 +202,7 @@ def test_npz_with_and_without_splits(tmp_path):
     assert ds.class_names == ("a", "b", "c", "d")
     mean, std = x[:, :, 0].astype(np.float64).mean(), x[:, :, 0].astype(np.float64).std()
     np.testing.assert_allclose(ds.x_test.numpy(), (x[:10, :, 0] - mean) / std, rtol=1e-5, atol=1e-5)
+    assert (ds.mean, ds.std, ds.pixel_max) == (pytest.approx(mean, rel=1e-6), pytest.approx(std, rel=1e-6), None)
     # the .npz's own validation split is the validation split; training uses all of x
     np.testing.assert_allclose(ds.x_holdout.numpy(), (x[10:30, :, 0] - mean) / std, rtol=1e-5, atol=1e-5)
     assert len(ds.x_train) == 100

@@ -11,7 +11,8 @@ Two questions about a smoothed classifier away from its training distribution:
   lower scores than images of the classes it knows. :func:`ood_score` gives the maximum softmax
   probability (Hendrycks & Gimpel 2017) or the negative energy ``T logsumexp(z / T)`` (Liu et al.
   2020), both higher for inputs the model considers known; :func:`auroc` measures how well a score
-  separates known from unknown inputs (0.5: not at all; 1: perfectly).
+  separates known from unknown inputs (0.5: not at all; 1: perfectly), with the ROC AUC that
+  :mod:`labelsmooth.calibration.selective` also uses for misclassification detection.
 
 Everything here is torch alone (no torchvision): rotation resamples with ``affine_grid`` and
 ``grid_sample``.
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..calibration.selective import roc_auc
 from .pixels import check_pixels
 
 __all__ = ["OOD_SCORES", "SHIFTS", "auroc", "detection_auroc", "energy", "max_softmax", "ood_score",
@@ -159,9 +161,9 @@ def _scores(values, name: str) -> Tensor:
 def auroc(positive, negative) -> float:
     r"""Area under the ROC curve of telling ``positive`` scores from ``negative`` ones (higher = positive).
 
-    ``AUROC = P(s+ > s-) + P(s+ = s-) / 2`` over all pairs, computed from mid-ranks
-    (Mann-Whitney): ``(R+ - n+ (n+ + 1) / 2) / (n+ n-)`` with ``R+`` the positives' rank sum, tied
-    scores sharing their mean rank; the same number as scikit-learn's ``roc_auc_score``.
+    ``AUROC = P(s+ > s-) + P(s+ = s-) / 2`` over all pairs: the library's one ROC AUC,
+    :func:`labelsmooth.calibration.selective.roc_auc` (mid-ranks, ties counted 1/2; the same number as
+    scikit-learn's ``roc_auc_score``), on the two groups of scores.
 
     Args:
         positive: (n+,) scores of the positives (e.g. known-class inputs); negative: (n-,).
@@ -170,13 +172,8 @@ def auroc(positive, negative) -> float:
     0.875
     """
     pos, neg = _scores(positive, "positive"), _scores(negative, "negative")
-    values, order = torch.cat([pos, neg]).sort()
-    _, group, counts = torch.unique_consecutive(values, return_inverse=True, return_counts=True)
-    mid_rank = counts.cumsum(0) - (counts - 1) / 2  # 1-based mean rank of each run of ties
-    ranks = torch.empty_like(values)
-    ranks[order] = mid_rank[group].double()
-    n_pos, n_neg = len(pos), len(neg)
-    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    labels = torch.cat([torch.ones(len(pos), dtype=torch.bool), torch.zeros(len(neg), dtype=torch.bool)])
+    return float(roc_auc(torch.cat([pos, neg]), labels))
 
 
 def detection_auroc(known_logits: Tensor, unknown_logits: Tensor, score: str = "max_softmax", *,

@@ -39,6 +39,7 @@ from .selective import (
     misclassification_auroc,
     risk_at_coverage,
     risk_coverage_curve,
+    roc_auc,
     selective_summary,
 )
 from .streaming import CalibrationError
@@ -76,6 +77,7 @@ __all__ = [
     "negative_log_likelihood",
     "risk_at_coverage",
     "risk_coverage_curve",
+    "roc_auc",
     "selective_summary",
     *_LAZY,
 ]

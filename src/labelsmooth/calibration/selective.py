@@ -13,7 +13,8 @@ Classification and How to Fix It*). Metrics (all in float64):
   (every error last), which removes the effect of accuracy itself;
 - ``misclassification_auroc``: the probability that a right prediction has a higher confidence
   than a wrong one (ties count 1/2): the ROC AUC of confidence for telling right from wrong
-  (higher is better; scikit-learn's ``roc_auc_score(correct, confidence)``);
+  (higher is better; scikit-learn's ``roc_auc_score(correct, confidence)``), by :func:`roc_auc`,
+  the library's one ROC AUC (out-of-distribution detection uses it too);
 - ``risk_at_coverage``: the risk among the ``ceil(c N)`` most confident predictions (``c = 0.8``
   by default).
 
@@ -32,7 +33,7 @@ from torch import Tensor
 from .metrics import ArrayLike, check_probabilities, top_label
 
 __all__ = ["SELECTIVE_METRICS", "aurc", "excess_aurc", "misclassification_auroc", "risk_at_coverage",
-           "risk_coverage_curve", "selective_summary"]
+           "risk_coverage_curve", "roc_auc", "selective_summary"]
 
 # key of selective_summary -> (name, which direction is better)
 SELECTIVE_METRICS = {"aurc": ("AURC", "lower"), "e_aurc": ("E-AURC", "lower"),
@@ -113,18 +114,45 @@ def excess_aurc(probs: ArrayLike, target: ArrayLike, *, from_logits: bool = Fals
     return _risk_curve(confidence, correct).mean() - _ideal_aurc(correct)
 
 
-def _auroc(confidence: Tensor, correct: Tensor) -> Tensor:
-    positives = correct.sum()
-    negatives = len(correct) - positives
+def roc_auc(scores: Tensor, positive: Tensor) -> Tensor:
+    r"""Area under the ROC curve of ``scores`` for telling the rows where ``positive`` holds from the others.
+
+    ``AUROC = P(s+ > s-) + P(s+ = s-) / 2`` over all (positive, negative) pairs, from mid-ranks
+    (Mann-Whitney): ``(R+ - n+ (n+ + 1) / 2) / (n+ n-)``, ``R+`` the positives' rank sum, tied scores
+    sharing their mean rank; scikit-learn's ``roc_auc_score(positive, scores)``. Float64, one host
+    sync (to refuse an empty class).
+
+    Args:
+        scores: (N,) real scores, higher meaning "positive".
+        positive: (N,) bool (or 0/1) labels, with at least one of each.
+
+    Returns:
+        0-dim float64 tensor on the scores' device.
+
+    >>> roc_auc(torch.tensor([0.9, 0.5, 0.5, 0.1]), torch.tensor([True, True, False, False])).item()
+    0.875
+    """
+    positive = positive.bool()
+    positives = int(positive.sum())
+    negatives = len(positive) - positives
     if positives == 0 or negatives == 0:
-        raise ValueError(f"misclassification AUROC needs both right and wrong predictions, got "
-                         f"{int(positives)} right and {int(negatives)} wrong")
-    order, group, counts = _tie_groups(confidence, descending=False)
+        raise ValueError(f"positive must mark at least one positive and one negative row for a ROC AUC, got "
+                         f"{positives} positive and {negatives} negative")
+    scores = scores.double()
+    order, group, counts = _tie_groups(scores, descending=False)
     starts = counts.cumsum(0) - counts
     average_rank = starts.double() + (counts.double() + 1) / 2  # ranks 1..N, ties averaged
-    ranks = torch.empty_like(confidence)
+    ranks = torch.empty_like(scores)
     ranks[order] = average_rank[group]
-    return ((ranks * correct).sum() - positives * (positives + 1) / 2) / (positives * negatives)
+    return (ranks[positive].sum() - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def _auroc(confidence: Tensor, correct: Tensor) -> Tensor:
+    right = int(correct.sum())
+    if right in (0, len(correct)):
+        raise ValueError(f"misclassification AUROC needs both right and wrong predictions, got "
+                         f"{right} right and {len(correct) - right} wrong")
+    return roc_auc(confidence, correct)
 
 
 def misclassification_auroc(probs: ArrayLike, target: ArrayLike, *, from_logits: bool = False,

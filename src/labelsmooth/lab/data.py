@@ -32,9 +32,11 @@ test splits unchanged: distillation's students learn from a subset of their teac
 ``held_out_classes`` leaves those classes out of every split, the others renumbered ``0..m-1`` in
 increasing order (``Dataset.classes`` holds each one's index in the full data set): a network
 trained so never sees them, and a probe of its features can be fitted on them (the same splits of
-the full data set hold their images). Images
-are float32, standardised by the training pool's mean and standard deviation (one scalar each),
-with a channel axis: (N, C, H, W) for images, (N, D) for flat features.
+the full data set hold their images). Images are float32, standardised by the training pool's mean
+and standard deviation (one scalar each, kept as ``Dataset.mean`` / ``Dataset.std``), with a
+channel axis: (N, C, H, W) for images, (N, D) for flat features. ``Dataset.pixel_max`` is the
+stored value of a white pixel (255 for Fashion-MNIST's bytes, 16 for digits; None for an .npz,
+whose scale is unknown): attacks and shifts, defined on pixels in ``[0, 1]``, need it.
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ INSTALL_HINT = ("Install it with `sudo apt-get install dataset-fashion-mnist` (D
                 "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
                 "t10k-labels-idx1-ubyte (each optionally .gz), or use --dataset digits (bundled "
                 "with scikit-learn).")
+# data set name -> the stored value of a white pixel (attacks and shifts work on pixels in [0, 1])
+PIXEL_MAX = {"fashion-mnist": 255.0, "digits": 16.0}
 HOLDOUT_FRACTION = 0.1  # of the training pool
 TEST_FRACTION = 0.2     # of a source without an official test split
 SPLIT_SEED = 0          # the fixed seed of such an official-style test split
@@ -85,7 +89,8 @@ class Dataset:
     """One data set in memory. Targets are int64 class indices in ``[0, num_classes)``.
 
     ``x_holdout`` / ``y_holdout`` are the validation split (training images not trained on),
-    disjoint from ``x_test``.
+    disjoint from ``x_test``. Every ``x`` is ``(stored - mean) / std``; ``pixel_max`` is the stored
+    value of a white pixel (None when unknown), so ``stored / pixel_max`` is a pixel in ``[0, 1]``.
     """
 
     name: str
@@ -99,6 +104,9 @@ class Dataset:
     class_names: tuple[str, ...]
     original_labels: tuple[int, ...] | None = None  # the file's label of each class, when remapped
     classes: tuple[int, ...] | None = None  # with held-out classes: each class's index in the full data set
+    mean: float = 0.0                                 # subtracted from the stored values ...
+    std: float = 1.0                                  # ... which are then divided by this
+    pixel_max: float | None = None
 
     @property
     def in_shape(self) -> tuple[int, ...]:
@@ -420,7 +428,8 @@ def load_dataset(name_or_path: str | Path, *, data_dir: str | Path | None = None
         return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
 
     return Dataset(name, *tensors(x_train, y_train), *tensors(x_test, y_test),
-                   *tensors(x_val, y_val), len(class_names), class_names, original_labels, classes)
+                   *tensors(x_val, y_val), len(class_names), class_names, original_labels, classes,
+                   float(np.float32(mean)), float(np.float32(std)), PIXEL_MAX.get(name))
 
 
 def load_run_dataset(config: dict, *, full: bool = False) -> Dataset:

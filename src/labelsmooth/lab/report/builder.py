@@ -13,7 +13,7 @@ into the run directory, each file atomically, in this order:
   with their sources, and the run's provenance and configuration;
 - the sections' figures as PNG files.
 
-A sweep's report has the :data:`SWEEP_SECTIONS`; a distillation run's (its config names
+A sweep's report has the :data:`SWEEP_SECTIONS` (and a preset's own, :data:`PRESET_SECTIONS`); a distillation run's (its config names
 ``teacher_widths``) the :data:`DISTILLATION_SECTIONS`, so ``labelsmooth report`` rebuilds either
 kind of run directory. A new section is one module with a ``section(context)`` function, added
 to the tuple here; a section that does not apply to a run returns None and is left out.
@@ -31,13 +31,13 @@ from typing import Callable, Sequence
 
 from ..provenance import provenance
 from ..rundir import load_results, write_bytes, write_json
-from . import calibration, decisive, distillation, label_noise, overview, penultimate, selective
+from . import calibration, decisive, distillation, label_noise, overview, penultimate, selective, shift
 from .context import ReportContext, SectionOutput
 from .html import escape, table
 from .summary import metrics_lines, plain_summary
 from .verdicts import check_record, verdict_table
 
-__all__ = ["DISTILLATION_SECTIONS", "SWEEP_SECTIONS", "add_arguments", "build_report", "run", "sections_for"]
+__all__ = ["DISTILLATION_SECTIONS", "PRESET_SECTIONS", "SWEEP_SECTIONS", "add_arguments", "build_report", "run", "sections_for"]
 
 Section = Callable[[ReportContext], "SectionOutput | None"]
 
@@ -55,11 +55,16 @@ DISTILLATION_SECTIONS: tuple[Section, ...] = (
     distillation.distillation_section,
     distillation.teacher_penultimate_section,
 )
+# sections only the report of a preset's run has: preset name -> its sections, after the sweep's
+PRESET_SECTIONS: dict[str, tuple[Section, ...]] = {"shift": (shift.section,)}
 
 
 def sections_for(results: dict) -> tuple[Section, ...]:
-    """The sections of a run's report: a distillation run's, or a sweep's."""
-    return DISTILLATION_SECTIONS if distillation.is_distillation(results.get("config") or {}) else SWEEP_SECTIONS
+    """The sections of a run's report: a distillation run's, or a sweep's (and its preset's)."""
+    config = results.get("config") or {}
+    if distillation.is_distillation(config):
+        return DISTILLATION_SECTIONS
+    return SWEEP_SECTIONS + PRESET_SECTIONS.get(config.get("preset"), ())
 
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:80rem;margin:1.5rem auto;padding:0 1rem;color:#222;
