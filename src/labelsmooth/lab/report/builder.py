@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 
 from ..provenance import provenance
 from ..rundir import load_results, write_bytes, write_json
-from . import calibration, decisive, distillation, overview, penultimate, selective
+from . import calibration, decisive, distillation, overview, penultimate, selective, transfer
 from .context import ReportContext, SectionOutput
 from .html import escape, table
 from .summary import metrics_lines, plain_summary
@@ -49,6 +49,7 @@ SWEEP_SECTIONS: tuple[Section, ...] = (
     decisive.section,
     selective.section,
     penultimate.section,
+    transfer.section,
 )
 DISTILLATION_SECTIONS: tuple[Section, ...] = (
     distillation.distillation_section,
