@@ -268,9 +268,13 @@ INTRODUCTION = (
     "<b>equidistance CV</b> = standard deviation / mean of the distances between class means (0 when "
     "all are equal). They are given in the span of all K templates (the part of the activations "
     "that changes the softmax), in the full penultimate space, and in each triple's plane; mean and "
-    "95% interval over seeds, on at most {max_points} images per split. Verdicts are given for the "
+    "95% interval over seeds, on at most {max_points} images per split: <b>train</b> is a fixed sample of the "
+    "images the networks were trained on, <b>test</b> the test split. Verdicts are given for the "
     "training and the test split separately, in the templates' span; the smallest effect that matters "
-    "is 10% of the eps=0 value.</p>")
+    "is 10% of the eps=0 value. The two can disagree: on the training images the clusters show what the "
+    "network fitted, on test images what it learned; the transfer-and-representation section gives one "
+    "collapse measure (NC1) on the training, validation and test splits side by side and judges it on "
+    "the validation split.</p>")
 
 
 def penultimate_section(context: ReportContext, figure_dir: Path, *, max_points: int = MAX_POINTS) -> SectionOutput:
