@@ -38,7 +38,7 @@ from ..stats import BOUNDS, estimate
 from .context import Condition, ReportContext, SectionOutput
 from .html import escape, table
 from .overview import ACCURACY_MARGIN
-from .penultimate import load_cell_model, penultimate_activations
+from .penultimate import cell_models, penultimate_activations
 from .verdicts import Claim, judge
 
 __all__ = ["MAX_POINTS", "CellRepresentation", "cell_representation", "held_out_splits", "section",
@@ -270,15 +270,8 @@ def section(context: ReportContext, *, max_points: int = MAX_POINTS) -> SectionO
         fragments.append(f"<p>Held out of training and probed: {escape(names)}.</p>")
     for base, treated in groups:
         cells: dict = {}
-        for condition in [base, *treated]:
-            for seed, run in context.groups[condition].items():
-                try:
-                    model = load_cell_model(context.run_dir, run, config, dataset)
-                except ValueError as error:
-                    fragments.append(f"<p>Skipped a cell: {escape(error)}</p>")
-                    continue
-                if model is not None:
-                    cells.setdefault(condition, {})[seed] = cell_representation(model, trained, held_out)
+        for condition, seed, model in cell_models(context, [base, *treated], dataset, fragments):
+            cells.setdefault(condition, {})[seed] = cell_representation(model, trained, held_out)
         if base not in cells:
             fragments.append(f"<p>{escape(base.model)}: no finished eps=0 cell with model.pt.</p>")
             continue
