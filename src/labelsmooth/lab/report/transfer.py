@@ -154,19 +154,20 @@ def _values(cells: dict, condition: Condition, measure) -> dict[int, float]:
     return {seed: value for seed, cell in cells.get(condition, {}).items() if (value := measure(cell)) is not None}
 
 
-# quantity -> (claim, split, per-cell value, better, whether primary for the primary condition, bounds)
+# quantity -> (claim, split, per-cell value, whether primary for the primary condition, bounds); higher is
+# better for each: a more accurate probe, a higher NC1 (more within-class information kept for other tasks)
 QUANTITIES = (
-    ("probe accuracy, held-out classes", TRANSFER, "test", lambda c: c.transfer_accuracy, "higher", True, "accuracy"),
-    ("probe accuracy, trained classes", PROBE, "test", lambda c: c.probe_accuracy, "higher", True, "accuracy"),
-    ("NC1, trained classes", COLLAPSE, "validation", lambda c: c.nc1["validation"], "higher", True, "nc1"),
-    ("NC1, trained classes", COLLAPSE, "train", lambda c: c.nc1["train"], "higher", False, "nc1"),
-    ("NC1, held-out classes", COLLAPSE, "validation", lambda c: c.held_out_nc1, "higher", False, "nc1"),
+    ("probe accuracy, held-out classes", TRANSFER, "test", lambda c: c.transfer_accuracy, True, "accuracy"),
+    ("probe accuracy, trained classes", PROBE, "test", lambda c: c.probe_accuracy, True, "accuracy"),
+    ("NC1, trained classes", COLLAPSE, "validation", lambda c: c.nc1["validation"], True, "nc1"),
+    ("NC1, trained classes", COLLAPSE, "train", lambda c: c.nc1["train"], False, "nc1"),
+    ("NC1, held-out classes", COLLAPSE, "validation", lambda c: c.held_out_nc1, False, "nc1"),
 )
 
 
 def _verdicts(cells: dict, base: Condition, treated: Condition, context: ReportContext) -> list[dict]:
     verdicts = []
-    for quantity, claim, split, measure, better, primary, bounds in QUANTITIES:
+    for quantity, claim, split, measure, primary, bounds in QUANTITIES:
         baseline = _values(cells, base, measure)
         if not baseline:
             continue
@@ -174,7 +175,7 @@ def _verdicts(cells: dict, base: Condition, treated: Condition, context: ReportC
                   TRANSFER_MARGIN if claim is TRANSFER else ACCURACY_MARGIN)
         verdicts.append(judge(claim, _values(cells, treated, measure), baseline, section="transfer and representation",
                               split=split, contrast=context.contrast(treated, base), quantity=quantity,
-                              primary=primary and context.is_primary(treated), better=better, margin=margin,
+                              primary=primary and context.is_primary(treated), better="higher", margin=margin,
                               scope=context.scope, bounds=bounds))
     return verdicts
 
