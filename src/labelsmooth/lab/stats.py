@@ -31,7 +31,7 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "accuracy": (0.0, 1.0), "ece": (0.0, 1.0), "mce": (0.0, 1.0), "classwise_ece": (0.0, 1.0),
     "brier": (0.0, 2.0), "confidence_gap": (-1.0, 1.0), "nll": (0.0, None), "loss": (0.0, None),
     "aurc": (0.0, 1.0), "e_aurc": (0.0, 1.0), "auroc": (0.0, 1.0), "risk_at_80": (0.0, 1.0),
-    "tightness": (0.0, None), "equidistance_cv": (0.0, None), "rise": (None, None),
+    "tightness": (0.0, None), "equidistance_cv": (0.0, None), "nc1": (0.0, None), "rise": (None, None),
 }
 
 

@@ -64,6 +64,7 @@ from .noise import NOISE_KINDS, NoisyLabels, draw_arrays, sweep_draws
 from .provenance import provenance
 from .ranks import Ranks, torchrun_process_group
 from .report.builder import build_report
+from .report.transfer import held_out_splits
 from .rundir import (
     Progress,
     check_run_directory,
@@ -162,6 +163,8 @@ def _run_sweep(config: SweepConfig, out: Path, progress: bool, lock: contextlib.
     device = ranks.device(config.device)
     # Data and models are checked before the run directory is made, so a bad setting leaves nothing.
     dataset = load_run_dataset(config.to_dict()).to(device)
+    if config.held_out_classes:  # the report probes them: every split of the full data set must hold each
+        held_out_splits(load_run_dataset(config.to_dict(), full=True), config.held_out_classes)
     draws = noise_draws(config, dataset)
     for model in config.models:
         initial_model(config, model, 0, dataset)

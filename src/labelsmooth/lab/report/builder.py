@@ -31,7 +31,8 @@ from typing import Callable, Sequence
 
 from ..provenance import provenance
 from ..rundir import load_results, write_bytes, write_json
-from . import calibration, decisive, distillation, label_noise, overview, penultimate, selective, shift
+from . import (calibration, decisive, distillation, label_noise, overview, penultimate, selective, shift,
+               transfer)
 from .context import ReportContext, SectionOutput
 from .html import escape, table
 from .summary import metrics_lines, plain_summary
@@ -50,6 +51,7 @@ SWEEP_SECTIONS: tuple[Section, ...] = (
     decisive.section,
     selective.section,
     penultimate.section,
+    transfer.section,
 )
 DISTILLATION_SECTIONS: tuple[Section, ...] = (
     distillation.distillation_section,

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +51,7 @@ from .verdicts import Claim, judge
 __all__ = [
     "CLASS_TRIPLES",
     "MAX_POINTS",
+    "cell_models",
     "load_cell_model",
     "penultimate_activations",
     "penultimate_section",
@@ -101,6 +102,21 @@ def load_cell_model(run_dir: Path, run: dict, config: dict, dataset: Dataset) ->
         raise ValueError(f"{path} does not fit model {run['model']!r} with options {options} "
                          f"({' '.join(str(error).split())[:300]})") from error
     return model.eval()
+
+
+def cell_models(context: ReportContext, conditions: Sequence[Condition], dataset: Dataset,
+                skipped: list[str]) -> Iterator[tuple[Condition, int, nn.Module]]:
+    """(condition, seed, model) of every cell of ``conditions`` with a ``model.pt``; a model file that does
+    not fit is left out, and an HTML line saying so appended to ``skipped``."""
+    for condition in conditions:
+        for seed, run in context.groups[condition].items():
+            try:
+                model = load_cell_model(context.run_dir, run, context.config, dataset)
+            except ValueError as error:
+                skipped.append(f"<p>Skipped a cell: {escape(error)}</p>")
+                continue
+            if model is not None:
+                yield condition, seed, model
 
 
 def penultimate_activations(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
@@ -268,9 +284,13 @@ INTRODUCTION = (
     "<b>equidistance CV</b> = standard deviation / mean of the distances between class means (0 when "
     "all are equal). They are given in the span of all K templates (the part of the activations "
     "that changes the softmax), in the full penultimate space, and in each triple's plane; mean and "
-    "95% interval over seeds, on at most {max_points} images per split. Verdicts are given for the "
+    "95% interval over seeds, on at most {max_points} images per split: <b>train</b> is a fixed sample of the "
+    "images the networks were trained on, <b>test</b> the test split. Verdicts are given for the "
     "training and the test split separately, in the templates' span; the smallest effect that matters "
-    "is 10% of the eps=0 value.</p>")
+    "is 10% of the eps=0 value. The two can disagree: on the training images the clusters show what the "
+    "network fitted, on test images what it learned; the transfer-and-representation section gives one "
+    "collapse measure (NC1) on the training, validation and test splits side by side and judges it on "
+    "the validation split.</p>")
 
 
 def penultimate_section(context: ReportContext, figure_dir: Path, *, max_points: int = MAX_POINTS) -> SectionOutput:
@@ -291,17 +311,10 @@ def penultimate_section(context: ReportContext, figure_dir: Path, *, max_points:
     fragments, verdicts = [INTRODUCTION.format(max_points=max_points)], []
     for pair in pairs:
         cells: dict = {}
-        for condition in pair:
-            for seed, run in context.groups[condition].items():
-                try:
-                    model = load_cell_model(context.run_dir, run, config, dataset)
-                except ValueError as error:
-                    fragments.append(f"<p>Skipped a cell: {escape(error)}</p>")
-                    continue
-                if model is not None:
-                    cells.setdefault(condition, {})[seed] = CellActivations(
-                        {split: (penultimate_activations(model, x), y) for split, (x, y) in samples.items()},
-                        model.classifier.weight.detach().double())
+        for condition, seed, model in cell_models(context, pair, dataset, fragments):
+            cells.setdefault(condition, {})[seed] = CellActivations(
+                {split: (penultimate_activations(model, x), y) for split, (x, y) in samples.items()},
+                model.classifier.weight.detach().double())
         seeds = sorted(set(cells.get(pair[0], {})) & set(cells.get(pair[1], {})))
         if not seeds:
             fragments.append(f"<p>{escape(pair[0].model)}: no finished cells with model.pt for both eps.</p>")
