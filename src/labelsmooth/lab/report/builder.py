@@ -14,7 +14,8 @@ into the run directory, each file atomically, in this order:
 - the sections' figures as PNG files.
 
 A sweep's report has the :data:`SWEEP_SECTIONS`; a distillation run's (its config names
-``teacher_widths``) the :data:`DISTILLATION_SECTIONS`, so ``labelsmooth report`` rebuilds either
+``teacher_widths``) the :data:`DISTILLATION_SECTIONS` (a preset's sweep adds its
+:data:`PRESET_SECTIONS`, such as the adversarial evaluation), so ``labelsmooth report`` rebuilds either
 kind of run directory. A new section is one module with a ``section(context)`` function, added
 to the tuple here.
 """
@@ -31,13 +32,14 @@ from typing import Callable, Sequence
 
 from ..provenance import provenance
 from ..rundir import load_results, write_bytes, write_json
-from . import calibration, decisive, distillation, overview, penultimate, selective
+from . import adversarial, calibration, decisive, distillation, overview, penultimate, selective
 from .context import ReportContext, SectionOutput
 from .html import escape, table
 from .summary import metrics_lines, plain_summary
 from .verdicts import check_record, verdict_table
 
-__all__ = ["DISTILLATION_SECTIONS", "SWEEP_SECTIONS", "add_arguments", "build_report", "run", "sections_for"]
+__all__ = ["DISTILLATION_SECTIONS", "PRESET_SECTIONS", "SWEEP_SECTIONS", "add_arguments", "build_report", "run",
+           "sections_for"]
 
 Section = Callable[[ReportContext], SectionOutput]
 
@@ -56,9 +58,16 @@ DISTILLATION_SECTIONS: tuple[Section, ...] = (
 )
 
 
+# preset -> the sections its sweep's report adds to the SWEEP_SECTIONS
+PRESET_SECTIONS: dict[str, tuple[Section, ...]] = {"adversarial": (adversarial.section,)}
+
+
 def sections_for(results: dict) -> tuple[Section, ...]:
-    """The sections of a run's report: a distillation run's, or a sweep's."""
-    return DISTILLATION_SECTIONS if distillation.is_distillation(results.get("config") or {}) else SWEEP_SECTIONS
+    """The sections of a run's report: a distillation run's, or a sweep's (with its preset's own)."""
+    config = results.get("config") or {}
+    if distillation.is_distillation(config):
+        return DISTILLATION_SECTIONS
+    return SWEEP_SECTIONS + PRESET_SECTIONS.get(config.get("preset"), ())
 
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:80rem;margin:1.5rem auto;padding:0 1rem;color:#222;
