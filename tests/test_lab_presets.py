@@ -39,7 +39,7 @@ def test_every_preset_names_sweep_flags_and_makes_a_valid_config(name, quick):
     assert set(settings) <= sweep_dests()
     config = reproduce_config([name] + (["--quick"] if quick else []))
     assert config.dataset == "fashion-mnist"
-    assert config.label_smoothing == (0.0, 0.05, 0.1)
+    assert config.label_smoothing[0] == 0.0 and len(config.label_smoothing) >= 3
     assert len(config.seeds) >= 2  # intervals need two seeds at least
 
 

@@ -40,8 +40,8 @@ from ..analysis.robustness import Attack, correct_predictions, craft_adversarial
 from .data import Dataset, load_run_dataset
 from .rundir import load_results, read_json, write_json
 
-__all__ = ["ADVERSARIAL_FILE", "ATTACKS", "AdversarialSettings", "attack_of", "evaluate_run", "pixels_of",
-           "source_cell", "stored_evaluation", "test_subset"]
+__all__ = ["ADVERSARIAL_FILE", "ATTACKS", "AdversarialSettings", "attack_of", "attack_subset", "check_sweep",
+           "evaluate_run", "pixels_of", "source_cell", "stored_evaluation"]
 
 ADVERSARIAL_FILE = "adversarial.json"
 # attack id -> (attack name, loss, transfer from the source model?, what it is in words)
@@ -112,10 +112,10 @@ def pixels_of(dataset: Dataset, x: Tensor) -> tuple[Tensor, Standardize]:
     return to_model.pixels(x).clamp(0, 1), to_model
 
 
-def test_subset(num_test: int, images: int, seed: int) -> Tensor:
+def attack_subset(num_test: int, images: int, seed: int) -> Tensor:
     """Sorted indices of ``min(images, num_test)`` test images drawn without replacement with ``seed``.
 
-    >>> test_subset(10, 4, 0).tolist() == test_subset(10, 4, 0).tolist(), len(test_subset(10, 40, 0))
+    >>> attack_subset(10, 4, 0).tolist() == attack_subset(10, 4, 0).tolist(), len(attack_subset(10, 40, 0))
     (True, 10)
     """
     generator = torch.Generator().manual_seed(seed)
@@ -134,6 +134,22 @@ def source_cell(results: dict) -> dict:
                          f"trains the transfer source, which is not evaluated), got seeds {sorted(seeds)} and "
                          f"{'an' if runs else 'no'} eps=0 cell")
     return max(runs, key=lambda r: int(r["seed"]))
+
+
+def check_sweep(config) -> None:
+    """ValueError unless a sweep's config can train a transfer source: eps = 0 and at least 2 seeds.
+
+    >>> from labelsmooth.lab.config import SweepConfig
+    >>> check_sweep(SweepConfig(label_smoothing=(0.0, 0.1), seeds=(0,)))
+    Traceback (most recent call last):
+    ValueError: seeds must be at least 2 for the adversarial evaluation (the largest trains the transfer source, which is not evaluated), got (0,)
+    """
+    if 0.0 not in config.label_smoothing:
+        raise ValueError(f"label_smoothing must include 0 for the adversarial evaluation (an eps=0 baseline and "
+                         f"transfer source), got {config.label_smoothing}")
+    if len(config.seeds) < 2:
+        raise ValueError(f"seeds must be at least 2 for the adversarial evaluation (the largest trains the transfer "
+                         f"source, which is not evaluated), got {config.seeds}")
 
 
 def stored_evaluation(run_dir: str | os.PathLike) -> dict | None:
@@ -168,7 +184,7 @@ def evaluate_run(run_dir: str | os.PathLike, settings: AdversarialSettings | Non
         return stored
     source = source_cell(results)
     dataset = load_run_dataset(config)
-    subset = test_subset(len(dataset.x_test), settings.images, settings.subset_seed)
+    subset = attack_subset(len(dataset.x_test), settings.images, settings.subset_seed)
     pixels, to_model = pixels_of(dataset, dataset.x_test[subset])
     target = dataset.y_test[subset]
     batch = int(config.get("eval_batch_size", 500))

@@ -28,6 +28,10 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from .config import SweepConfig
 
 __all__ = ["OTHER_COMMANDS", "PRESETS", "Preset", "add_arguments", "preset_settings", "print_outcome", "reproduce",
            "run", "sweep_namespace"]
@@ -35,12 +39,21 @@ __all__ = ["OTHER_COMMANDS", "PRESETS", "Preset", "add_arguments", "preset_setti
 
 @dataclass(frozen=True)
 class Preset:
-    """A named sweep: ``settings`` (sweep-argument dest -> value) and the ``quick`` overrides."""
+    """A named sweep: ``settings`` (sweep-argument dest -> value), the ``quick`` overrides, and a
+    ``check`` of the final config (ValueError) run before anything is trained."""
 
     description: str
     rationale: str
     settings: dict = field(default_factory=dict)
     quick: dict = field(default_factory=dict)
+    check: Callable[["SweepConfig"], None] | None = None  # refuses settings the preset cannot use
+
+
+def check_adversarial_sweep(config: "SweepConfig") -> None:
+    """The adversarial preset needs an eps = 0 cell and a spare seed for its transfer source."""
+    from .adversarial import check_sweep
+
+    check_sweep(config)
 
 
 PRESETS: dict[str, Preset] = {
@@ -93,6 +106,7 @@ PRESETS: dict[str, Preset] = {
                       seeds=[0, 1, 2, 3], epochs=20, batch_size=64, optimizer="adam", lr=1e-3,
                       train_fraction=0.5),
         quick=dict(epochs=8, train_fraction=0.1),
+        check=check_adversarial_sweep,
     ),
 }
 
@@ -181,6 +195,8 @@ def reproduce(name: str, *, quick: bool = False, progress: bool = True, **overri
     args = sweep_namespace(name, quick, overrides)
     out = Path(args.out)
     config = dataclasses.replace(config_from_args(args), preset=name, quick=quick)
+    if PRESETS[name].check is not None:
+        PRESETS[name].check(config)
     run_sweep(config, out, progress=progress)
     return out
 
