@@ -22,10 +22,12 @@ then says in words whether any white-box gain survives both controls.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..adversarial import ATTACKS, evaluate_run
 from ..stats import BOUNDS, estimate
 from .context import Condition, ReportContext, SectionOutput
-from .html import escape, table
+from .html import embed_figure, escape, figure_grid, figure_text, table
 from .verdicts import Claim, judge
 
 __all__ = ["CLAIMS", "PRIMARY_BUDGET", "conclusion", "section"]
@@ -97,6 +99,32 @@ def _verdicts(context: ReportContext, scores: dict, budgets: list[str], attacks:
     return records
 
 
+def _figure(context: ReportContext, scores: dict, budgets: list[str], attacks: tuple[str, ...]) -> str:
+    """Robust accuracy against the budget, one panel per attack, one line per condition (mean and 95% interval)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(3.2 * len(attacks), 3.2), layout="constrained")
+    panels = figure.subplots(1, len(attacks), sharey=True, squeeze=False)[0]
+    x = [0.0] + [float(b) for b in budgets]
+    for axes, attack in zip(panels, attacks):
+        for index, (condition, by_seed) in enumerate(scores.items()):
+            found = [estimate([v["clean"] for v in by_seed.values()], BOUNDS["accuracy"])] + [
+                estimate([v[attack][b] for v in by_seed.values()], BOUNDS["accuracy"]) for b in budgets]
+            means = [e.mean for e in found]
+            axes.plot(x, means, marker="o", color=f"C{index % 10}", label=figure_text(context.label(condition)))
+            if all(e.has_interval for e in found):
+                axes.fill_between(x, [e.low for e in found], [e.high for e in found], color=f"C{index % 10}",
+                                  alpha=0.15, linewidth=0)
+        axes.set_title(figure_text(ATTACKS[attack][3]), fontsize=8)
+        axes.set_xlabel("L-inf budget on [0, 1] pixels")
+        axes.grid(alpha=0.3)
+    panels[0].set_ylabel("accuracy (test sample)")
+    panels[0].legend(fontsize=8)
+    return embed_figure(figure, Path(context.run_dir) / "adversarial_accuracy.png",
+                        "Accuracy under attack against the budget (0: clean), mean and 95% interval over seeds",
+                        wide=True)
+
+
 def conclusion(records: list[dict]) -> str:
     """Whether a white-box gain survives the transfer and margin-loss controls, from the primary verdicts.
 
@@ -161,5 +189,6 @@ def section(context: ReportContext) -> SectionOutput:
             f"eps=0 at budget {PRIMARY_BUDGET:g}; smallest effect that matters: {MARGIN_ACCURACY:g} (two points of "
             f"accuracy). The numbers are stored in adversarial.json and read, not recomputed, when the report is "
             f"rebuilt.</p>"
-            f"<p><b>{escape(conclusion(records))}</b></p>" + table(header, rows))
+            f"<p><b>{escape(conclusion(records))}</b></p>" + table(header, rows)
+            + figure_grid([_figure(context, scores, budgets, attacks)]))
     return SectionOutput(title, html, records)
