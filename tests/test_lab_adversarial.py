@@ -139,7 +139,7 @@ def test_the_report_has_the_four_claims_with_their_sources_and_one_primary_each(
     for claim in claims:
         primary = [r for r in records if r["claim"] == claim and r["primary"]]
         assert len(primary) == 1 and primary[0]["contrast"] == "eps=0.3 vs eps=0"
-        assert "budget 0.1" in primary[0]["quantity"] and primary[0]["n_seeds"] == 2
+        assert "budget 0.05" in primary[0]["quantity"] and primary[0]["n_seeds"] == 2
     assert all("Goibert" in r["source"] or "Fu" in r["source"] for r in records)
     page = (digits_run / "report.html").read_text()
     assert "Adversarial robustness" in page and "transfer PGD-20" in page

@@ -200,7 +200,7 @@ def evaluate_run(run_dir: str | os.PathLike, settings: AdversarialSettings | Non
                                               to_model_input=to_model, batch_size=batch, seed=settings.attack_seed)
                     for a in settings.attacks if ATTACKS[a][2] for b in settings.budgets}
     for index, run in enumerate(missing):
-        say(f"adversarial evaluation: {run['cell']} ({index + 1} of {len(missing)} models left)")
+        say(f"adversarial evaluation: {run['cell']} (model {index + 1} of {len(missing)})")
         model = load_cell_model(run_dir, run, config, dataset)
         if model is None:
             continue

@@ -16,8 +16,11 @@ eps = 0 at budget :data:`PRIMARY_BUDGET` (other eps, budgets and FGSM are second
 - gradient masking itself: the gap between robust accuracy under PGD on cross-entropy and under
   PGD on the margin loss, which Fu et al. predict smoothing widens.
 
-The smallest effect that matters is 0.02 (two points of robust accuracy) for each. The section
-then says in words whether any white-box gain survives both controls.
+The smallest effect that matters is 0.02 (two points of robust accuracy) for each. The primary
+budget is the smallest, 0.05: models trained without any defence keep little accuracy above it
+(on Fashion-MNIST, a quick run's unsmoothed CNNs kept 1-3% at 0.1 and none at 0.2), so a gain can
+only show there; the larger budgets are secondary. The section then says in words whether any
+white-box gain survives both controls.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ MASKING = Claim("gradient-masking", "Smoothing masks the gradient",
 # claim -> (its attacks, primary first); the masking claim's quantity is a difference of two attacks
 CLAIMS = {WHITEBOX: ("pgd", "fgsm"), TRANSFER: ("transfer-pgd", "transfer-fgsm"), MARGIN: ("pgd-margin",),
           MASKING: ("pgd", "pgd-margin")}
-PRIMARY_BUDGET = 0.1
+PRIMARY_BUDGET = 0.05
 MARGIN_ACCURACY = 0.02
 
 
@@ -75,7 +78,7 @@ def _values(by_seed: dict[int, dict], claim: Claim, attack: str, budget: str) ->
 
 
 def _verdicts(context: ReportContext, scores: dict, budgets: list[str], attacks: tuple[str, ...]) -> list[dict]:
-    primary_budget = f"{PRIMARY_BUDGET:g}" if f"{PRIMARY_BUDGET:g}" in budgets else budgets[len(budgets) // 2]
+    primary_budget = f"{PRIMARY_BUDGET:g}" if f"{PRIMARY_BUDGET:g}" in budgets else min(budgets, key=float)
     records = []
     for claim, claim_attacks in CLAIMS.items():
         if not set(claim_attacks if claim is MASKING else claim_attacks[:1]) <= set(attacks):
@@ -186,7 +189,8 @@ def section(context: ReportContext) -> SectionOutput:
             f"Goibert &amp; Dohmatob (2019) report that smoothing improves white-box robustness; Fu et al. (2020) "
             f"that the gain is gradient masking and vanishes under transfer attacks and losses that do not "
             f"saturate. Robust accuracy: mean [95% interval over seeds]; primary contrast: the largest eps against "
-            f"eps=0 at budget {PRIMARY_BUDGET:g}; smallest effect that matters: {MARGIN_ACCURACY:g} (two points of "
+            f"eps=0 at budget {PRIMARY_BUDGET:g} (models without a defence keep little accuracy at larger budgets, so a "
+            f"gain can only show there); smallest effect that matters: {MARGIN_ACCURACY:g} (two points of "
             f"accuracy). The numbers are stored in adversarial.json and read, not recomputed, when the report is "
             f"rebuilt.</p>"
             f"<p><b>{escape(conclusion(records))}</b></p>" + table(header, rows)
