@@ -13,8 +13,9 @@ into the run directory, each file atomically, in this order:
   with their sources, and the run's provenance and configuration;
 - the sections' figures as PNG files.
 
-A sweep's report has the :data:`SWEEP_SECTIONS` (and a preset's own, :data:`PRESET_SECTIONS`); a distillation run's (its config names
-``teacher_widths``) the :data:`DISTILLATION_SECTIONS`, so ``labelsmooth report`` rebuilds either
+A sweep's report has the :data:`SWEEP_SECTIONS`; a distillation run's (its config names
+``teacher_widths``) the :data:`DISTILLATION_SECTIONS` (a preset's sweep adds its
+:data:`PRESET_SECTIONS`, such as the adversarial evaluation), so ``labelsmooth report`` rebuilds either
 kind of run directory. A new section is one module with a ``section(context)`` function, added
 to the tuple here; a section that does not apply to a run returns None and is left out.
 """
@@ -31,14 +32,15 @@ from typing import Callable, Sequence
 
 from ..provenance import provenance
 from ..rundir import load_results, write_bytes, write_json
-from . import (calibration, decisive, distillation, label_noise, overview, penultimate, selective, shift,
-               transfer)
+from . import (adversarial, calibration, decisive, distillation, label_noise, overview, penultimate,
+               selective, shift, transfer)
 from .context import ReportContext, SectionOutput
 from .html import escape, table
 from .summary import metrics_lines, plain_summary
 from .verdicts import check_record, verdict_table
 
-__all__ = ["DISTILLATION_SECTIONS", "PRESET_SECTIONS", "SWEEP_SECTIONS", "add_arguments", "build_report", "run", "sections_for"]
+__all__ = ["DISTILLATION_SECTIONS", "PRESET_SECTIONS", "SWEEP_SECTIONS", "add_arguments", "build_report", "run",
+           "sections_for"]
 
 Section = Callable[[ReportContext], "SectionOutput | None"]
 
@@ -57,12 +59,13 @@ DISTILLATION_SECTIONS: tuple[Section, ...] = (
     distillation.distillation_section,
     distillation.teacher_penultimate_section,
 )
-# sections only the report of a preset's run has: preset name -> its sections, after the sweep's
-PRESET_SECTIONS: dict[str, tuple[Section, ...]] = {"shift": (shift.section,)}
+# sections only the report of a preset's run has (they evaluate the trained models again, which
+# costs minutes): preset name -> its sections, after the sweep's
+PRESET_SECTIONS: dict[str, tuple[Section, ...]] = {"adversarial": (adversarial.section,), "shift": (shift.section,)}
 
 
 def sections_for(results: dict) -> tuple[Section, ...]:
-    """The sections of a run's report: a distillation run's, or a sweep's (and its preset's)."""
+    """The sections of a run's report: a distillation run's, or a sweep's (with its preset's own)."""
     config = results.get("config") or {}
     if distillation.is_distillation(config):
         return DISTILLATION_SECTIONS
