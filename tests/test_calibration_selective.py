@@ -12,6 +12,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from labelsmooth.analysis import auroc
 from labelsmooth.calibration import (
     aurc,
     excess_aurc,
@@ -21,7 +22,6 @@ from labelsmooth.calibration import (
     roc_auc,
     selective_summary,
 )
-from labelsmooth.analysis import auroc
 
 
 def reference_risks(confidence: list[float], correct: list[int], order: list[int]) -> list[float]:
@@ -96,7 +96,8 @@ def test_roc_auc_equals_scikit_learn_with_ties_and_is_the_one_behind_both_aurocs
     assert found.dtype == torch.float64 and found.item() == pytest.approx(expected, abs=1e-12)
     # the OOD detector's AUROC (two groups of scores) is the same function
     assert auroc(scores[positive], scores[~positive]) == pytest.approx(expected, abs=1e-12)
-    with pytest.raises(ValueError, match="at least one positive and one negative row for a ROC AUC, got 3 positive and 0 negative"):
+    with pytest.raises(ValueError, match="at least one positive and one negative row for a ROC AUC, "
+                                         "got 3 positive and 0 negative"):
         roc_auc(torch.ones(3), torch.ones(3, dtype=torch.bool))
 
 

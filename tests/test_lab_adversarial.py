@@ -21,10 +21,10 @@ from labelsmooth.lab import presets
 from labelsmooth.lab.adversarial import (
     ADVERSARIAL_FILE,
     AdversarialSettings,
+    attack_subset,
     evaluate_run,
     pixels_of,
     source_cell,
-    attack_subset,
 )
 from labelsmooth.lab.data import DEFAULT_FASHION_MNIST_DIR, load_dataset
 from labelsmooth.lab.report.adversarial import conclusion
@@ -193,7 +193,8 @@ def test_the_preset_refuses_a_grid_without_a_transfer_source_before_training(tmp
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (DEFAULT_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(), reason=f"Fashion-MNIST is not installed in {DEFAULT_FASHION_MNIST_DIR}")
+@pytest.mark.skipif(not (DEFAULT_FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+                    reason=f"Fashion-MNIST is not installed in {DEFAULT_FASHION_MNIST_DIR}")
 def test_reproduce_adversarial_quick_on_fashion_mnist_one_epoch(tmp_path):
     out = tmp_path / "run"
     assert cli_main(["reproduce", "adversarial", "--quick", "--epochs", "1", "--no-progress", "--out", str(out)]) == 0

@@ -50,7 +50,8 @@ def test_run_directory_holds_every_role_and_the_report(run):
     # both teachers at two temperatures, two seeds each
     assert roles.count("student, distilled at T=1") == 4 and roles.count("student, distilled at T=4") == 4
     assert json.loads((out / "results.json").read_text()) == results and results["complete"]
-    for name in ("report.html", "summary.txt", "distillation_students.png", "distillation_temperatures.png", "penultimate_mlp_3-8-1.png",
+    for name in ("report.html", "summary.txt", "distillation_students.png", "distillation_temperatures.png",
+                 "penultimate_mlp_3-8-1.png",
                  "penultimate_mlp_0-1-4.png", "teachers/report.html", "students/report.html"):
         assert (out / name).is_file(), name
     page = (out / "report.html").read_text()

@@ -12,8 +12,7 @@ from scipy import stats
 
 from labelsmooth.lab.report import builder
 from labelsmooth.lab.report.context import ReportContext
-from labelsmooth.lab.report.distillation import (DIRECT, TEACHER, chosen_students, distillation_section,
-                                                 distilled_role)
+from labelsmooth.lab.report.distillation import DIRECT, TEACHER, chosen_students, distillation_section, distilled_role
 
 CONFIG = {"dataset": "digits", "teacher_widths": [8], "student_widths": [4], "beta": 0.0, "student_train_size": 100}
 # per teacher eps and temperature: the distilled students' (validation, test) accuracy of seeds 0, 1, 2.

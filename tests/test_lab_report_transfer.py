@@ -60,7 +60,7 @@ def reference_nc1(features: np.ndarray, labels: np.ndarray) -> float:
 def reference_probe(features: dict, l2_grid) -> float:
     """Test accuracy of scikit-learn's L2 logistic regression on standardised features, its C chosen on
     validation (ties to the larger penalty) over ``l2_grid``; C = 1 / (n l2) is the same objective."""
-    (x, y), standardised = features["train"], {}
+    x, standardised = features["train"][0], {}
     mean, std = x.mean(0), x.std(0)
     std[std == 0] = 1
     standardised = {split: ((h - mean) / std, labels) for split, (h, labels) in features.items()}

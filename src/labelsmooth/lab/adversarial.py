@@ -142,7 +142,8 @@ def check_sweep(config) -> None:
     >>> from labelsmooth.lab.config import SweepConfig
     >>> check_sweep(SweepConfig(label_smoothing=(0.0, 0.1), seeds=(0,)))
     Traceback (most recent call last):
-    ValueError: seeds must be at least 2 for the adversarial evaluation (the largest trains the transfer source, which is not evaluated), got (0,)
+    ValueError: seeds must be at least 2 for the adversarial evaluation (the largest trains the
+    transfer source, which is not evaluated), got (0,)
     """
     if 0.0 not in config.label_smoothing:
         raise ValueError(f"label_smoothing must include 0 for the adversarial evaluation (an eps=0 baseline and "

@@ -15,8 +15,8 @@ Paired design: every cell of one seed starts from the same initial weights
 (:func:`initial_model`) and sees the same order of batches (:func:`epoch_order`), so eps and
 distribution are the only differences. Each cell has its own training labels
 (``CellGroup.train_targets``: with label noise, its noise rate's flipped labels; see
-:mod:`labelsmooth.lab.noise`), so cells of different noise rates train together too. Neither draws from a global RNG, so there is no RNG state
-to carry across an interrupted run.
+:mod:`labelsmooth.lab.noise`), so cells of different noise rates train together too. Neither
+draws from a global RNG, so there is no RNG state to carry across an interrupted run.
 
 Per epoch and cell :class:`CellGroup` gives the training loss (the smoothed objective per image,
 averaged over the epoch as it was trained) and, on any split, the smoothed loss, the unsmoothed

@@ -160,7 +160,8 @@ PRESETS: dict[str, Preset] = {
                   "cross-entropy, PGD-20 on the margin loss, and FGSM and PGD-20 transferred from the source "
                   "model. --quick trains on 10% of the training set for 8 epochs and attacks 500 test images.",
         settings=dict(dataset="fashion-mnist", model=["mlp"], mlp_widths=[256, 256],
-                      label_smoothing=[0.0, 0.1, 0.3], seeds=[0, 1, 2, 3], epochs=20, batch_size=64, optimizer="adam", lr=1e-3,
+                      label_smoothing=[0.0, 0.1, 0.3], seeds=[0, 1, 2, 3], epochs=20, batch_size=64,
+                      optimizer="adam", lr=1e-3,
                       train_fraction=0.5),
         quick=dict(epochs=8, train_fraction=0.1),
         check=check_adversarial_sweep,

@@ -131,8 +131,9 @@ def _figure(context: ReportContext, scores: dict, budgets: list[str], attacks: t
 def conclusion(records: list[dict]) -> str:
     """Whether a white-box gain survives the transfer and margin-loss controls, from the primary verdicts.
 
-    >>> conclusion([{"claim": "adversarial-white-box", "primary": True, "verdict": "not supported"}])
-    'Smoothing gave no white-box robustness gain that this run resolves (white-box verdict: not supported), so there is no gain for the controls to test.'
+    >>> print(conclusion([{"claim": "adversarial-white-box", "primary": True, "verdict": "not supported"}]))
+    Smoothing gave no white-box robustness gain that this run resolves (white-box verdict: not
+    supported), so there is no gain for the controls to test.
     """
     primary = {r["claim"]: r["verdict"] for r in records if r["primary"]}
     white = primary.get(WHITEBOX.id)
@@ -171,7 +172,8 @@ def section(context: ReportContext) -> SectionOutput:
     budgets = [f"{b:g}" for b in settings["budgets"]]
     attacks = tuple(settings["attacks"])
     conditions = list(scores)
-    rows = [["clean (no attack)", "-"] + [estimate([v["clean"] for v in scores[c].values()], BOUNDS["accuracy"]).format(3)
+    rows = [["clean (no attack)", "-"] + [estimate([v["clean"] for v in scores[c].values()],
+                                                   BOUNDS["accuracy"]).format(3)
                                          for c in conditions]]
     for attack in attacks:
         for budget in budgets:
@@ -182,14 +184,16 @@ def section(context: ReportContext) -> SectionOutput:
     records = _verdicts(context, scores, budgets, attacks)
     source = evaluation["source"]
     html = (f"<p>Every trained model is attacked on the same {evaluation['images']:,} test images (a fixed seeded "
-            f"sample), in pixel space [0, 1] with L-infinity budgets {', '.join(budgets)}: FGSM and PGD-{settings['steps']} "
+            f"sample), in pixel space [0, 1] with L-infinity budgets {', '.join(budgets)}: FGSM and "
+            f"PGD-{settings['steps']} "
             f"with a random start on the model's own cross-entropy (white-box), PGD-{settings['steps']} on the margin "
             f"(Carlini-Wagner) loss, and FGSM and PGD-{settings['steps']} crafted on an independently trained eps=0 "
             f"model (seed {source['seed']}, not itself evaluated) and carried over to each model (transfer). "
             f"Goibert &amp; Dohmatob (2019) report that smoothing improves white-box robustness; Fu et al. (2020) "
             f"that the gain is gradient masking and vanishes under transfer attacks and losses that do not "
             f"saturate. Robust accuracy: mean [95% interval over seeds]; primary contrast: the largest eps against "
-            f"eps=0 at budget {PRIMARY_BUDGET:g} (models without a defence keep little accuracy at larger budgets, so a "
+            f"eps=0 at budget {PRIMARY_BUDGET:g} (models without a defence keep little accuracy at larger "
+            f"budgets, so a "
             f"gain can only show there); smallest effect that matters: {MARGIN_ACCURACY:g} (two points of "
             f"accuracy). The numbers are stored in adversarial.json and read, not recomputed, when the report is "
             f"rebuilt.</p>"

@@ -32,8 +32,18 @@ from typing import Callable, Sequence
 
 from ..provenance import provenance
 from ..rundir import load_results, write_bytes, write_json
-from . import (adversarial, calibration, decisive, distillation, label_noise, overview, penultimate,
-               selective, shift, transfer)
+from . import (
+    adversarial,
+    calibration,
+    decisive,
+    distillation,
+    label_noise,
+    overview,
+    penultimate,
+    selective,
+    shift,
+    transfer,
+)
 from .context import ReportContext, SectionOutput
 from .html import escape, table
 from .summary import metrics_lines, plain_summary

@@ -229,7 +229,8 @@ def _temperature_table(context: ReportContext) -> str:
     direct = [(c.label_smoothing, list(_accuracy(runs).values())) for c, runs in sorted(groups.items())
               if c.model == DIRECT]
     baselines = "; ".join(f"eps={eps:g}: {estimate(v, BOUNDS['accuracy']).format()}" for eps, v in direct if v)
-    choices = [[f"{eps:g}", ", ".join(f"{t:g} (seed {seed})" for seed, t in zip(chosen_students(groups, eps), chosen[eps])),
+    choices = [[f"{eps:g}",
+                ", ".join(f"{t:g} (seed {seed})" for seed, t in zip(chosen_students(groups, eps), chosen[eps])),
                 estimate(list(_chosen_accuracy(groups, eps).values()), BOUNDS["accuracy"]).format()]
                for eps in teachers if chosen[eps]]
     return (table(head, rows) + table(["teacher's eps", "temperature chosen on validation",

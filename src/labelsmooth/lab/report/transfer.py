@@ -238,7 +238,8 @@ INTRODUCTION = (
     "validation split (the training split's is secondary); lower NC1 is more collapse, which the claim "
     "predicts (higher is better for transfer).</li>"
     "<li><b>Linear probe</b>: a multinomial logistic regression on the frozen features of training images, its "
-    "L2 penalty chosen among {grid} on the validation split (each fitted by {iterations} L-BFGS iterations), its accuracy measured once on the test split. "
+    "L2 penalty chosen among {grid} on the validation split (each fitted by {iterations} L-BFGS "
+    "iterations), its accuracy measured once on the test split. "
     "On the trained classes it reads the trained task from the features; on classes held out of training "
     "(when the run holds some out: their images from the same splits of the full data set) it measures "
     "transfer to a task the network never saw.</li></ul>"
@@ -276,7 +277,8 @@ def section(context: ReportContext, *, max_points: int = MAX_POINTS) -> SectionO
         if base not in cells:
             fragments.append(f"<p>{escape(base.model)}: no finished eps=0 cell with model.pt.</p>")
             continue
-        fragments.append(f"<h3>{escape(base.model)}</h3>" + _table(cells, [base, *treated], context, held_out is not None))
+        fragments.append(f"<h3>{escape(base.model)}</h3>"
+                         + _table(cells, [base, *treated], context, held_out is not None))
         for condition in treated:
             fragments.append(_reconciliation(cells, base, condition, context))
             verdicts += _verdicts(cells, base, condition, context)
