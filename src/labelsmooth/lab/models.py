@@ -68,19 +68,26 @@ def grouped_group_norm(h: Tensor, weight: Tensor, bias: Tensor, groups: int, eps
 
 
 def input_linear(x: Tensor, weight: Tensor, bias: Tensor, counts: Sequence[int]) -> Tensor:
-    """First layer: x (S, N, D), weight (C, out, D) -> (C, N, out)."""
-    outputs, start = [], 0
-    for batch, count in zip(x, counts):
-        end = start + count
-        outputs.append(torch.baddbmm(bias[start:end, None], batch.expand(count, -1, -1),
-                                     weight[start:end].transpose(1, 2)))
-        start = end
-    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    """First layer: x (S, N, D), weight (C, out, D) -> (C, N, out).
+
+    One batched matmul of every cell with its input batch (repeated for its cells): slicing the
+    weights per input batch instead would make autograd add a zero-filled gradient of all C
+    cells' weights per slice (4x slower at 12 cells of 4 seeds).
+    """
+    if len(counts) == 1:
+        x = x.expand(counts[0], -1, -1)
+    else:
+        x = x.repeat_interleave(torch.tensor(counts, device=x.device), 0, output_size=sum(counts))
+    return grouped_linear(x, weight, bias)
 
 
 def grouped_linear(h: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """h (C, N, D), weight (C, out, D), bias (C, out) -> (C, N, out)."""
-    return torch.baddbmm(bias[:, None], h, weight.transpose(1, 2))
+    """h (C, N, D), weight (C, out, D), bias (C, out) -> (C, N, out).
+
+    Computed transposed, (W h^T + b)^T, so that autograd's weight gradient G^T h comes out
+    contiguous like the weight, which the optimizer's elementwise step reads faster.
+    """
+    return torch.baddbmm(bias[:, :, None], weight, h.transpose(1, 2)).transpose(1, 2)
 
 
 def cells_last(h: Tensor, cells: int) -> Tensor:
