@@ -49,7 +49,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/linear_cross_entropy.py
 	$(BIN)/python benchmarks/lab_seed_protocol.py
 
-# The lab's stacked cells: sweep vs the seed-style loop, and one epoch as cells grow (~10 minutes).
+# The lab's stacked cells: sweep vs the seed-style loop, and one epoch as cells grow (minutes).
 bench-cells: $(VENV)/.installed
 	$(BIN)/python benchmarks/lab_cells.py
 

@@ -30,7 +30,7 @@ A first, untimed epoch on 256 images warms every shape up. Set ``ONEDNN_MAX_CPU_
 MKL_ENABLE_INSTRUCTIONS=AVX2`` to see how an AVX2-only CPU's vendor paths fare on an AVX-512 one
 (the ``isa`` column of the printed table and the provider name record it).
 
-    .venv/bin/python benchmarks/lab_cells.py                      # ~5-10 minutes on 2 cores
+    .venv/bin/python benchmarks/lab_cells.py --threads 1          # ~1.5 minutes on a quiet core
     .venv/bin/python benchmarks/lab_cells.py --cells 3 12 --repeats 1
 
 Rows go to ``benchmarks/results/lab_cells.csv`` (see ``_record.py``; every row names the CPU);
