@@ -12,7 +12,7 @@ TORCH  ?= torch==2.13.0
 TIMM   ?= timm==1.0.29
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-fast lint data clean bench bench-gpu gpu-check gpu-check-dry
+.PHONY: demo test test-fast lint data clean bench bench-cells bench-gpu gpu-check gpu-check-dry
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,10 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/loss_cpu.py
 	$(BIN)/python benchmarks/linear_cross_entropy.py
 	$(BIN)/python benchmarks/lab_seed_protocol.py
+
+# The lab's stacked cells: sweep vs the seed-style loop, and one epoch as cells grow (minutes).
+bench-cells: $(VENV)/.installed
+	$(BIN)/python benchmarks/lab_cells.py
 
 bench-gpu: $(VENV)/.installed
 	$(BIN)/python benchmarks/cross_entropy_gpu.py

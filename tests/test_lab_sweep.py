@@ -219,6 +219,25 @@ def test_same_seed_gives_bit_identical_results(tmp_path, no_report):
     assert eps0["history"] != eps1["history"]  # the cells really differ
 
 
+@pytest.mark.parametrize("model", ["seed-cnn", "mlp"])
+def test_evaluation_chunks_give_each_cell_its_own_logits_bit_for_bit(model):
+    """CellGroup.logits evaluates all cells per chunk of images (on the CPU, chunks the model
+    sizes); each cell's logits are what that cell alone gives on the whole split in one chunk."""
+    from labelsmooth.lab.cells import CellGroup
+
+    config = SweepConfig(**{**SMALL, "models": (model,)}, label_smoothing=(0.0, 0.1, 0.2), seeds=(0, 1, 2, 3))
+    ds = load_dataset("digits", train_fraction=0.3)
+    cells = grid_cells(config)
+    group = CellGroup.create(config, sorted(cells, key=lambda c: c.seed), ds, torch.device("cpu"))
+    together = group.logits(ds.x_holdout, 500)
+    assert together.shape == (12, len(ds.x_holdout), ds.num_classes)
+    for index in range(len(group.cells)):
+        alone = group.stacked.cell(index)
+        with torch.no_grad():
+            torch.testing.assert_close(together[index], alone(ds.x_holdout), rtol=1e-5, atol=1e-5)
+        assert torch.equal(together[index], group.cell_logits(index, ds.x_holdout, len(ds.x_holdout)))
+
+
 def recorded_epochs(out: Path) -> tuple[int, bool]:
     try:
         results = json.loads((out / "results.json").read_text())

@@ -273,14 +273,18 @@ class CellGroup:
         """Every cell's logits for ``x``: (C, N, K), without autograd; each rank computes its rows.
 
         On a GPU all cells at once per chunk of ``batch_size`` images (few, large kernels); on the
-        CPU too for models that say so (``evaluates_cells_together``), else one cell at a time,
-        whose chunks stay in the caches (the same numbers bit for bit either way).
+        CPU too for models that say so (``evaluates_cells_together``), in chunks of at most the
+        model's ``cpu_evaluation_rows`` (image, cell) pairs (at least 32 images), else one cell at
+        a time; either way the chunks stay in the caches (the same numbers bit for bit).
         """
         self.stacked.eval()
         mine = x[self.ranks.rows(len(x))]
-        if x.device.type == "cpu" and not self.stacked.template.evaluates_cells_together:
+        template = self.stacked.template
+        if x.device.type == "cpu" and not template.evaluates_cells_together:
             logits = torch.stack([self.stacked.cell_logits(i, mine, batch_size) for i in range(len(self.cells))])
         else:
+            if x.device.type == "cpu" and template.cpu_evaluation_rows is not None:
+                batch_size = min(batch_size, max(32, template.cpu_evaluation_rows // len(self.cells)))
             with torch.inference_mode():
                 logits = torch.cat([self.stacked(mine[i:i + batch_size])
                                     for i in range(0, len(mine), batch_size)], 1)
