@@ -6,7 +6,7 @@ Two measurements in one run, so a shared or throttled machine slows both sides a
     SGD lr 1e-3 momentum 0.9, then the smoothed loss, NLL, accuracy and ECE on the 6,000-image
     validation split) for seed-cnn, timed two ways and alternated ``--repeats`` times (fastest kept):
 
-    - ``seed-loop-tensors``: the seed document's loop over in-memory tensors, one model per eps
+    - ``seed-loop-tensors``: the blog experiment's training loop over in-memory tensors, one model per eps
       trained one after another (``lab_seed_protocol.seed_loop``: ``nn.CrossEntropyLoss``, a
       ``DataLoader`` of batch 32, ``loss.item()`` per batch, the validation split in batches of 32);
     - ``labelsmooth-cells``: the sweep's epoch, every cell stacked in one model

@@ -1,6 +1,6 @@
-"""Seed 000's protocol timed end to end three ways in one run, and the protocol's floor here.
+"""The Fashion-MNIST blog experiment's protocol timed end to end three ways in one run, and the protocol's floor here.
 
-The protocol (issue 3): Fashion-MNIST, 6,000 training images (``train_fraction=0.1``), the seed's
+The protocol: Fashion-MNIST, 6,000 training images (``train_fraction=0.1``), the blog's
 CNN with a 10-class head, eps in {0, 0.05, 0.1}, 200 epochs, batch 32, SGD lr 1e-3 momentum
 0.9, and after every epoch an evaluation (the blog evaluated the test set; the lab evaluates its
 validation split, 6,000 training images not trained on, and the test set only at the end: both
@@ -8,29 +8,29 @@ providers here evaluate the validation split every epoch).
 
 Providers:
 
-- ``seed-loop``: the seed document's loop re-implemented faithfully, with the defects SEEDS.md
-  lists fixed: for each eps in turn a fresh model (the seed's ``Mnist_CNN``: three stride-2
+- ``seed-loop``: the blog post's training loop re-implemented faithfully, with its known
+  defects fixed: for each eps in turn a fresh model (the blog's ``Mnist_CNN``: three stride-2
   convolutions and ``avg_pool2d(4)``, its last convolution with 10 channels, not 32, and no ReLU
   on the logits, as the lab's seed-cnn), ``nn.CrossEntropyLoss(label_smoothing=eps)``, SGD, a
   ``DataLoader`` of batch 32 over the training images, ``loss.item()`` after every batch (the
-  seed's ``loss_batch``), then the smoothed loss over a ``DataLoader`` of the validation split
-  (batch 32, as the seed's ``valid_dl``). The data path is the seed's: its
+  blog's ``loss_batch``), then the smoothed loss over a ``DataLoader`` of the validation split
+  (batch 32, as the blog's ``valid_dl``). The data path is the blog's: its
   ``datasets.FashionMNIST(transform=ToTensor())`` turns each stored uint8 image into a PIL
   image and then a float tensor whenever it is read (``SeedImages`` does the same with PIL,
   without torchvision, and standardises as the lab does, so both providers see the same
-  inputs), with ``num_workers=0``: the seed's 8 workers with ``prefetch_factor=32`` are a listed
+  inputs), with ``num_workers=0``: the blog's 8 workers with ``prefetch_factor=32`` are a known
   defect, and only add processes on 2 cores.
 - ``seed-loop-tensors``: the same loop over in-memory tensors (a ``TensorDataset``): more
   favourable to the seed than its own code, shown so the data path's share is visible.
 
   Both loops start every model from the sweep's initial weights for the seed and read the
-  sweep's batch order (``cells.initial_model``, whose head is the seed's last convolution's
+  sweep's batch order (``cells.initial_model``, whose head is the blog's last convolution's
   kernel, and ``cells.epoch_order``), so the training statistics can be compared.
 - ``labelsmooth-sweep``: ``labelsmooth.lab.sweep.run_sweep`` end to end into a temporary run
   directory (data loading, training all cells at once, per-epoch evaluation of loss, NLL,
   accuracy and ECE, atomic checkpoints, results.json, the cells' final logits, the report).
 - ``floor``: the protocol's floating-point operations over this machine's fp32 matmul rate.
-  FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on the seed's network (the
+  FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on the blog's network (the
   issue's definition: about 3.6 TFLOP of training and 2.0 of evaluation), per image of a full
   batch: one training step (forward + backward of the loss, about 3x a forward) per training
   image and epoch, one forward per test image and epoch, times the cells. The lab's seed-cnn
@@ -99,11 +99,11 @@ def protocol_config(epochs: int, seeds: list[int], device: str) -> SweepConfig:
                        momentum=0.9, train_fraction=0.1, device=device)
 
 
-# 1. The seed document's loop -------------------------------------------------------------------
+# 1. The blog post's loop -----------------------------------------------------------------------
 
 
 class SeedNetwork(nn.Module):
-    """Seed 000's ``Mnist_CNN`` with its defect fixed: conv3 has K channels, and no ReLU on the logits.
+    """The blog post's ``Mnist_CNN`` with its defect fixed: conv3 has K channels, and no ReLU on the logits.
 
     ``from_lab_model`` copies a lab seed-cnn's weights: its head is conv3's kernel, flattened, so
     both compute the same function (the lab's as a linear map, this one as the seed does).
@@ -136,7 +136,7 @@ class SeedNetwork(nn.Module):
 
 
 class SeedImages(Dataset):
-    """The seed's data path for images already in memory: per read, uint8 pixels -> PIL image ->
+    """The blog's data path for images already in memory: per read, uint8 pixels -> PIL image ->
     ``ToTensor`` (float in [0, 1], (1, H, W)) -> ``Normalize`` with the lab's scalar mean and std.
 
     ``x`` is a lab split, standardised as ``(raw - mean) / std`` from uint8 ``raw``; both 0 and
@@ -181,7 +181,7 @@ class SweepOrder(Sampler):
 
 def seed_loop(config: SweepConfig, device: torch.device, images: bool) -> tuple[float, float, dict]:
     """(data-loading seconds, training+evaluation seconds, {(eps, seed): [(train_loss, val_loss)]});
-    the seed's data path with ``images``, in-memory tensors without."""
+    the blog's data path with ``images``, in-memory tensors without."""
     start = time.perf_counter()
     dataset = load_dataset(config.dataset, train_fraction=config.train_fraction, seed=config.data_seed)
     if images:
@@ -265,7 +265,7 @@ class ProtocolFlops:
 
 def count_flops(config: SweepConfig, epochs: int, seed_network: bool) -> ProtocolFlops:
     """FLOPs of the protocol for ``config``'s cells over ``epochs``, counted on the ops of the
-    seed's network (``seed_network``) or of the lab's seed-cnn.
+    blog's network (``seed_network``) or of the lab's seed-cnn.
 
     Counted per image on a batch of the protocol's size (training) and of the evaluation's, so
     work done once per batch (the seed-cnn's head map) is shared as it is in the runs.
@@ -315,7 +315,7 @@ def main() -> None:
 
     if not 2 <= args.epochs <= PROTOCOL_EPOCHS:
         parser.error(f"--epochs must be between 2 and {PROTOCOL_EPOCHS}, got {args.epochs}")
-    loops = {"seed-loop": True, "seed-loop-tensors": False}  # provider -> the seed's image data path
+    loops = {"seed-loop": True, "seed-loop-tensors": False}  # provider -> the blog's image data path
     loop_runs, sweep_runs = {name: [] for name in loops}, []
     for _ in range(args.repeats):
         for name, images in loops.items():

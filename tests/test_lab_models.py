@@ -35,7 +35,7 @@ def test_contract_shapes_and_penultimate(name, in_shape):
 
 
 def test_seed_cnn_is_the_seeds_network_with_a_k_class_head():
-    """Seed 000's three convs (1->16->16->K, 3x3, stride 2, pad 1), conv3 without ReLU, avg_pool(4)."""
+    """The blog experiment's three convs (1->16->16->K, 3x3, stride 2, pad 1), conv3 without ReLU, avg_pool(4)."""
     torch.manual_seed(1)
     model = build_model("seed-cnn", 10, (1, 28, 28))
     conv1, conv2 = nn.Conv2d(1, 16, 3, 2, 1), nn.Conv2d(16, 16, 3, 2, 1)

@@ -281,7 +281,7 @@ def test_all_ignored_batch_gives_zero_loss_and_zero_grad(reduction, shape):
 
 
 def test_ignore_index_applies_to_both_terms():
-    """Seed 001's defect: the smoothing term of an ignored row must vanish too."""
+    """A published implementation's defect: the smoothing term of an ignored row must vanish too."""
     logits = make_logits((4, K)).detach()
     target = torch.tensor([1, 7, 2, 0])
     with_ignored = ls.cross_entropy(logits, target, ignore_index=7, label_smoothing=0.5, reduction="none")

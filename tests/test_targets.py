@@ -18,7 +18,7 @@ CONDITIONAL = torch.tensor([[0.7, 0.1, 0.1, 0.1],
 
 
 def test_seed_worked_example():
-    """Seed 001: K = 4, eps = 0.001, label (0, 1, 0, 0) -> (0.00025, 0.99925, 0.00025, 0.00025)."""
+    """A blog post's example: K = 4, eps = 0.001, label (0, 1, 0, 0) -> (0.00025, 0.99925, 0.00025, 0.00025)."""
     q = ls.smooth_targets(torch.tensor([1]), 4, 0.001, dtype=torch.float64)
     torch.testing.assert_close(q, torch.tensor([[0.00025, 0.99925, 0.00025, 0.00025]], dtype=torch.float64),
                                rtol=0, atol=1e-15)

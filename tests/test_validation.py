@@ -1,4 +1,4 @@
-"""Every bad input of DESIGN.md raises ValueError whose message names the argument and the value.
+"""Every bad input of the API contract raises ValueError whose message names the argument and the value.
 
 Also: ``validate_args=False`` skips the checks of tensor contents (and computes as written).
 """
