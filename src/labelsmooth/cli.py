@@ -22,7 +22,7 @@ from typing import NoReturn
 COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("labelsmooth.lab.sweep", "train a grid of eps x seed (x distribution, model) cells at once"),
     "reproduce": ("labelsmooth.lab.presets",
-                  "run a named experiment (seed-fashion-mnist, overfitting, distillation) [--quick]"),
+                  "run a named experiment: a published claim on real data (the list: reproduce --help)"),
     "report": ("labelsmooth.lab.report.builder", "rebuild the plots and report.html of a run directory"),
     "demo": ("labelsmooth.lab.demo", "the Fashion-MNIST experiment, quick (digits if absent), with its report"),
     "merge": ("labelsmooth.lab.merge", "combine the run directories of a sharded sweep into one"),
