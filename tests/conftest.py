@@ -80,6 +80,28 @@ def smoothing_rows():
     return reference_smoothing_rows
 
 
+def reference_class_collapse(features, labels) -> tuple[float, float]:
+    """(NC1, scatter ratio) in float64: tr(S_W S_B^+) / K (Papyan, Han & Donoho 2020, with SciPy's
+    pseudo-inverse) and tr(S_W) / tr(S_B), over the classes present in ``labels``."""
+    import numpy as np
+    import scipy.linalg
+
+    h, y = np.asarray(features, dtype=np.float64), np.asarray(labels)
+    classes = np.unique(y)
+    means = np.stack([h[y == k].mean(0) for k in classes])
+    centred = h - means[np.searchsorted(classes, y)]
+    within = centred.T @ centred / len(h)
+    spread = means - means.mean(0)
+    between = spread.T @ spread / len(classes)
+    return (float(np.trace(within @ scipy.linalg.pinvh(between))) / len(classes),
+            float(np.trace(within) / np.trace(between)))
+
+
+@pytest.fixture(scope="session")
+def class_collapse_reference():
+    return reference_class_collapse
+
+
 # Synthetic lab runs (for the lab report's tests) ----------------------------------------------------
 
 

@@ -7,7 +7,6 @@ constructed features whose collapse is known in closed form.
 
 import numpy as np
 import pytest
-import scipy.linalg
 import torch
 from sklearn.linear_model import LogisticRegression
 
@@ -119,22 +118,11 @@ def test_split_classes_refuses_bad_held_out_classes(held_out):
 # 3. Class collapse ----------------------------------------------------------------------------------------
 
 
-def nc1_reference(h: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    classes = np.unique(y)
-    means = np.stack([h[y == k].mean(0) for k in classes])
-    centred = h - means[np.searchsorted(classes, y)]
-    within = centred.T @ centred / len(h)
-    spread = means - means.mean(0)
-    between = spread.T @ spread / len(classes)
-    return (np.trace(within @ scipy.linalg.pinvh(between)) / len(classes),
-            np.trace(within) / np.trace(between))
-
-
 @pytest.mark.parametrize("dim, num_classes", [(3, 5), (20, 4), (64, 10)])
-def test_nc1_matches_the_float64_formula_with_scipys_pseudo_inverse(dim, num_classes):
+def test_nc1_matches_the_float64_formula_with_scipys_pseudo_inverse(dim, num_classes, class_collapse_reference):
     h, y = blobs(500, dim, num_classes, seed=dim)
     collapse = class_collapse(torch.from_numpy(h).float(), torch.from_numpy(y))
-    nc1, ratio = nc1_reference(h.astype(np.float32).astype(np.float64), y)
+    nc1, ratio = class_collapse_reference(h.astype(np.float32).astype(np.float64), y)
     assert collapse.nc1 == pytest.approx(nc1, rel=1e-9)
     assert collapse.scatter_ratio == pytest.approx(ratio, rel=1e-9)
 
@@ -159,11 +147,11 @@ def test_nc1_is_zero_at_full_collapse_and_scales_with_the_square_of_within_class
     assert class_collapse(7.0 * h @ rotation, y).nc1 == pytest.approx(base, rel=1e-9)  # scale and rotation free
 
 
-def test_class_collapse_measures_only_the_chosen_classes():
+def test_class_collapse_measures_only_the_chosen_classes(class_collapse_reference):
     h, y = blobs(200, 5, 4, seed=16)
     keep = np.isin(y, (1, 3))
     chosen = class_collapse(h, y, classes=(1, 3))
     assert chosen.classes == (1, 3)
-    assert chosen.nc1 == pytest.approx(nc1_reference(h[keep], y[keep])[0], rel=1e-9)
+    assert chosen.nc1 == pytest.approx(class_collapse_reference(h[keep], y[keep])[0], rel=1e-9)
     with pytest.raises(ValueError, match="coincide"):
         class_collapse(np.zeros((4, 2)), np.array([0, 0, 1, 1]))

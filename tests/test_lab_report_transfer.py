@@ -1,8 +1,9 @@
 """lab.report.transfer: the transfer-and-representation section on a tiny digits sweep with classes
-held out of training. References are independent: NC1 by a float64 NumPy formula, probes by
-scikit-learn's LogisticRegression on the features recomputed here from the same splits; a probe
-split missing a held-out class is refused (by the section's data and by the sweep before training);
-`labelsmooth reproduce transfer --quick` end to end on digits, and on Fashion-MNIST (slow)."""
+held out of training. References are independent: NC1 by the float64 formula with SciPy's
+pseudo-inverse (conftest), probes by scikit-learn's LogisticRegression on the features recomputed
+here from the same splits; a probe split missing a held-out class is refused (by the section's data
+and by the sweep before training); `labelsmooth reproduce transfer --quick` end to end on digits,
+and on Fashion-MNIST (slow)."""
 
 from __future__ import annotations
 
@@ -46,17 +47,6 @@ def trained(tmp_path_factory):
     torch.set_num_threads(threads)
 
 
-def reference_nc1(features: np.ndarray, labels: np.ndarray) -> float:
-    """tr(S_W S_B^+) / K in float64 (Papyan, Han & Donoho 2020)."""
-    classes = np.unique(labels)
-    means = np.stack([features[labels == k].mean(0) for k in classes])
-    centred = features - means[np.searchsorted(classes, labels)]
-    within = centred.T @ centred / len(features)
-    spread = means - means.mean(0)
-    between = spread.T @ spread / len(classes)
-    return float(np.trace(within @ np.linalg.pinv(between, hermitian=True))) / len(classes)
-
-
 def reference_probe(features: dict, l2_grid) -> float:
     """Test accuracy of scikit-learn's L2 logistic regression on standardised features, its C chosen on
     validation (ties to the larger penalty) over ``l2_grid``; C = 1 / (n l2) is the same objective."""
@@ -89,7 +79,7 @@ def features_of(model, dataset, rows=None) -> dict:
     return found
 
 
-def test_cell_measures_match_numpy_and_scikit_learn(trained, monkeypatch):
+def test_cell_measures_match_numpy_and_scikit_learn(trained, monkeypatch, class_collapse_reference):
     monkeypatch.setattr(transfer, "PROBE_ITERATIONS", 1000)  # converged probes: the same solution as sklearn's
     trained_data = load_dataset("digits", train_fraction=0.4, held_out_classes=HELD_OUT)
     full = load_dataset("digits", train_fraction=0.4)
@@ -100,14 +90,14 @@ def test_cell_measures_match_numpy_and_scikit_learn(trained, monkeypatch):
     # every split of digits is below MAX_POINTS, so the sample is the whole split
     own = features_of(model, trained_data)
     for split, (h, y) in own.items():
-        assert cell.nc1[split] == pytest.approx(reference_nc1(h, y), rel=1e-9)
+        assert cell.nc1[split] == pytest.approx(class_collapse_reference(h, y)[0], rel=1e-9)
     assert cell.probe_accuracy == pytest.approx(reference_probe(own, grid), abs=1e-12)
     other = features_of(model, full, HELD_OUT)
     assert cell.transfer_accuracy == pytest.approx(reference_probe(other, grid), abs=1e-12)
-    assert cell.held_out_nc1 == pytest.approx(reference_nc1(*other["validation"]), rel=1e-9)
+    assert cell.held_out_nc1 == pytest.approx(class_collapse_reference(*other["validation"])[0], rel=1e-9)
 
 
-def test_section_judges_kornblith_claims_on_the_stated_splits(trained):
+def test_section_judges_kornblith_claims_on_the_stated_splits(trained, class_collapse_reference):
     output = transfer.section(ReportContext(load_results(trained), trained))
     found = {(v["claim"], v["quantity"], v["split"]): v for v in output.verdicts}
     assert sorted(found) == [
@@ -126,7 +116,7 @@ def test_section_judges_kornblith_claims_on_the_stated_splits(trained):
     # the verdict's numbers are the NC1 of the features, recomputed here
     trained_data = load_dataset("digits", train_fraction=0.4, held_out_classes=HELD_OUT)
     for eps, key in (("0", "baseline_mean"), ("0.3", "treated_mean")):
-        values = [reference_nc1(*features_of(model_of(trained, seed, eps), trained_data)["validation"])
+        values = [class_collapse_reference(*features_of(model_of(trained, seed, eps), trained_data)["validation"])[0]
                   for seed in (0, 1)]
         assert found[("class-collapse", "NC1, trained classes", "validation")][key] == pytest.approx(
             np.mean(values), rel=1e-9)
