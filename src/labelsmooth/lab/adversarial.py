@@ -105,10 +105,10 @@ def attack_of(attack: str, budget: float, steps: int = 20) -> Attack:
 
 def pixels_of(dataset: Dataset, x: Tensor) -> tuple[Tensor, Standardize]:
     """Images ``x`` of ``dataset`` (standardised) as pixels in [0, 1], and the map back to the model's input."""
-    if dataset.pixel_max is None or not dataset.pixel_max > 0:
+    to_model = dataset.pixel_map()
+    if to_model is None:
         raise ValueError(f"{dataset.name}: the data set does not record the stored value of a white pixel "
                          f"(pixel_max), so attack budgets on [0, 1] pixels cannot be converted")
-    to_model = Standardize(dataset.mean / dataset.pixel_max, dataset.std / dataset.pixel_max)
     return to_model.pixels(x).clamp(0, 1), to_model
 
 

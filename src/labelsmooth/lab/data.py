@@ -53,6 +53,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..analysis.pixels import Standardize
+
 __all__ = [
     "DEFAULT_FASHION_MNIST_DIR",
     "FASHION_MNIST_CLASSES",
@@ -107,6 +109,13 @@ class Dataset:
     mean: float = 0.0                                 # subtracted from the stored values ...
     std: float = 1.0                                  # ... which are then divided by this
     pixel_max: float | None = None
+
+    def pixel_map(self) -> Standardize | None:
+        """The map from pixels in ``[0, 1]`` to this data set's inputs (``.pixels`` goes back), or None
+        when the stored value of a white pixel is unknown (an .npz)."""
+        if self.pixel_max is None:
+            return None
+        return Standardize(self.mean / self.pixel_max, self.std / self.pixel_max)
 
     @property
     def in_shape(self) -> tuple[int, ...]:

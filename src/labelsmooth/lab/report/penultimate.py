@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +51,7 @@ from .verdicts import Claim, judge
 __all__ = [
     "CLASS_TRIPLES",
     "MAX_POINTS",
+    "batched_outputs",
     "cell_models",
     "load_cell_model",
     "penultimate_activations",
@@ -119,10 +120,15 @@ def cell_models(context: ReportContext, conditions: Sequence[Condition], dataset
                 yield condition, seed, model
 
 
+def batched_outputs(function: Callable[[Tensor], Tensor], x: Tensor, batch_size: int = 1000) -> Tensor:
+    """``function`` of every row of ``x``, in batches of ``batch_size``, without autograd, concatenated."""
+    with torch.inference_mode():
+        return torch.cat([function(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
 def penultimate_activations(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
     """``model.penultimate`` of every row of ``x``, in batches, without autograd: (N, D)."""
-    with torch.inference_mode():
-        return torch.cat([model.penultimate(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    return batched_outputs(model.penultimate, x, batch_size)
 
 
 def split_sample(dataset: Dataset, max_points: int = MAX_POINTS) -> dict[str, tuple[Tensor, Tensor]]:

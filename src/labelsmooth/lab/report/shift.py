@@ -37,14 +37,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ...analysis.pixels import Standardize
 from ...analysis.shift import OOD_SCORES, detection_auroc, shift_images
 from ...calibration.metrics import accuracy, expected_calibration_error, negative_log_likelihood
 from ..data import Dataset, load_run_dataset
 from ..stats import BOUNDS, estimate
 from .context import Condition, ReportContext, SectionOutput
 from .html import embed_figure, escape, figure_grid, table
-from .penultimate import load_cell_model
+from .penultimate import batched_outputs, load_cell_model
 from .verdicts import Claim, judge
 
 __all__ = ["BEATS_TEMPERATURE_SCALING_UNDER_SHIFT", "CALIBRATION_UNDER_SHIFT", "OOD_DETECTION", "SHIFT_SEED",
@@ -106,10 +105,10 @@ def shift_data(config: dict) -> ShiftData:
     ValueError when the data set is unavailable or its pixel scale is unknown (an .npz).
     """
     dataset = load_run_dataset(config)
-    if dataset.pixel_max is None or len(dataset.in_shape) != 3:
+    to_model = dataset.pixel_map()
+    if to_model is None or len(dataset.in_shape) != 3:
         raise ValueError(f"shifts are defined on images of known pixel scale (Fashion-MNIST, digits), got data set "
                          f"{dataset.name!r} with input shape {dataset.in_shape}")
-    to_model = Standardize(dataset.mean / dataset.pixel_max, dataset.std / dataset.pixel_max)
     pixels = to_model.pixels(dataset.x_test.double()).clamp(0, 1)  # float32 rounding may stray past 0 or 1
     # strength 0 is the test split itself, as the other sections score it
     shifted = {(kind, strength): to_model(shift_images(pixels, kind, strength, seed=SHIFT_SEED)).float()
@@ -125,9 +124,8 @@ def shift_data(config: dict) -> ShiftData:
     return ShiftData(shifted, dataset.y_test, unknown, labels, names, dataset)
 
 
-def _logits(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
-    with torch.inference_mode():
-        return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).double()
+def _logits(model: nn.Module, x: Tensor) -> Tensor:
+    return batched_outputs(model, x).double()
 
 
 def _metrics(logits: Tensor, target: Tensor) -> dict[str, float]:
