@@ -60,6 +60,29 @@ def test_matches_the_formula_and_its_autograd_gradient(shape, distribution, weig
     torch.testing.assert_close(grad, want_grad, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("eps", [0.0, 0.3, -0.2, "0-dim"], ids=str)
+@pytest.mark.parametrize("distribution", ["uniform", "non_target"])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_named_distributions_with_one_eps_and_any_ignore_index(eps, distribution, reduction, reference_ce):
+    """(N, K) logits with a named distribution take a shorter path: one eps for every row (a float
+    or a 0-dim tensor), int32 targets and an ignore_index that is itself a class."""
+    logits, target = logits_of((9, K)), target_of((9, K)).to(torch.int32)
+    eps = torch.tensor(0.15, dtype=torch.float64) if eps == "0-dim" else eps
+    options = dict(ignore_index=1, reduction=reduction, distribution=distribution)
+    loss, grad = ls.cross_entropy_with_grad(logits, target, label_smoothing=eps, **options)
+    want_loss, want_grad = reference(reference_ce, logits, target.long(), eps=eps, **options)
+    assert (target == 1).any() and grad[target == 1].eq(0).all()
+    torch.testing.assert_close(loss, want_loss, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-12, atol=1e-12)
+
+
+def test_an_ignored_row_stays_zero_whatever_its_logits():
+    logits = logits_of((3, K))
+    logits[1] = float("nan")
+    loss, grad = ls.cross_entropy_with_grad(logits, torch.tensor([0, -100, 2]), label_smoothing=0.1, reduction="none")
+    assert loss[1].item() == 0.0 and not grad[1].any() and loss.isfinite().all()
+
+
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 def test_z_loss_and_softcap(reduction, reference_ce):
     logits, target = logits_of((6, K, 2), scale=5.0), target_of((6, K, 2), ignore_every=4)
@@ -108,6 +131,11 @@ def test_bad_input_names_the_argument():
         ls.cross_entropy_with_grad(logits_of((4, K)), torch.tensor([0, 1, 2, K]))
     with pytest.raises(ValueError, match="reduction"):
         ls.cross_entropy_with_grad(logits_of((4, K)), target_of((4, K)), reduction="avg")
+    with pytest.raises(ValueError, match="distribution must be one of"):
+        ls.cross_entropy_with_grad(logits_of((4, K)), target_of((4, K)), distribution="gaussian")
+    with pytest.raises(ValueError, match="label_smoothing must be finite and at most 1 for every sample"):
+        ls.cross_entropy_with_grad(logits_of((4, K)), target_of((4, K)),
+                                   label_smoothing=torch.tensor([0.1, 1.5, 0.0, 0.2]))
 
 
 def test_a_masked_target_logit_gives_an_infinite_loss_as_torch():

@@ -35,6 +35,7 @@ from .engine import (
     accumulation_dtype,
     check_class_index_call,
     class_target_loss,
+    direct_loss_and_gradient,
     loss_and_gradient,
     prepare_class_targets,
     soft_target_loss,
@@ -192,9 +193,12 @@ def cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor | None
     Returns ``(loss, grad)`` with ``grad = d loss.sum() / d input`` (for ``reduction="none"``,
     each row's loss differentiated with respect to its own logits), shaped and typed like
     ``input``. For training loops that apply gradients themselves (hand-written backward passes,
-    pipeline schedules, many small steps): it runs the same row statistics and the same formula
-    as :func:`cross_entropy`, and the gradient in closed form (``engine.loss_gradient_coefficients``),
-    with no autograd graph to build or walk, which is most of the loss's cost on small batches.
+    pipeline schedules, many small steps): the loss of :func:`cross_entropy` and the gradient in
+    closed form, ``softmax(x) - q`` for the smoothed target ``q``, with no autograd graph to build
+    or walk, which is most of the loss's cost on small batches. (N, K) logits with a named
+    distribution and no class weights, z-loss or softcap take a path of about twenty operations
+    from the log-probabilities (``engine.direct_loss_and_gradient``); everything else goes through
+    the row statistics shared by every loss (``engine.loss_gradient_coefficients``).
 
     Args: as :func:`cross_entropy`, with class-index targets and (N, K) or (N, K, d1, ...) logits.
 
@@ -209,6 +213,10 @@ def cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor | None
         (0.9547, True)
     """
     check_class_index_call("cross_entropy_with_grad", input, target, weight, reduction, softcap, z_loss)
+    if input.dim() == 2 and weight is None and not z_loss and softcap is None and isinstance(distribution, str):
+        return direct_loss_and_gradient(input, target, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                                        distribution=distribution, reduction=reduction,
+                                        validate_args=validate_args)
     targets = prepare_class_targets(target, input.shape[1], ignore_index=ignore_index,
                                     label_smoothing=label_smoothing, distribution=distribution, weight=weight,
                                     dtype=accumulation_dtype(input.dtype), device=input.device,

@@ -38,6 +38,7 @@ __all__ = [
     "DISTRIBUTIONS",
     "Distribution",
     "Smoothing",
+    "named_distribution",
     "resolve_smoothing",
     "smooth_targets",
 ]
@@ -91,15 +92,25 @@ DISTRIBUTIONS: dict[str, Callable[[int], tuple[float, bool]]] = {
 }
 
 
+def named_distribution(distribution: str, num_classes: int) -> tuple[float, bool]:
+    """(the value of every entry of u, whether the target class is left out) of a distribution
+    named by a string, for K classes; ValueError for an unknown name.
+
+    >>> named_distribution("non_target", 5)
+    (0.25, True)
+    """
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"distribution must be one of {sorted(DISTRIBUTIONS)}, a ({num_classes},) "
+                         f"prior or a ({num_classes}, {num_classes}) tensor, got {distribution!r}")
+    return DISTRIBUTIONS[distribution](num_classes)
+
+
 def resolve_smoothing(distribution: Distribution, num_classes: int, weight: Tensor | None,
                       dtype: torch.dtype, device: torch.device,
                       checks: ContentChecks | None) -> Smoothing:
     """Turn ``distribution`` and class ``weight`` into the :class:`Smoothing` the losses use."""
     if isinstance(distribution, str):
-        if distribution not in DISTRIBUTIONS:
-            raise ValueError(f"distribution must be one of {sorted(DISTRIBUTIONS)}, a ({num_classes},) "
-                             f"prior or a ({num_classes}, {num_classes}) tensor, got {distribution!r}")
-        constant, non_target = DISTRIBUTIONS[distribution](num_classes)
+        constant, non_target = named_distribution(distribution, num_classes)
         vector, matrix = torch.full((num_classes,), constant, dtype=dtype, device=device), None
     elif isinstance(distribution, Tensor):
         check_distribution_tensor(distribution, num_classes, checks)
