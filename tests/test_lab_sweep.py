@@ -219,6 +219,32 @@ def test_same_seed_gives_bit_identical_results(tmp_path, no_report):
     assert eps0["history"] != eps1["history"]  # the cells really differ
 
 
+@pytest.mark.parametrize("options", [dict(momentum=0.9), dict(momentum=0.9, weight_decay=1e-3, dampening=0.1),
+                                     dict(momentum=0.0, weight_decay=1e-2), dict(momentum=0.5, nesterov=True)],
+                         ids=["momentum", "weight-decay-dampening", "no-momentum", "nesterov"])
+def test_the_sweeps_sgd_step_is_torchs_bit_for_bit(options):
+    """The sweep's foreach SGD step against torch.optim.SGD.step on the same gradients, four steps
+    (the first creates the momentum buffers); a parameter without a gradient is left alone."""
+    from labelsmooth.lab.cells import optimizer_step
+
+    g = torch.Generator().manual_seed(0)
+    ours = [torch.randn(shape, generator=g).requires_grad_() for shape in [(3, 4, 5), (3, 7), (2,)]]
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    sgd_ours, sgd_theirs = (torch.optim.SGD(params, lr=0.05, **options) for params in (ours, theirs))
+    for step in range(4):
+        for i, (a, b) in enumerate(zip(ours, theirs)):
+            grad = torch.randn(a.shape, generator=g) if i < 2 or step % 2 else None
+            a.grad, b.grad = (None, None) if grad is None else (grad.clone(), grad.clone())
+        optimizer_step(sgd_ours)
+        sgd_theirs.step()
+        for a, b in zip(ours, theirs):
+            assert torch.equal(a, b)
+    for a, b in zip(ours, theirs):
+        assert set(sgd_ours.state[a]) == set(sgd_theirs.state[b])
+        if options["momentum"]:
+            assert torch.equal(sgd_ours.state[a]["momentum_buffer"], sgd_theirs.state[b]["momentum_buffer"])
+
+
 @pytest.mark.parametrize("model", ["seed-cnn", "mlp"])
 def test_evaluation_chunks_give_each_cell_its_own_logits_bit_for_bit(model):
     """CellGroup.logits evaluates all cells per chunk of images (on the CPU, chunks the model
