@@ -180,9 +180,11 @@ class SeedCNN(StackableModel):
     """
 
     evaluates_cells_together = True
-    # measured on 6,000 28x28 images: 384 pairs per chunk (128 images of 3 cells, 32 of 12) is 1.5x
-    # (3 cells) to 2x (12 cells) faster than 500 images, whose conv1 output alone is 19 MB at 3 cells
-    cpu_evaluation_rows = 384
+    # measured on 6,000 28x28 images (quiet 2-core Xeon, one and two threads): 1,536 pairs per chunk
+    # (500 images of 3 cells, 128 of 12) is 1.1-1.4x faster than 384 (each forward call has a fixed
+    # cost of about 0.2 ms), while 3,072 pairs are 2.5x slower at 12 cells (conv1's output, 19 MB
+    # per chunk at 1,536 pairs, then leaves the caches)
+    cpu_evaluation_rows = 1536
 
     def __init__(self, num_classes: int, in_shape: Sequence[int], channels: int = 16) -> None:
         super().__init__()
@@ -204,7 +206,10 @@ class SeedCNN(StackableModel):
         return cells_last(patches, params["conv1.weight"].shape[0])
 
     def stacked_forward(self, params: Params, x: Tensor, counts: Sequence[int]) -> Tensor:
-        return StackedSeedCNN.apply(x, *(params[name] for name in SEED_CNN_PARAMETERS), tuple(counts))
+        weights = [params[name] for name in SEED_CNN_PARAMETERS]
+        if not torch.is_grad_enabled():  # evaluation: no autograd node to build
+            return seed_cnn_forward(x, *weights, counts)[0]
+        return StackedSeedCNN.apply(x, *weights, tuple(counts))
 
     def stacked_vjp(self, params: Params, x: Tensor, counts: Sequence[int]) -> tuple[Tensor, Callable]:
         with torch.no_grad():
@@ -268,9 +273,16 @@ def patch_rows(x: Tensor) -> Tensor:
     tensor([0., 0., 0., 0., 0., 1., 0., 4., 5., 1.])
     """
     b, cin, height, width = x.shape
-    values = torch.cat([x.reshape(b, -1), x.new_tensor([0.0, 1.0]).expand(b, 2)], 1)
+    values = torch.cat([x.reshape(b, -1), _zero_one(x.dtype, x.device).expand(b, 2)], 1)
     index = patch_columns(cin, height, width, x.device)
     return values.index_select(1, index).view(-1, cin * 9 + 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _zero_one(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The values read by :func:`patch_rows`' padding taps and bias column, made once."""
+    with torch.inference_mode(False):
+        return torch.tensor([0.0, 1.0], dtype=dtype, device=device)
 
 
 SEED_CNN_PARAMETERS = ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "classifier.weight",
@@ -324,16 +336,19 @@ def seed_cnn_forward(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, 
     rows1, cols1 = (height - 1) // 2 + 1, (width - 1) // 2 + 1
     patches = patch_rows(x.flatten(0, 1)).view(batches, n * rows1 * cols1, cin * 9 + 1)
     kernels1 = torch.cat([w1.reshape(cells * c1, cin * 9), b1.reshape(cells * c1, 1)], 1)
-    h1 = x.new_empty(n * rows1 * cols1, cells * c1)
-    for batch_patches, block in zip(patches, cell_blocks(counts, c1)):
-        torch.mm(batch_patches, kernels1[block].t(), out=h1[:, block])
+    if batches == 1:
+        h1 = torch.mm(patches[0], kernels1.t())
+    else:
+        h1 = x.new_empty(n * rows1 * cols1, cells * c1)
+        for batch_patches, block in zip(patches, cell_blocks(counts, c1)):
+            torch.mm(batch_patches, kernels1[block].t(), out=h1[:, block])
     h1 = h1.relu_().view(n, rows1, cols1, cells * c1).permute(0, 3, 1, 2)
     kernels2 = w2.flatten(0, 1).contiguous(memory_format=torch.channels_last)
     h2 = F.conv2d(h1, kernels2, b2.flatten(), 2, 1, groups=cells).relu_()
     positions = h2.shape[2] * h2.shape[3]
     features = h2.permute(0, 2, 3, 1).reshape(n, positions, cells, c2).permute(2, 0, 1, 3).reshape(cells, n, -1)
     taps = tap_map(*h2.shape[2:], device=h2.device, dtype=h2.dtype)
-    head = torch.matmul(taps.t(), w3.reshape(cells * k, c2, 9).transpose(1, 2)).view(cells, k, -1)
+    head = torch.mm(w3.reshape(cells * k * c2, 9), taps).view(cells, k, c2, -1).transpose(2, 3).reshape(cells, k, -1)
     logits = torch.baddbmm(b3.unsqueeze(1), features, head.transpose(1, 2))
     return logits, SeedCNNSaved(patches, w1, h1, kernels2, h2, features, head, taps, tuple(counts),
                                 (height, width))
@@ -362,7 +377,7 @@ def seed_cnn_backward(saved: SeedCNNSaved, grad: Tensor, needs: Sequence[bool]) 
         grads[6] = grad.sum(1)
     if needs[5]:
         dm = torch.bmm(grad.transpose(1, 2), features).view(cells * k, positions, c2)
-        grads[5] = torch.matmul(taps, dm).transpose(1, 2).reshape(cells, k, c2 * 9)
+        grads[5] = torch.mm(dm.transpose(1, 2).reshape(-1, positions), taps.t()).view(cells, k, c2 * 9)
     if not any(needs[:5]):
         return grads
     # dh2 (C, N, positions c2), times the ReLU's mask (features holds h2 in this order), then
@@ -384,10 +399,13 @@ def seed_cnn_backward(saved: SeedCNNSaved, grad: Tensor, needs: Sequence[bool]) 
     dh1 = torch.ops.aten.threshold_backward.grad_input(dh1, h1, 0, grad_input=dh1)
     dh1 = dh1.permute(0, 2, 3, 1).reshape(-1, cells * c1)
     blocks = cell_blocks(counts, c1)
-    if needs[1] or needs[2]:
-        kernel_grads = dh1.new_empty(cin * 9 + 1, cells * c1)  # [dW1 | db1]^T
-        for batch_patches, block in zip(patches, blocks):
-            torch.mm(batch_patches.t(), dh1[:, block], out=kernel_grads[:, block])
+    if needs[1] or needs[2]:  # [dW1 | db1]^T
+        if len(blocks) == 1:
+            kernel_grads = torch.mm(patches[0].t(), dh1)
+        else:
+            kernel_grads = dh1.new_empty(cin * 9 + 1, cells * c1)
+            for batch_patches, block in zip(patches, blocks):
+                torch.mm(batch_patches.t(), dh1[:, block], out=kernel_grads[:, block])
         if needs[1]:
             grads[1] = kernel_grads[:-1].t().reshape(cells, c1, cin, 3, 3)
         if needs[2]:
