@@ -15,10 +15,11 @@ Method:
 - Every (provider, size) runs in a fresh subprocess, so compile caches, allocator state and peak
   counters of one provider never leak into another.
 - Time: median wall time of ``repeats`` calls of forward + ``torch.autograd.grad(loss, logits)``,
-  after warm-up calls (which is where compilation happens). The gradient is returned rather than
-  accumulated into ``logits.grad``: accumulation would copy a gradient that shares the leaf's
-  storage, which hides what ``inplace_backward`` saves when the logits come from a layer. For the
-  in-place provider the logits are restored from a copy outside the timed region.
+  after warm-up calls (which is where compilation happens). Before every call, outside the timed
+  region, the logits are made afresh as the output of an operation (``leaf * 1``), as when they come
+  from a layer: ``inplace_backward`` writes the gradient into such logits, while a leaf's storage
+  (the user's own values) gets a new buffer instead. The gradient is returned rather than
+  accumulated into a ``.grad``.
 - Peak memory: the extra resident memory one forward+backward needs on top of its inputs,
   gradient included: Linux's peak RSS (``VmHWM``) is reset to the current RSS through
   ``/proc/self/clear_refs`` right before the call and read right after it. glibc is told to serve
@@ -72,7 +73,6 @@ MMAP_THRESHOLD = 64 * 1024
 class Provider:
     make: Callable[[], Callable]  # builds loss(logits, target), e.g. compiling it
     warmup: int
-    overwrites_logits: bool = False
     returns_grad: bool = False  # loss(logits, target) returns (loss, grad) itself
 
 
@@ -105,7 +105,7 @@ PROVIDERS = {
     "torch_compiled": Provider(_compiled(_torch_loss), warmup=2),
     "labelsmooth": Provider(lambda: _labelsmooth_loss, warmup=1),
     "labelsmooth_compiled": Provider(_compiled(_labelsmooth_unchecked_loss, fullgraph=True), warmup=2),
-    "labelsmooth_inplace": Provider(lambda: _labelsmooth_inplace_loss, warmup=1, overwrites_logits=True),
+    "labelsmooth_inplace": Provider(lambda: _labelsmooth_inplace_loss, warmup=1),
     "labelsmooth_with_grad": Provider(lambda: _labelsmooth_with_grad, warmup=1, returns_grad=True),
 }
 
@@ -127,33 +127,32 @@ def measure(provider_name: str, size: str) -> dict:
     g = torch.Generator().manual_seed(0)
     original = torch.randn(rows, num_classes, generator=g)
     target = torch.randint(0, num_classes, (rows,), generator=g)
-    logits = original.clone().requires_grad_()
+    leaf = original.requires_grad_()
     loss_fn = provider.make()
 
-    def step() -> None:
-        if provider.overwrites_logits:
-            with torch.no_grad():
-                logits.copy_(original)
+    def fresh_logits() -> torch.Tensor:
+        """New logits with a graph behind them, like a layer's output (outside the timed region)."""
+        return leaf * 1.0
 
-    def forward_backward() -> None:
+    def forward_backward(logits: torch.Tensor) -> None:
         if provider.returns_grad:
             loss_fn(logits, target)
         else:
             torch.autograd.grad(loss_fn(logits, target), logits)
 
     for _ in range(provider.warmup):
-        step()
-        forward_backward()
+        forward_backward(fresh_logits())
     times = []
     for _ in range(REPEATS[size]):
-        step()
+        logits = fresh_logits()
         start = time.perf_counter()
-        forward_backward()
+        forward_backward(logits)
         times.append(time.perf_counter() - start)
-    step()
+        del logits
+    logits = fresh_logits()
     before = _status_kib("VmRSS")
     _reset_peak_rss()
-    forward_backward()
+    forward_backward(logits)
     peak = _status_kib("VmHWM")
     return {"ms": 1e3 * statistics.median(times), "peak_mib": (peak - before) / 1024,
             "loadavg": os.getloadavg()[0], "threads": torch.get_num_threads()}
