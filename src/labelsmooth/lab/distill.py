@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from ..analysis.distill import distillation_loss, smoothness_index
-from .cells import METRIC_NAMES, CellGroup, epoch_order
+from .cells import METRIC_NAMES, CellGroup, epoch_order, optimizer_step
 from .config import ADDED_KEYS, OPTIMIZERS, Cell, SweepConfig, as_tuples
 from .data import Dataset, load_dataset, training_subset
 from .presets import print_outcome
@@ -218,7 +218,7 @@ class DistillationGroup(CellGroup):
                                                   temperature=t, reduction="none")
                                 for c, t in enumerate(self.temperatures)])
             (rows.sum() / index.shape[1]).backward()
-            self.optimizer.step()
+            optimizer_step(self.optimizer)
             self.optimizer.zero_grad(set_to_none=True)
             total += rows.detach().sum(1)
         self.epochs_done += 1
