@@ -102,6 +102,27 @@ def class_collapse_reference():
     return reference_class_collapse
 
 
+def run_sweep_without_report(config, out: Path) -> Path:
+    """A real sweep of ``config`` into ``out`` on one torch thread, without its report (the tests
+    that use it build or check the report's sections themselves); returns ``out``."""
+    from labelsmooth.lab import sweep
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(sweep, "build_report", lambda run_dir: None)
+            sweep.run_sweep(config, out, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sweep_without_report():
+    return run_sweep_without_report
+
+
 # Synthetic lab runs (for the lab report's tests) ----------------------------------------------------
 
 

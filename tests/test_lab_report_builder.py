@@ -11,11 +11,9 @@ import re
 
 import numpy as np
 import pytest
-import torch
 from scipy import stats
 
 from labelsmooth.cli import main as cli_main
-from labelsmooth.lab import sweep
 from labelsmooth.lab.config import SweepConfig
 from labelsmooth.lab.report import builder
 from labelsmooth.lab.report.context import SectionOutput
@@ -117,24 +115,17 @@ def test_text_has_no_backticks_and_no_internal_references(built):
     assert not re.search(r"SEEDS\.md|DESIGN\.md|seed 00\d|issue \d", page)
 
 
-def one_seed_tiny_sweep(tmp_path, seeds):
+def one_seed_tiny_sweep(tmp_path, seeds, sweep_without_report):
     config = SweepConfig(dataset="digits", models=("mlp",), model_options={"mlp": {"widths": [16]}},
                          label_smoothing=(0.0, 0.1), seeds=seeds, epochs=4, batch_size=64, optimizer="adam",
                          lr=0.01, train_fraction=0.5)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(sweep, "build_report", lambda run_dir: None)
-            sweep.run_sweep(config, tmp_path / "run", progress=False)
-        return tmp_path / "run", builder.build_report(tmp_path / "run").read_text()
-    finally:
-        torch.set_num_threads(threads)
+    run_dir = sweep_without_report(config, tmp_path / "run")
+    return run_dir, builder.build_report(run_dir).read_text()
 
 
 @pytest.mark.slow
-def test_a_real_sweep_with_one_seed_is_inconclusive_everywhere(tmp_path, lab_runs):
-    run_dir, page = one_seed_tiny_sweep(tmp_path, (0,))
+def test_a_real_sweep_with_one_seed_is_inconclusive_everywhere(tmp_path, lab_runs, sweep_without_report):
+    run_dir, page = one_seed_tiny_sweep(tmp_path, (0,), sweep_without_report)
     records = check_verdicts_json_against_the_page(run_dir, page, lab_runs)
     sections = {r["section"] for r in records}
     assert {"final test metrics", "over-fitting", "calibration", "decisive comparisons",
@@ -144,8 +135,9 @@ def test_a_real_sweep_with_one_seed_is_inconclusive_everywhere(tmp_path, lab_run
 
 
 @pytest.mark.slow
-def test_a_real_sweep_with_two_seeds_has_every_section_and_follows_the_rule(tmp_path, lab_runs):
-    run_dir, page = one_seed_tiny_sweep(tmp_path, (0, 1))
+def test_a_real_sweep_with_two_seeds_has_every_section_and_follows_the_rule(tmp_path, lab_runs,
+                                                                          sweep_without_report):
+    run_dir, page = one_seed_tiny_sweep(tmp_path, (0, 1), sweep_without_report)
     records = check_verdicts_json_against_the_page(run_dir, page, lab_runs)
     primary = [r for r in records if r["primary"]]
     assert {r["contrast"] for r in primary} >= {"eps=0.1 vs eps=0"}

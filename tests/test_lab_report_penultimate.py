@@ -12,7 +12,6 @@ import pytest
 import torch
 from scipy.spatial.distance import pdist
 
-from labelsmooth.lab import sweep
 from labelsmooth.lab.config import SweepConfig
 from labelsmooth.lab.data import load_dataset
 from labelsmooth.lab.models import build_model
@@ -32,16 +31,9 @@ CONFIG = SweepConfig(dataset="digits", models=("mlp",), model_options={"mlp": {"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, sweep_without_report):
     """The sweep's run directory (its report not built: the tests build the section)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("penultimate") / "run"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sweep, "build_report", lambda run_dir: None)
-        sweep.run_sweep(CONFIG, out, progress=False)
-    yield out
-    torch.set_num_threads(threads)
+    return sweep_without_report(CONFIG, tmp_path_factory.mktemp("penultimate") / "run")
 
 
 @pytest.mark.slow

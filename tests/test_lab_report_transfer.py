@@ -35,16 +35,9 @@ SPLITS = {"train": "train", "validation": "holdout", "test": "test"}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, sweep_without_report):
     """The sweep's run directory (its report not built: the tests build the section)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("transfer") / "run"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sweep, "build_report", lambda run_dir: None)
-        sweep.run_sweep(CONFIG, out, progress=False)
-    yield out
-    torch.set_num_threads(threads)
+    return sweep_without_report(CONFIG, tmp_path_factory.mktemp("transfer") / "run")
 
 
 def reference_probe(features: dict, l2_grid) -> float:
