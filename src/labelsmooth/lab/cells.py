@@ -202,15 +202,14 @@ class CellGroup:
             for p, weights in zip(parameters, trained):
                 p.data = weights
 
-    def _loss_plan(self, device: torch.device) -> list[tuple[str, Tensor | None, Tensor, dict[int, Tensor]]]:
-        """Per distribution: its cells' indices (None for all), their eps as a (cells, 1) tensor, and
-        a cache of that eps repeated for each of N rows, (cells * N,), by N."""
+    def _loss_plan(self, device: torch.device) -> list[tuple[str, Tensor | None, Tensor]]:
+        """Per distribution: its cells' indices (None for all) and their eps as a (cells, 1) tensor."""
         plan = []
         for distribution in dict.fromkeys(c.distribution for c in self.cells):
             index = [i for i, c in enumerate(self.cells) if c.distribution == distribution]
             eps = torch.tensor([[self.cells[i].label_smoothing] for i in index], device=device)
             cells = None if len(index) == len(self.cells) else torch.tensor(index, device=device)
-            plan.append((distribution, cells, eps, {}))
+            plan.append((distribution, cells, eps))
         return plan
 
     def _by_distribution(self, logits: Tensor, target: Tensor, compute: Callable) -> list[Tensor]:
@@ -221,11 +220,10 @@ class CellGroup:
         if self.loss_plan is None:
             self.loss_plan = self._loss_plan(logits.device)
         outputs = None
-        for distribution, index, eps, eps_rows in self.loss_plan:
+        for distribution, index, eps in self.loss_plan:
             part_logits, part_target = (logits, target) if index is None else (logits[index], target[index])
-            if n not in eps_rows:
-                eps_rows[n] = eps.expand(-1, n).reshape(-1)
-            parts = compute(part_logits.reshape(-1, k), part_target.reshape(-1), eps_rows[n], distribution)
+            parts = compute(part_logits.reshape(-1, k), part_target.reshape(-1), eps.expand(-1, n).reshape(-1),
+                            distribution)
             parts = [part.view(-1, n, *part.shape[1:]) for part in parts]
             if index is None:
                 return parts

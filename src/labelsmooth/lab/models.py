@@ -336,12 +336,9 @@ def seed_cnn_forward(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, 
     rows1, cols1 = (height - 1) // 2 + 1, (width - 1) // 2 + 1
     patches = patch_rows(x.flatten(0, 1)).view(batches, n * rows1 * cols1, cin * 9 + 1)
     kernels1 = torch.cat([w1.reshape(cells * c1, cin * 9), b1.reshape(cells * c1, 1)], 1)
-    if batches == 1:
-        h1 = torch.mm(patches[0], kernels1.t())
-    else:
-        h1 = x.new_empty(n * rows1 * cols1, cells * c1)
-        for batch_patches, block in zip(patches, cell_blocks(counts, c1)):
-            torch.mm(batch_patches, kernels1[block].t(), out=h1[:, block])
+    h1 = x.new_empty(n * rows1 * cols1, cells * c1)
+    for batch_patches, block in zip(patches, cell_blocks(counts, c1)):
+        torch.mm(batch_patches, kernels1[block].t(), out=h1[:, block])
     h1 = h1.relu_().view(n, rows1, cols1, cells * c1).permute(0, 3, 1, 2)
     kernels2 = w2.flatten(0, 1).contiguous(memory_format=torch.channels_last)
     h2 = F.conv2d(h1, kernels2, b2.flatten(), 2, 1, groups=cells).relu_()
@@ -399,13 +396,10 @@ def seed_cnn_backward(saved: SeedCNNSaved, grad: Tensor, needs: Sequence[bool]) 
     dh1 = torch.ops.aten.threshold_backward.grad_input(dh1, h1, 0, grad_input=dh1)
     dh1 = dh1.permute(0, 2, 3, 1).reshape(-1, cells * c1)
     blocks = cell_blocks(counts, c1)
-    if needs[1] or needs[2]:  # [dW1 | db1]^T
-        if len(blocks) == 1:
-            kernel_grads = torch.mm(patches[0].t(), dh1)
-        else:
-            kernel_grads = dh1.new_empty(cin * 9 + 1, cells * c1)
-            for batch_patches, block in zip(patches, blocks):
-                torch.mm(batch_patches.t(), dh1[:, block], out=kernel_grads[:, block])
+    if needs[1] or needs[2]:
+        kernel_grads = dh1.new_empty(cin * 9 + 1, cells * c1)  # [dW1 | db1]^T
+        for batch_patches, block in zip(patches, blocks):
+            torch.mm(batch_patches.t(), dh1[:, block], out=kernel_grads[:, block])
         if needs[1]:
             grads[1] = kernel_grads[:-1].t().reshape(cells, c1, cin, 3, 3)
         if needs[2]:
