@@ -197,8 +197,8 @@ def cross_entropy_with_grad(input: Tensor, target: Tensor, weight: Tensor | None
     closed form, ``softmax(x) - q`` for the smoothed target ``q``, with no autograd graph to build
     or walk, which is most of the loss's cost on small batches. (N, K) logits with a named
     distribution and no class weights, z-loss or softcap take a path of about twenty operations
-    from the log-probabilities (``engine.direct_loss_and_gradient``); everything else goes through
-    the row statistics shared by every loss (``engine.loss_gradient_coefficients``).
+    from the log-probabilities; everything else goes through the per-row statistics (log-sum-exp,
+    target logit, smoothing term) that every loss of the package shares.
 
     Args: as :func:`cross_entropy`, with class-index targets and (N, K) or (N, K, d1, ...) logits.
 
