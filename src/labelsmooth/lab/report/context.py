@@ -31,11 +31,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ...calibration.metrics import accuracy, expected_calibration_error, negative_log_likelihood
 from ..config import VALIDATION_SPLIT
 from ..rundir import cell_file, read_json
 
 __all__ = ["CellLogits", "Condition", "ReportContext", "SectionOutput", "baseline_of", "condition_label",
-           "final_metric", "group_runs", "per_seed"]
+           "final_metric", "group_runs", "per_seed", "prediction_metrics"]
 
 DATASET_NAMES = {"fashion-mnist": "Fashion-MNIST", "digits": "scikit-learn's digits"}
 
@@ -108,6 +109,15 @@ def per_seed(runs: dict[int, dict], value: Callable[[dict], float | None]) -> di
     """seed -> ``value(run)`` of the runs where it is not None."""
     found = {seed: value(run) for seed, run in runs.items()}
     return {seed: v for seed, v in found.items() if v is not None}
+
+
+def prediction_metrics(logits: Tensor, target: Tensor) -> dict[str, float]:
+    """Accuracy, NLL (nats) and ECE (15 equal-width bins) of logits (N, K) for targets (N,): the
+    numbers every report section compares models on."""
+    options = dict(from_logits=True, validate_args=False)
+    return {"accuracy": float(accuracy(logits, target, **options)),
+            "nll": float(negative_log_likelihood(logits, target, **options)),
+            "ece": float(expected_calibration_error(logits, target, **options))}
 
 
 @dataclass

@@ -17,12 +17,8 @@ split. Runs recorded before the lab kept the early-stopped weights get "not appl
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-from torch import Tensor
-
-from ...calibration.metrics import expected_calibration_error
 from ..stats import estimate
-from .context import CellLogits, Condition, ReportContext, SectionOutput
+from .context import CellLogits, Condition, ReportContext, SectionOutput, prediction_metrics
 from .html import escape, table
 from .verdicts import Claim, judge, unavailable
 
@@ -59,20 +55,14 @@ COMPARISONS = {
 }
 
 
-def _metrics(logits: Tensor, target: Tensor) -> dict[str, float]:
-    return {"nll": float(F.cross_entropy(logits, target)),
-            "ece": float(expected_calibration_error(logits, target, from_logits=True, validate_args=False)),
-            "accuracy": float((logits.argmax(1) == target).double().mean())}
-
-
 def _variants(cell: CellLogits) -> dict[str, dict[str, float]]:
     """variant ("as trained", "temperature-scaled", "early-stopped") -> test metrics of one cell."""
     logits, target = cell.test
-    found = {"as trained": _metrics(logits, target)}
+    found = {"as trained": prediction_metrics(logits, target)}
     if cell.temperature is not None:
-        found["temperature-scaled"] = _metrics(logits / cell.temperature, target)
+        found["temperature-scaled"] = prediction_metrics(logits / cell.temperature, target)
     if cell.early_test is not None:
-        found["early-stopped"] = _metrics(cell.early_test, target)
+        found["early-stopped"] = prediction_metrics(cell.early_test, target)
     return found
 
 

@@ -38,10 +38,9 @@ import torch
 from torch import Tensor, nn
 
 from ...analysis.shift import OOD_SCORES, detection_auroc, shift_images
-from ...calibration.metrics import accuracy, expected_calibration_error, negative_log_likelihood
 from ..data import Dataset, load_run_dataset
 from ..stats import BOUNDS, estimate
-from .context import Condition, ReportContext, SectionOutput
+from .context import Condition, ReportContext, SectionOutput, prediction_metrics
 from .html import embed_figure, escape, figure_grid, table
 from .penultimate import batched_outputs, load_cell_model
 from .verdicts import Claim, judge
@@ -128,13 +127,6 @@ def _logits(model: nn.Module, x: Tensor) -> Tensor:
     return batched_outputs(model, x).double()
 
 
-def _metrics(logits: Tensor, target: Tensor) -> dict[str, float]:
-    options = dict(from_logits=True, validate_args=False)
-    return {"accuracy": float(accuracy(logits, target, **options)),
-            "nll": float(negative_log_likelihood(logits, target, **options)),
-            "ece": float(expected_calibration_error(logits, target, **options))}
-
-
 def cell_scores(model: nn.Module, data: ShiftData, temperature: float | None) -> dict:
     """One trained model's numbers: ``{"shift": {variant: {(kind, strength): metrics}}, "auroc":
     {variant: {score: AUROC, (score, class): AUROC}}}``; ``variant`` "as trained", and
@@ -146,7 +138,7 @@ def cell_scores(model: nn.Module, data: ShiftData, temperature: float | None) ->
         logits = known if key[1] == 0 and known is not None else _logits(model, x)
         known = logits if key[1] == 0 else known
         for variant, scale in scales.items():
-            found["shift"][variant][key] = _metrics(logits / scale, data.target)
+            found["shift"][variant][key] = prediction_metrics(logits / scale, data.target)
     if data.unknown is not None:
         unknown = _logits(model, data.unknown)
         for variant, scale in scales.items():
