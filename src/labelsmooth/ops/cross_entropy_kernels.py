@@ -183,6 +183,29 @@ def _streamed_statistics(row_ptr, y, v_ptr, v_columns, v_scalar, num_classes, so
 
 
 @triton.jit
+def _row_statistics(row_ptr, y, v_ptr, v_columns, v_scalar, num_classes, softcap,
+                    SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr, BLOCK: tl.constexpr,
+                    RESIDENT: tl.constexpr, PREDICTIONS: tl.constexpr, ACC: tl.constexpr):
+    """(lse, x_y, dot, arg-max, e, total, t) of a row: resident (:func:`_resident_statistics`) or
+    streamed (:func:`_streamed_statistics`, which keeps nothing for the gradient: e, total, t are 0)."""
+    if RESIDENT:
+        return _resident_statistics(row_ptr, y, v_ptr, v_columns, v_scalar, num_classes, softcap, SMOOTHING,
+                                    HAS_SOFTCAP, BLOCK, PREDICTIONS, ACC)
+    else:
+        lse, x_y, dot, index = _streamed_statistics(row_ptr, y, v_ptr, v_columns, v_scalar, num_classes, softcap,
+                                                    SMOOTHING, HAS_SOFTCAP, BLOCK, PREDICTIONS, ACC)
+        zero = tl.zeros((), ACC)
+        return lse, x_y, dot, index, zero, zero, zero
+
+
+@triton.jit
+def _store_statistics(lse_ptr, target_logit_ptr, dot_ptr, row, lse, x_y, dot):
+    tl.store(lse_ptr + row, lse)
+    tl.store(target_logit_ptr + row, x_y)
+    tl.store(dot_ptr + row, dot)
+
+
+@triton.jit
 def _gradient_block(softmax, t, cols, y, v_ptr, v_columns, v_scalar, g_lse, g_xy, g_dot,
                     SMOOTHING: tl.constexpr, HAS_SOFTCAP: tl.constexpr, ACC: tl.constexpr):
     """(g_lse softmax + g_xy [k == y] + g_dot v) (1 - t^2) for one block; int32 column compare."""
@@ -230,16 +253,9 @@ def _statistics_kernel(logits_ptr, row_stride, target_ptr, smoothing_ptr, v_scal
     row_ptr = logits_ptr + row * row_stride
     y = _row_target(target_ptr, row, num_classes)
     v_ptr, v_columns = _smoothing_row(smoothing_ptr, y, num_classes, SMOOTHING)
-    if RESIDENT:
-        lse, x_y, dot, index, e, total, t = _resident_statistics(row_ptr, y, v_ptr, v_columns, v_scalar,
-                                                                 num_classes, softcap, SMOOTHING, HAS_SOFTCAP,
-                                                                 BLOCK, PREDICTIONS, ACC)
-    else:
-        lse, x_y, dot, index = _streamed_statistics(row_ptr, y, v_ptr, v_columns, v_scalar, num_classes, softcap,
-                                                    SMOOTHING, HAS_SOFTCAP, BLOCK, PREDICTIONS, ACC)
-    tl.store(lse_ptr + row, lse)
-    tl.store(target_logit_ptr + row, x_y)
-    tl.store(dot_ptr + row, dot)
+    lse, x_y, dot, index, _, _, _ = _row_statistics(row_ptr, y, v_ptr, v_columns, v_scalar, num_classes, softcap,
+                                                    SMOOTHING, HAS_SOFTCAP, BLOCK, RESIDENT, PREDICTIONS, ACC)
+    _store_statistics(lse_ptr, target_logit_ptr, dot_ptr, row, lse, x_y, dot)
     if PREDICTIONS:
         tl.store(prediction_ptr + row, index.to(tl.int64))
 
@@ -286,24 +302,16 @@ def _statistics_and_gradient_kernel(logits_ptr, row_stride, grad_ptr, grad_row_s
     raw_target = tl.load(target_ptr + row).to(tl.int64)
     if raw_target == ignore_index:
         _write_zeros(grad_row_ptr, num_classes, BLOCK)
-        tl.store(lse_ptr + row, tl.zeros((), ACC))
-        tl.store(target_logit_ptr + row, tl.zeros((), ACC))
-        tl.store(dot_ptr + row, tl.zeros((), ACC))
+        zero = tl.zeros((), ACC)
+        _store_statistics(lse_ptr, target_logit_ptr, dot_ptr, row, zero, zero, zero)
     else:
         y = _row_target(target_ptr, row, num_classes)
         v_ptr, v_columns = _smoothing_row(smoothing_ptr, y, num_classes, SMOOTHING)
         g_xy = tl.load(g_xy_ptr + row).to(ACC)
         g_dot = tl.load(g_dot_ptr + row).to(ACC)
-        if RESIDENT:
-            lse, x_y, dot, _, e, total, t = _resident_statistics(row_ptr, y, v_ptr, v_columns, v_scalar,
-                                                                 num_classes, softcap, SMOOTHING, HAS_SOFTCAP,
-                                                                 BLOCK, False, ACC)
-        else:
-            lse, x_y, dot, _ = _streamed_statistics(row_ptr, y, v_ptr, v_columns, v_scalar, num_classes, softcap,
-                                                    SMOOTHING, HAS_SOFTCAP, BLOCK, False, ACC)
-        tl.store(lse_ptr + row, lse)
-        tl.store(target_logit_ptr + row, x_y)
-        tl.store(dot_ptr + row, dot)
+        lse, x_y, dot, _, e, total, t = _row_statistics(row_ptr, y, v_ptr, v_columns, v_scalar, num_classes,
+                                                        softcap, SMOOTHING, HAS_SOFTCAP, BLOCK, RESIDENT, False, ACC)
+        _store_statistics(lse_ptr, target_logit_ptr, dot_ptr, row, lse, x_y, dot)
         g_lse = tl.load(a_ptr + row).to(ACC)
         if HAS_Z_LOSS:
             g_lse += tl.load(b_ptr + row).to(ACC) * lse
