@@ -21,6 +21,13 @@ Two measurements in one run, so a shared or throttled machine slows both sides a
     the best of several ``--peak-size`` square ``torch.mm`` calls in the same run with the same
     threads. ``fraction`` = floor seconds / measured seconds.
 
+(c) ``step-breakdown`` (``--breakdown``): where the 3-cell seed-cnn training step spends its time
+    inside an epoch. The epoch's 187 full batches run four ways, alternated ``--repeats`` times
+    (fastest kept): the whole step; without the SGD step; with the loss replaced by a fixed
+    gradient; the forward pass and the loss only. Each part's time is a difference of two ways, so
+    every part is timed with the caches as the rest of the step leaves them (a part timed alone
+    runs up to 3x faster).
+
 Every time is given as wall seconds and as the process's CPU seconds (``time.process_time``):
 with one thread (``--threads 1``) on a shared machine the CPU seconds leave out the time spent
 waiting for a core, so they stay close to a quiet core's wall time while the wall time does not;
@@ -50,7 +57,8 @@ from pathlib import Path
 
 import torch
 
-from labelsmooth.lab.cells import METRIC_NAMES, CellGroup
+from labelsmooth.lab.cells import METRIC_NAMES, CellGroup, epoch_order, optimizer_step
+from labelsmooth.lab.cells import _loss_and_grad as loss_and_grad
 from labelsmooth.lab.config import SweepConfig, grid_cells
 from labelsmooth.lab.data import Dataset, load_dataset
 
@@ -98,6 +106,37 @@ def loop_epoch_seconds(config: SweepConfig, epochs: int) -> tuple[float, float]:
     _, train_s, _ = seed_loop(dataclasses.replace(config, epochs=epochs), torch.device("cpu"), images=False)
     runs = epochs * len(config.label_smoothing) * len(config.seeds)
     return train_s / runs, (time.process_time() - cpu_start - load_cpu) / runs
+
+
+def step_breakdown(dataset: Dataset, repeats: int) -> dict[str, float]:
+    """Milliseconds per training step of 3 seed-cnn cells (one seed), by part: see (c) above."""
+    config = protocol_config("seed-cnn", 1)
+    group = CellGroup.create(config, grid_cells(config), dataset, torch.device("cpu"))
+    params = group.stacked.parameters_by_name()
+    batches = len(dataset.x_train) // config.batch_size
+    order = epoch_order(len(dataset.x_train), 0, 0)[:batches * config.batch_size].view(batches, -1)
+    images, targets = dataset.x_train[order], dataset.y_train[order]
+    fixed_grad = torch.full((3, config.batch_size, dataset.num_classes), 1e-3)
+
+    def epoch(loss: bool, backward: bool, step: bool) -> float:
+        start = time.perf_counter()
+        for x, y in zip(images, targets):
+            logits, vjp = group.stacked.template.stacked_vjp(params, x.unsqueeze(0), [3])
+            grad = group._by_distribution(logits, y.expand(3, -1), loss_and_grad)[1] if loss else fixed_grad.clone()
+            if backward:
+                for p, g in zip(params.values(), vjp(grad.div_(config.batch_size)).values()):
+                    p.grad = g
+            if step:
+                optimizer_step(group.optimizer)
+        return (time.perf_counter() - start) / batches * 1e3
+
+    ways = {"whole": (True, True, True), "no-sgd": (True, True, False), "fixed-gradient": (False, True, True),
+            "forward-and-loss": (True, False, False)}
+    epoch(*ways["whole"])  # warm-up
+    best = {name: min(epoch(*way) for _ in range(repeats)) for name, way in ways.items()}
+    return {"step": best["whole"], "forward": best["forward-and-loss"] - (best["whole"] - best["fixed-gradient"]),
+            "loss": best["whole"] - best["fixed-gradient"], "backward": best["no-sgd"] - best["forward-and-loss"],
+            "sgd": best["whole"] - best["no-sgd"]}
 
 
 def epoch_flops(model: str, dataset: Dataset, cells: int) -> float:
@@ -148,6 +187,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--peak-size", type=int, default=2048, help="side of the peak-rate matmul (default 2048)")
     parser.add_argument("--skip-loop", action="store_true", help="only the cell-scaling table")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="also time the parts of the 3-cell seed-cnn training step inside an epoch")
     args = parser.parse_args()
     if any(c < 3 or c % 3 for c in args.cells):
         parser.error(f"--cells must be multiples of 3, got {args.cells}")
@@ -191,6 +232,15 @@ def main() -> None:
             lines.append(f"| labelsmooth sweep | {cells} | {wall:.3f} | {loop_wall / wall:.1f}x | {cpu:.3f} | "
                          f"{loop_cpu / cpu:.1f}x |")
         lines.append("")
+
+    if args.breakdown:
+        config = protocol_config("seed-cnn", 1)
+        parts = step_breakdown(dataset_for(config), args.repeats)
+        size = "seed-cnn, 3 cells, 187 batches of 32"
+        for part, ms in parts.items():
+            recorder.add("step-breakdown", "labelsmooth-cells-3" + suffix, size, "fp32", f"ms_per_step_{part}", ms)
+        lines += ["| part of a 3-cell training step | ms per step |", "|---|---|",
+                  *(f"| {part} | {ms:.3f} |" for part, ms in parts.items()), ""]
 
     peak = peak_flops_per_second(args.peak_size)  # measured again at the end; the higher is kept
     recorder.add("cell-scaling", "peak" + suffix, f"{args.peak_size}^2 mm", "fp32", "gflops", peak / 1e9)
