@@ -482,6 +482,64 @@ def test_masked_logits_match_torch():
                                logits.requires_grad_())
 
 
+def masked_rows_with_own_eps():
+    """Logits with masked (-inf) classes that are no row's target, and one eps per row, some 0."""
+    logits = make_logits((4, K)).detach()
+    logits[:, 3:] = -math.inf
+    target = torch.tensor([0, 1, 2, 0])
+    eps = torch.tensor([0.0, 0.1, 0.0, 0.3], dtype=torch.float64)
+    return logits, target, eps
+
+
+def per_row_torch(logits, target, eps):
+    """torch's loss and gradient row by row, each with its own scalar eps."""
+    losses, grads = [], []
+    for row, y, e in zip(logits, target, eps.tolist()):
+        x = row.unsqueeze(0).clone().requires_grad_()
+        loss = F.cross_entropy(x, y.unsqueeze(0), label_smoothing=e)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(x.grad[0])
+    return torch.stack(losses), torch.stack(grads)
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("return_parts", [False, True])
+def test_masked_logits_with_eps_zero_in_a_per_row_eps_give_torch_finite_loss(impl, return_parts):
+    """A row with eps = 0 puts no mass on its masked classes: its loss is its NLL (finite, as torch
+    gives), not 0 x inf = nan; a row with eps > 0 and masked classes has an infinite loss, as torch."""
+    if impl == "triton":
+        pytest.importorskip("triton")
+    logits, target, eps = masked_rows_with_own_eps()
+    want_loss, want_grad = per_row_torch(logits, target, eps)
+    x = logits.clone().requires_grad_()
+    out = ls.cross_entropy(x, target, reduction="none", label_smoothing=eps, return_parts=return_parts, impl=impl)
+    loss = out.loss if return_parts else out
+    loss.sum().backward()
+    torch.testing.assert_close(loss.detach(), want_loss)
+    torch.testing.assert_close(x.grad, want_grad)
+
+
+def test_masked_logits_with_a_scalar_eps_of_zero_and_parts_give_torch_finite_loss():
+    logits, target, _ = masked_rows_with_own_eps()
+    parts = ls.cross_entropy(logits, target, reduction="none", label_smoothing=0.0, return_parts=True)
+    torch.testing.assert_close(parts.loss, F.cross_entropy(logits, target, reduction="none"))
+    torch.testing.assert_close(parts.loss, parts.nll)
+
+
+@pytest.mark.parametrize("z_loss", [0.0, 1e-3])  # 1e-3: the general path, not the short one
+def test_cross_entropy_with_grad_masked_logits_with_eps_zero_in_a_per_row_eps(z_loss):
+    logits, target, eps = masked_rows_with_own_eps()
+    want_loss, want_grad = per_row_torch(logits, target, eps)
+    if z_loss:
+        lse = torch.logsumexp(logits, 1)
+        want_loss = want_loss + z_loss * lse.square()
+        want_grad = want_grad + 2 * z_loss * (lse.unsqueeze(1) * logits.softmax(1))
+    loss, grad = ls.cross_entropy_with_grad(logits, target, reduction="none", label_smoothing=eps, z_loss=z_loss)
+    torch.testing.assert_close(loss, want_loss)
+    torch.testing.assert_close(grad, want_grad)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("distribution", ["uniform", "conditional"])
 def test_inplace_backward_gives_the_same_gradient(dtype, distribution):

@@ -377,6 +377,8 @@ def combine_row_statistics(lse: Tensor, target_logit: Tensor, dot: Tensor, *, ta
             smooth = smooth - nll / (smoothing.num_classes - 1)
         eps = label_smoothing.to(lse.dtype) if isinstance(label_smoothing, Tensor) else label_smoothing
         loss = (1 - eps) * nll + eps * smooth  # not nll + eps (smooth - nll): inf - inf where x_y = -inf
+        # a row with eps = 0 is its NLL also where smooth is inf (a masked class): 0 * inf would be nan
+        loss = torch.where(eps == 0, nll, loss) if isinstance(eps, Tensor) else nll if eps == 0 else loss
     z_term = z_loss * lse.square() if z_loss else None
     if z_term is not None:
         loss = loss + z_term
@@ -637,8 +639,10 @@ def direct_loss_and_gradient(input: Tensor, target: Tensor, *, ignore_index: int
             if non_target:
                 smooth.sub_(nll)
             smooth.mul_(constant)
-            loss = (torch.addcmul(nll * (1 - eps), smooth, eps) if isinstance(eps, Tensor)
-                    else torch.add(nll * (1 - eps), smooth, alpha=eps))
+            if isinstance(eps, Tensor):  # a row with eps = 0 is its NLL, also where smooth is inf
+                loss = torch.where(eps == 0, nll, torch.addcmul(nll * (1 - eps), smooth, eps))
+            else:
+                loss = torch.add(nll * (1 - eps), smooth, alpha=eps)
         else:
             loss = nll
         loss = loss.masked_fill_(ignored, 0.0).view(target.shape)
