@@ -491,12 +491,12 @@ def masked_rows_with_own_eps():
     return logits, target, eps
 
 
-def per_row_torch(logits, target, eps):
-    """torch's loss and gradient row by row, each with its own scalar eps."""
+def per_row_torch(logits, target, eps, weight=None):
+    """torch's loss (reduction="none") and gradient row by row, each with its own scalar eps."""
     losses, grads = [], []
     for row, y, e in zip(logits, target, eps.tolist()):
         x = row.unsqueeze(0).clone().requires_grad_()
-        loss = F.cross_entropy(x, y.unsqueeze(0), label_smoothing=e)
+        loss = F.cross_entropy(x, y.unsqueeze(0), weight, label_smoothing=e, reduction="sum")
         loss.backward()
         losses.append(loss.detach())
         grads.append(x.grad[0])
@@ -519,6 +519,33 @@ def test_masked_logits_with_eps_zero_in_a_per_row_eps_give_torch_finite_loss(imp
     torch.testing.assert_close(loss.detach(), want_loss)
     torch.testing.assert_close(x.grad, want_grad)
 
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_masked_classes_ignored_rows_and_per_row_eps_match_torch_row_by_row(data):
+    """Any non-target classes masked with -inf, ignored rows, class weights and one eps per row
+    in [0, 1] (0 and 1 included): torch's loss and gradient, row by row (ignored rows: 0)."""
+    rows = data.draw(st.integers(1, 6))
+    logits = make_logits((rows, K), seed=data.draw(st.integers(0, 99))).detach()
+    target = torch.tensor(data.draw(st.lists(st.sampled_from([-100, *range(K)]), min_size=rows, max_size=rows)))
+    for i, y in enumerate(target.tolist()):
+        masked = data.draw(st.sets(st.sampled_from([c for c in range(K) if c != y]), max_size=K - 2))
+        logits[i, sorted(masked)] = -math.inf
+    eps = torch.tensor(data.draw(st.lists(st.sampled_from([0.0, 0.1, 0.5, 1.0]), min_size=rows, max_size=rows)),
+                       dtype=torch.float64)
+    weight = class_weight(data.draw(st.sampled_from([None, "random"])))
+    valid = target != -100
+    want_loss, want_grad = torch.zeros(rows, dtype=torch.float64), torch.zeros(rows, K, dtype=torch.float64)
+    if valid.any():
+        want_loss[valid], want_grad[valid] = per_row_torch(logits[valid], target[valid], eps[valid], weight)
+    x = logits.clone().requires_grad_()
+    loss = ls.cross_entropy(x, target, weight, reduction="none", label_smoothing=eps)
+    loss.sum().backward()
+    torch.testing.assert_close(loss.detach(), want_loss)
+    torch.testing.assert_close(x.grad, want_grad)
+    direct_loss, direct_grad = ls.cross_entropy_with_grad(logits, target, weight, reduction="none", label_smoothing=eps)
+    torch.testing.assert_close(direct_loss, want_loss)
+    torch.testing.assert_close(direct_grad, want_grad)
 
 def test_masked_logits_with_a_scalar_eps_of_zero_and_parts_give_torch_finite_loss():
     logits, target, _ = masked_rows_with_own_eps()
