@@ -567,6 +567,24 @@ def test_cross_entropy_with_grad_masked_logits_with_eps_zero_in_a_per_row_eps(z_
     torch.testing.assert_close(grad, want_grad)
 
 
+def test_masking_with_the_dtypes_minimum_smooths_over_the_unmasked_classes_only(reference_ce):
+    """The documented way to smooth only over unmasked classes: a prior with zero mass on them and
+    their logits at the dtype's minimum (not -inf, where 0 x -inf is NaN). The float64 formula on
+    the unmasked classes alone, with the prior's unmasked part (it sums to 1), is the reference."""
+    logits = make_logits((4, K)).detach()
+    logits[:, 3:] = torch.finfo(logits.dtype).min
+    target = torch.tensor([0, 1, 2, 1])
+    prior = torch.tensor([0.5, 0.3, 0.2, 0.0, 0.0], dtype=torch.float64)
+    loss, grad = value_and_grad(
+        lambda x: ls.cross_entropy(x, target, label_smoothing=0.2, distribution=prior, reduction="none"),
+        logits.clone().requires_grad_())
+    want_loss, want_grad = value_and_grad(
+        lambda x: reference_ce(x, target, eps=0.2, distribution=prior[:3], reduction="none"),
+        logits[:, :3].clone().requires_grad_())
+    torch.testing.assert_close(loss, want_loss)
+    torch.testing.assert_close(grad[:, :3], want_grad)
+    torch.testing.assert_close(grad[:, 3:], torch.zeros(4, K - 3, dtype=torch.float64))
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("distribution", ["uniform", "conditional"])
 def test_inplace_backward_gives_the_same_gradient(dtype, distribution):
