@@ -52,6 +52,7 @@ __all__ = [
     "LossParts",
     "accumulation_dtype",
     "check_class_index_call",
+    "check_class_targets",
     "class_target_loss",
     "combine_row_statistics",
     "direct_loss_and_gradient",
@@ -401,6 +402,18 @@ class ClassTargets(NamedTuple):
     denominator: Tensor              # 0-dim: what "mean" divides by, see mean_denominator
 
 
+def check_class_targets(target: Tensor, num_classes: int, ignore_index: int, label_smoothing: float | Tensor,
+                        validate_args: bool) -> tuple[float | Tensor, ContentChecks | None]:
+    """The checks every class-index entry point starts with: ``ignore_index`` (raised now), eps and
+    the class indices (queued on the returned :class:`ContentChecks`, None without
+    ``validate_args``, for the caller to add its own and raise once). Returns (eps, checks)."""
+    check_ignore_index(ignore_index)
+    checks = ContentChecks() if validate_args else None
+    eps = check_label_smoothing(label_smoothing, target.shape, checks)
+    check_class_indices(target, num_classes, ignore_index, checks)
+    return eps, checks
+
+
 def prepare_class_targets(target: Tensor, num_classes: int, *, ignore_index: int,
                           label_smoothing: float | Tensor, distribution: Distribution,
                           weight: Tensor | None, dtype: torch.dtype, device: torch.device,
@@ -412,10 +425,7 @@ def prepare_class_targets(target: Tensor, num_classes: int, *, ignore_index: int
     Every class-index entry point (torch and Triton paths, linear, vocab-parallel) starts here;
     ``weight_name`` is what the caller calls its class weights, for the messages.
     """
-    check_ignore_index(ignore_index)
-    checks = ContentChecks() if validate_args else None
-    eps = check_label_smoothing(label_smoothing, target.shape, checks)
-    check_class_indices(target, num_classes, ignore_index, checks)
+    eps, checks = check_class_targets(target, num_classes, ignore_index, label_smoothing, validate_args)
     smoothing = resolve_smoothing(distribution, num_classes, weight, dtype, device, checks)
     flat_target = target.reshape(-1)
     valid = flat_target != ignore_index
@@ -615,10 +625,7 @@ def direct_loss_and_gradient(input: Tensor, target: Tensor, *, ignore_index: int
     Ignored rows have loss 0 and gradient 0; ``mean`` divides both by the number of the others
     (by 1 when every row is ignored).
     """
-    check_ignore_index(ignore_index)
-    checks = ContentChecks() if validate_args else None
-    eps = check_label_smoothing(label_smoothing, target.shape, checks)
-    check_class_indices(target, input.shape[1], ignore_index, checks)
+    eps, checks = check_class_targets(target, input.shape[1], ignore_index, label_smoothing, validate_args)
     constant, non_target = named_distribution(distribution, input.shape[1])
     if checks is not None:
         checks.raise_if_failed()
