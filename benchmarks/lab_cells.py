@@ -124,8 +124,9 @@ def step_breakdown(dataset: Dataset, repeats: int) -> dict[str, float]:
             logits, vjp = group.stacked.template.stacked_vjp(params, x.unsqueeze(0), [3])
             grad = group._by_distribution(logits, y.expand(3, -1), loss_and_grad)[1] if loss else fixed_grad.clone()
             if backward:
-                for p, g in zip(params.values(), vjp(grad.div_(config.batch_size)).values()):
-                    p.grad = g
+                grads = vjp(grad.div_(config.batch_size))
+                for name, p in params.items():
+                    p.grad = grads[name]
             if step:
                 optimizer_step(group.optimizer)
         return (time.perf_counter() - start) / batches * 1e3
