@@ -21,7 +21,7 @@ from labelsmooth.calibration.scaling import TemperatureScaling
 from labelsmooth.lab.report import decisive, selective
 from labelsmooth.lab.report.builder import build_report
 from labelsmooth.lab.report.calibration import cell_calibration, section
-from labelsmooth.lab.report.context import ReportContext
+from labelsmooth.lab.report.context import ReportContext, prediction_metrics
 from labelsmooth.lab.report.verdicts import FIELDS, VERDICTS
 from labelsmooth.lab.rundir import load_results
 
@@ -288,3 +288,16 @@ def test_selective_section_scores_every_cell_as_scikit_learn_does(tmp_path):
     assert_same_interval(primary, interval)
     assert (run_dir / "selective_risk_coverage.png").read_bytes()[:8] == PNG_SIGNATURE
     assert len(output.verdicts) == 8  # 4 metrics, as trained and temperature-scaled
+
+
+def test_prediction_metrics_against_torch_and_torchmetrics():
+    """The accuracy, NLL and ECE the report compares models on: torch's cross-entropy, the arg-max
+    hit rate and torchmetrics' 15-bin ECE, on float64 logits."""
+    g = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(500, 7, generator=g, dtype=torch.float64)
+    target = torch.randint(0, 7, (500,), generator=g)
+    got = prediction_metrics(logits, target)
+    assert got["nll"] == pytest.approx(F.cross_entropy(logits, target).item(), rel=1e-12)
+    assert got["accuracy"] == pytest.approx((logits.argmax(1) == target).double().mean().item(), abs=0)
+    want_ece = multiclass_calibration_error(logits.softmax(1), target, num_classes=7, n_bins=15, norm="l1")
+    assert got["ece"] == pytest.approx(want_ece.item(), abs=1e-6)
